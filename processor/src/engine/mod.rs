@@ -1,0 +1,85 @@
+//! The aggregation pipeline: input -> parse -> aggregate -> (spill) -> merge -> CSV output.
+
+mod naive;
+mod output;
+pub(crate) mod validate;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use crate::{Config, Control, Error, Phase, Summary};
+
+/// Where the CSV comes from.
+pub enum Input<'a> {
+    /// A local file, memory-mapped.
+    File(&'a Path),
+    /// Any byte stream (stdin, an upload); `len` is its size when known, for progress.
+    Reader {
+        reader: Box<dyn Read + Send + 'a>,
+        len: Option<u64>,
+    },
+}
+
+/// Aggregates `input` into the CSV file `output`, which appears only when the run succeeds:
+/// the result is written to a temporary file beside it and renamed.
+pub fn aggregate(
+    input: Input<'_>,
+    output: &Path,
+    config: &Config,
+    control: &Control,
+) -> Result<Summary, Error> {
+    let dir = match output.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let write_err = |source| Error::Write {
+        path: output.to_path_buf(),
+        source,
+    };
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(write_err)?;
+    let summary = aggregate_to_writer(input, temp.as_file_mut(), config, control)?;
+    temp.as_file().sync_all().map_err(write_err)?;
+    temp.persist(output).map_err(|e| write_err(e.error))?;
+    Ok(summary)
+}
+
+/// Aggregates `input` and writes the result CSV to `out`. On error, what was written so far
+/// must be discarded by the caller ([`aggregate`] does this for files).
+pub fn aggregate_to_writer(
+    input: Input<'_>,
+    out: &mut (dyn Write + Send),
+    config: &Config,
+    control: &Control,
+) -> Result<Summary, Error> {
+    let started = Instant::now();
+    let progress = control.progress();
+    progress.set_phase(Phase::Read);
+    let mut summary = match input {
+        Input::File(path) => {
+            let file = File::open(path).map_err(|source| Error::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let len = file.metadata().map(|m| m.len()).ok();
+            progress.set_total(len.unwrap_or(0));
+            naive::run(file, out, config, control)?
+        }
+        Input::Reader { reader, len } => {
+            progress.set_total(len.unwrap_or(0));
+            naive::run(reader, out, config, control)?
+        }
+    };
+    progress.set_phase(Phase::Done);
+    summary.elapsed_seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}

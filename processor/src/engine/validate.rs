@@ -1,0 +1,190 @@
+//! Field validation shared by the parsers: dates, play counts, the header.
+
+use crate::error::{Field, InvalidRow, show_value};
+
+/// A calendar date packed as `yyyymmdd`: its numeric order is the date order.
+pub(crate) type PackedDate = u32;
+
+/// Parses a real calendar date `YYYY-MM-DD` (years 0001 to 9999).
+pub(crate) fn parse_date(bytes: &[u8]) -> Result<PackedDate, String> {
+    let bad = || format!("{} is not a date YYYY-MM-DD", show_value(bytes));
+    let &[y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1] = bytes else {
+        return Err(bad());
+    };
+    let mut digits = [y0, y1, y2, y3, m0, m1, d0, d1];
+    for d in &mut digits {
+        if !d.is_ascii_digit() {
+            return Err(bad());
+        }
+        *d -= b'0';
+    }
+    let [y0, y1, y2, y3, m0, m1, d0, d1] = digits.map(u32::from);
+    let year = y0 * 1000 + y1 * 100 + y2 * 10 + y3;
+    let month = m0 * 10 + m1;
+    let day = d0 * 10 + d1;
+    if year == 0 || !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        return Err(format!("{} is not a real calendar date", show_value(bytes)));
+    }
+    Ok(year * 10000 + month * 100 + day)
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+/// Writes a packed date as `YYYY-MM-DD`.
+pub(crate) fn format_date(date: PackedDate, out: &mut [u8; 10]) {
+    let (year, month, day) = (date / 10000, date / 100 % 100, date % 100);
+    let digit = |v: u32| b'0' + v as u8;
+    *out = [
+        digit(year / 1000),
+        digit(year / 100 % 10),
+        digit(year / 10 % 10),
+        digit(year % 10),
+        b'-',
+        digit(month / 10),
+        digit(month % 10),
+        b'-',
+        digit(day / 10),
+        digit(day % 10),
+    ];
+}
+
+/// The date as text, for messages.
+pub(crate) fn date_string(date: PackedDate) -> String {
+    let mut buf = [0u8; 10];
+    format_date(date, &mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Parses a non-negative integer that fits u64: ASCII digits only.
+pub(crate) fn parse_plays(bytes: &[u8]) -> Result<u64, String> {
+    if bytes.is_empty() {
+        return Err("is empty: expected a non-negative integer".into());
+    }
+    let mut value: u64 = 0;
+    for &b in bytes {
+        if !b.is_ascii_digit() {
+            return Err(format!(
+                "{} is not a non-negative integer",
+                show_value(bytes)
+            ));
+        }
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(b - b'0')))
+            .ok_or_else(|| format!("{} does not fit a 64-bit integer", show_value(bytes)))?;
+    }
+    Ok(value)
+}
+
+/// Checks a song name: not empty, valid UTF-8.
+pub(crate) fn check_song(bytes: &[u8]) -> Result<(), String> {
+    if bytes.is_empty() {
+        return Err("is empty".into());
+    }
+    if std::str::from_utf8(bytes).is_err() {
+        return Err(format!("{} is not valid UTF-8", show_value(bytes)));
+    }
+    Ok(())
+}
+
+/// Validates the three fields of a data record.
+pub(crate) fn check_record(
+    line: u64,
+    song: &[u8],
+    date: &[u8],
+    plays: &[u8],
+) -> Result<(PackedDate, u64), InvalidRow> {
+    let invalid = |field, reason| InvalidRow {
+        line,
+        field: Some(field),
+        reason,
+    };
+    check_song(song).map_err(|r| invalid(Field::Song, r))?;
+    let date = parse_date(date).map_err(|r| invalid(Field::Date, r))?;
+    let plays = parse_plays(plays).map_err(|r| invalid(Field::Plays, r))?;
+    Ok((date, plays))
+}
+
+/// Error for a record with the wrong number of fields.
+pub(crate) fn wrong_field_count(line: u64, found: usize) -> InvalidRow {
+    InvalidRow {
+        line,
+        field: None,
+        reason: format!("expected 3 fields (Song,Date,Number of Plays), found {found}"),
+    }
+}
+
+/// Checks the header fields (already unquoted, BOM removed).
+pub(crate) fn check_header(fields: &[&[u8]]) -> Result<(), InvalidRow> {
+    let expected: [&[u8]; 3] = [b"Song", b"Date", b"Number of Plays"];
+    if fields == expected {
+        return Ok(());
+    }
+    let found = fields
+        .iter()
+        .map(|f| String::from_utf8_lossy(f))
+        .collect::<Vec<_>>()
+        .join(",");
+    Err(InvalidRow {
+        line: 1,
+        field: None,
+        reason: format!(
+            "expected the header \"Song,Date,Number of Plays\", found {}",
+            show_value(found.as_bytes())
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(parse_date(b"2020-01-02"), Ok(20200102));
+        assert_eq!(parse_date(b"2020-02-29"), Ok(20200229));
+        assert_eq!(parse_date(b"2000-02-29"), Ok(20000229));
+        assert!(parse_date(b"1900-02-29").is_err());
+        assert!(parse_date(b"2021-02-29").is_err());
+        assert!(parse_date(b"2021-04-31").is_err());
+        assert!(parse_date(b"2021-13-01").is_err());
+        assert!(parse_date(b"2021-00-01").is_err());
+        assert!(parse_date(b"0000-01-01").is_err());
+        assert!(parse_date(b"2021-1-01").is_err());
+        assert!(parse_date(b"2021/01/01").is_err());
+        assert!(parse_date(b" 2021-01-01").is_err());
+        let mut buf = [0u8; 10];
+        format_date(20200102, &mut buf);
+        assert_eq!(&buf, b"2020-01-02");
+        format_date(99991231, &mut buf);
+        assert_eq!(&buf, b"9999-12-31");
+    }
+
+    #[test]
+    fn plays() {
+        assert_eq!(parse_plays(b"0"), Ok(0));
+        assert_eq!(parse_plays(b"0042"), Ok(42));
+        assert_eq!(parse_plays(b"18446744073709551615"), Ok(u64::MAX));
+        assert!(parse_plays(b"18446744073709551616").is_err());
+        assert!(parse_plays(b"-1").is_err());
+        assert!(parse_plays(b"+1").is_err());
+        assert!(parse_plays(b"1.5").is_err());
+        assert!(parse_plays(b"").is_err());
+        assert!(parse_plays(b" 1").is_err());
+    }
+
+    #[test]
+    fn header() {
+        assert!(check_header(&[b"Song", b"Date", b"Number of Plays"]).is_ok());
+        let err = check_header(&[b"Song", b"Day", b"Plays"]).unwrap_err();
+        assert_eq!(err.line, 1);
+        assert!(err.reason.contains("Song,Day,Plays"), "{}", err.reason);
+    }
+}

@@ -1,0 +1,157 @@
+//! Wire types shared by the task manager and the processor worker: the queue message,
+//! the worker's callback events and the task status values of the public API.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Status of a task, spelled as the Python system we replace spelled it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskStatus {
+    Received,
+    Processing,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// The wire spelling, e.g. `"DONE"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Received => "RECEIVED",
+            TaskStatus::Processing => "PROCESSING",
+            TaskStatus::Done => "DONE",
+            TaskStatus::Failed => "FAILED",
+            TaskStatus::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            TaskStatus::Received,
+            TaskStatus::Processing,
+            TaskStatus::Done,
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+    }
+
+    /// True for DONE, FAILED and CANCELLED: the task will not change any more.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Done | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The message published on the queue for each task.
+///
+/// Paths are relative to the shared storage root (`STORAGE_DIR`), so that the task manager
+/// and the workers may mount it at different places.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    pub task_id: Uuid,
+    /// Input CSV, e.g. `raw_data/<task_id>.csv`.
+    pub input_path: String,
+    /// Where the result goes, e.g. `processed_data/<task_id>.csv`.
+    pub output_path: String,
+}
+
+impl TaskMessage {
+    /// The message for a task stored under the standard layout.
+    pub fn for_task(task_id: Uuid) -> Self {
+        TaskMessage {
+            task_id,
+            input_path: raw_data_path(task_id),
+            output_path: processed_data_path(task_id),
+        }
+    }
+}
+
+/// Storage-relative path of a task's uploaded input.
+pub fn raw_data_path(task_id: Uuid) -> String {
+    format!("raw_data/{task_id}.csv")
+}
+
+/// Storage-relative path of a task's result.
+pub fn processed_data_path(task_id: Uuid) -> String {
+    format!("processed_data/{task_id}.csv")
+}
+
+/// Path (under the task manager's base URL) where the worker posts [`WorkerEvent`]s.
+pub fn events_path(task_id: Uuid) -> String {
+    format!("/internal/v1/tasks/{task_id}/events")
+}
+
+/// What a worker reports about a task. Every event is idempotent: sending it twice
+/// has the effect of sending it once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    /// The worker has started on the task.
+    Started,
+    /// Share of the input read so far (0.0 to 1.0) and rows parsed.
+    Progress { progress: f64, rows: u64 },
+    /// The result is written to the message's `output_path`.
+    Done {
+        rows: u64,
+        groups: u64,
+        output_bytes: u64,
+    },
+    /// The task cannot be done; `error` is the engine's message (with line number and field).
+    Failed { error: String },
+}
+
+/// The task manager's answer to an event: the task's status after applying it.
+/// A worker that reads `CANCELLED` stops working on the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventAck {
+    pub status: TaskStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_spelling_round_trips() {
+        for status in [
+            TaskStatus::Received,
+            TaskStatus::Processing,
+            TaskStatus::Done,
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+        ] {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+            assert_eq!(serde_json::from_str::<TaskStatus>(&json).unwrap(), status);
+            assert_eq!(TaskStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(TaskStatus::parse("done"), None);
+    }
+
+    #[test]
+    fn events_are_tagged() {
+        let json = serde_json::to_value(WorkerEvent::Done {
+            rows: 7,
+            groups: 4,
+            output_bytes: 120,
+        })
+        .unwrap();
+        assert_eq!(json["event"], "done");
+        assert_eq!(json["groups"], 4);
+        let back: WorkerEvent = serde_json::from_value(json).unwrap();
+        assert!(matches!(back, WorkerEvent::Done { groups: 4, .. }));
+    }
+}
