@@ -15,6 +15,8 @@ pub struct Config {
     pub skip_invalid: bool,
     /// How many skipped rows [`crate::Summary::invalid_samples`] keeps.
     pub max_reported_invalid: usize,
+    /// Input bytes per unit of parallel work (default 4 MiB). Tiny values only serve tests.
+    pub block_bytes: usize,
 }
 
 impl Default for Config {
@@ -25,6 +27,7 @@ impl Default for Config {
             temp_dir: None,
             skip_invalid: false,
             max_reported_invalid: 10,
+            block_bytes: 4 << 20,
         }
     }
 }

@@ -1,7 +1,16 @@
 //! The aggregation pipeline: input -> parse -> aggregate -> (spill) -> merge -> CSV output.
 
-mod naive;
+mod days;
+mod merge;
 mod output;
+mod parse;
+mod pipeline;
+mod run;
+mod scan;
+mod source;
+mod table;
+#[cfg(test)]
+mod tests;
 pub(crate) mod validate;
 
 use std::fs::File;
@@ -66,17 +75,26 @@ pub fn aggregate_to_writer(
     progress.set_phase(Phase::Read);
     let mut summary = match input {
         Input::File(path) => {
-            let file = File::open(path).map_err(|source| Error::Read {
+            let read_err = |source| Error::Read {
                 path: path.to_path_buf(),
                 source,
-            })?;
-            let len = file.metadata().map(|m| m.len()).ok();
-            progress.set_total(len.unwrap_or(0));
-            naive::run(file, out, config, control)?
+            };
+            let file = File::open(path).map_err(read_err)?;
+            let len = file.metadata().map_err(read_err)?.len();
+            progress.set_total(len);
+            if len == 0 {
+                return Err(Error::EmptyInput);
+            }
+            // SAFETY: the engine only reads the map. Another process truncating the file
+            // while it runs would fault (SIGBUS), as with any memory-mapped reader; the
+            // service only maps files it owns.
+            let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(read_err)?;
+            let _ = map.advise(memmap2::Advice::Sequential);
+            pipeline::run(pipeline::Source::Mapped(map), out, config, control)?
         }
-        Input::Reader { reader, len } => {
+        Input::Reader { mut reader, len } => {
             progress.set_total(len.unwrap_or(0));
-            naive::run(reader, out, config, control)?
+            pipeline::run(pipeline::Source::Stream(&mut reader), out, config, control)?
         }
     };
     progress.set_phase(Phase::Done);

@@ -78,9 +78,10 @@ mod tests {
     #[test]
     fn quoting() {
         let mut buf = Vec::new();
-        push_row(&mut buf, b"In The End", 20200101, 1500);
-        push_row(&mut buf, b"Hello, \"World\"", 20201231, 0);
-        push_row(&mut buf, "Café".as_bytes(), 20200101, u64::MAX);
+        let day = |y, m, d| super::super::validate::pack_date(y, m, d);
+        push_row(&mut buf, b"In The End", day(2020, 1, 1), 1500);
+        push_row(&mut buf, b"Hello, \"World\"", day(2020, 12, 31), 0);
+        push_row(&mut buf, "Café".as_bytes(), day(2020, 1, 1), u64::MAX);
         assert_eq!(
             String::from_utf8(buf).unwrap(),
             "In The End,2020-01-01,1500\n\"Hello, \"\"World\"\"\",2020-12-31,0\nCafé,2020-01-01,18446744073709551615\n"

@@ -1,31 +1,61 @@
 //! Field validation shared by the parsers: dates, play counts, the header.
 
-use crate::error::{Field, InvalidRow, show_value};
+use crate::error::{InvalidRow, show_value};
 
-/// A calendar date packed as `yyyymmdd`: its numeric order is the date order.
+/// A calendar date as a day ordinal `(year * 12 + month - 1) * 31 + day - 1`: its numeric order
+/// is the date order, it is computed and formatted with a few multiplications, and consecutive
+/// dates are at most 4 apart (so per-song arrays indexed by it stay dense).
 pub(crate) type PackedDate = u32;
+
+/// Packs a validated year, month and day.
+pub(crate) fn pack_date(year: u32, month: u32, day: u32) -> PackedDate {
+    (year * 12 + month - 1) * 31 + day - 1
+}
+
+/// Unpacks into (year, month, day).
+pub(crate) fn unpack_date(date: PackedDate) -> (u32, u32, u32) {
+    (date / 372, date / 31 % 12 + 1, date % 31 + 1)
+}
 
 /// Parses a real calendar date `YYYY-MM-DD` (years 0001 to 9999).
 pub(crate) fn parse_date(bytes: &[u8]) -> Result<PackedDate, String> {
-    let bad = || format!("{} is not a date YYYY-MM-DD", show_value(bytes));
-    let &[y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1] = bytes else {
-        return Err(bad());
+    let Some(text) = bytes.first_chunk::<10>().filter(|_| bytes.len() == 10) else {
+        return Err(format!("{} is not a date YYYY-MM-DD", show_value(bytes)));
+    };
+    match parse_date_exact(text) {
+        Some(date) => Ok(date),
+        None if text.iter().enumerate().all(|(i, &b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        }) =>
+        {
+            Err(format!("{} is not a real calendar date", show_value(bytes)))
+        }
+        None => Err(format!("{} is not a date YYYY-MM-DD", show_value(bytes))),
+    }
+}
+
+/// The hot-path date parser: `None` for anything but a real date `YYYY-MM-DD`.
+#[inline]
+pub(crate) fn parse_date_exact(text: &[u8; 10]) -> Option<PackedDate> {
+    let &[y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1] = text else {
+        return None;
     };
     let mut digits = [y0, y1, y2, y3, m0, m1, d0, d1];
     for d in &mut digits {
-        if !d.is_ascii_digit() {
-            return Err(bad());
+        *d = d.wrapping_sub(b'0');
+        if *d > 9 {
+            return None;
         }
-        *d -= b'0';
     }
     let [y0, y1, y2, y3, m0, m1, d0, d1] = digits.map(u32::from);
     let year = y0 * 1000 + y1 * 100 + y2 * 10 + y3;
     let month = m0 * 10 + m1;
     let day = d0 * 10 + d1;
     if year == 0 || !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
-        return Err(format!("{} is not a real calendar date", show_value(bytes)));
+        return None;
     }
-    Ok(year * 10000 + month * 100 + day)
+    Some(pack_date(year, month, day))
 }
 
 fn days_in_month(year: u32, month: u32) -> u32 {
@@ -39,7 +69,7 @@ fn days_in_month(year: u32, month: u32) -> u32 {
 
 /// Writes a packed date as `YYYY-MM-DD`.
 pub(crate) fn format_date(date: PackedDate, out: &mut [u8; 10]) {
-    let (year, month, day) = (date / 10000, date / 100 % 100, date % 100);
+    let (year, month, day) = unpack_date(date);
     let digit = |v: u32| b'0' + v as u8;
     *out = [
         digit(year / 1000),
@@ -83,44 +113,6 @@ pub(crate) fn parse_plays(bytes: &[u8]) -> Result<u64, String> {
     Ok(value)
 }
 
-/// Checks a song name: not empty, valid UTF-8.
-pub(crate) fn check_song(bytes: &[u8]) -> Result<(), String> {
-    if bytes.is_empty() {
-        return Err("is empty".into());
-    }
-    if std::str::from_utf8(bytes).is_err() {
-        return Err(format!("{} is not valid UTF-8", show_value(bytes)));
-    }
-    Ok(())
-}
-
-/// Validates the three fields of a data record.
-pub(crate) fn check_record(
-    line: u64,
-    song: &[u8],
-    date: &[u8],
-    plays: &[u8],
-) -> Result<(PackedDate, u64), InvalidRow> {
-    let invalid = |field, reason| InvalidRow {
-        line,
-        field: Some(field),
-        reason,
-    };
-    check_song(song).map_err(|r| invalid(Field::Song, r))?;
-    let date = parse_date(date).map_err(|r| invalid(Field::Date, r))?;
-    let plays = parse_plays(plays).map_err(|r| invalid(Field::Plays, r))?;
-    Ok((date, plays))
-}
-
-/// Error for a record with the wrong number of fields.
-pub(crate) fn wrong_field_count(line: u64, found: usize) -> InvalidRow {
-    InvalidRow {
-        line,
-        field: None,
-        reason: format!("expected 3 fields (Song,Date,Number of Plays), found {found}"),
-    }
-}
-
 /// Checks the header fields (already unquoted, BOM removed).
 pub(crate) fn check_header(fields: &[&[u8]]) -> Result<(), InvalidRow> {
     let expected: [&[u8]; 3] = [b"Song", b"Date", b"Number of Plays"];
@@ -148,9 +140,11 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(parse_date(b"2020-01-02"), Ok(20200102));
-        assert_eq!(parse_date(b"2020-02-29"), Ok(20200229));
-        assert_eq!(parse_date(b"2000-02-29"), Ok(20000229));
+        assert_eq!(parse_date(b"2020-01-02"), Ok(pack_date(2020, 1, 2)));
+        assert_eq!(parse_date(b"2020-02-29"), Ok(pack_date(2020, 2, 29)));
+        assert_eq!(parse_date(b"2000-02-29"), Ok(pack_date(2000, 2, 29)));
+        assert!(parse_date(b"2020-01-31") < parse_date(b"2020-02-01"));
+        assert!(parse_date(b"2019-12-31") < parse_date(b"2020-01-01"));
         assert!(parse_date(b"1900-02-29").is_err());
         assert!(parse_date(b"2021-02-29").is_err());
         assert!(parse_date(b"2021-04-31").is_err());
@@ -161,10 +155,12 @@ mod tests {
         assert!(parse_date(b"2021/01/01").is_err());
         assert!(parse_date(b" 2021-01-01").is_err());
         let mut buf = [0u8; 10];
-        format_date(20200102, &mut buf);
+        format_date(pack_date(2020, 1, 2), &mut buf);
         assert_eq!(&buf, b"2020-01-02");
-        format_date(99991231, &mut buf);
+        format_date(pack_date(9999, 12, 31), &mut buf);
         assert_eq!(&buf, b"9999-12-31");
+        format_date(pack_date(1, 1, 1), &mut buf);
+        assert_eq!(&buf, b"0001-01-01");
     }
 
     #[test]

@@ -1,0 +1,255 @@
+//! Per-song sums by date, in the representation that suits how many dates a song has.
+
+use std::mem::size_of;
+
+use super::validate::PackedDate;
+
+/// Entries kept in an unsorted list before switching to a denser layout.
+const SMALL_MAX: usize = 16;
+/// Extra slots a dense array may have beyond 4 per present date (packed dates of
+/// consecutive days are at most 4 apart).
+const DENSE_SLACK: usize = 256;
+
+/// The sums of one song, keyed by date.
+pub(crate) enum Days {
+    /// Few dates: unsorted pairs, searched linearly.
+    Small(Vec<(PackedDate, u64)>),
+    /// Many dates in a compact range: sums indexed by `date - base`, with a presence bitmap
+    /// (a present sum may be 0).
+    Dense {
+        base: PackedDate,
+        sums: Vec<u64>,
+        present: Vec<u64>,
+        count: usize,
+    },
+    /// Many scattered dates.
+    Map(hashbrown::HashMap<PackedDate, u64, foldhash::fast::FixedState>),
+}
+
+/// The sum overflowed u64.
+#[derive(Debug)]
+pub(crate) struct Overflow;
+
+impl Days {
+    pub(crate) fn new() -> Days {
+        Days::Small(Vec::with_capacity(2))
+    }
+
+    /// Adds `plays` to `date`. Returns the change in heap bytes.
+    #[inline]
+    pub(crate) fn add(&mut self, date: PackedDate, plays: u64) -> Result<isize, Overflow> {
+        match self {
+            Days::Small(list) => {
+                if let Some(entry) = list.iter_mut().find(|entry| entry.0 == date) {
+                    entry.1 = entry.1.checked_add(plays).ok_or(Overflow)?;
+                    return Ok(0);
+                }
+                if list.len() < SMALL_MAX {
+                    let before = list.capacity();
+                    list.push((date, plays));
+                    return Ok(bytes_of::<(PackedDate, u64)>(list.capacity() - before));
+                }
+                let before = self.heap_bytes();
+                self.grow_out_of_small();
+                self.add(date, plays)?;
+                Ok(self.heap_bytes() as isize - before as isize)
+            }
+            Days::Dense {
+                base,
+                sums,
+                present,
+                count,
+            } => {
+                if date >= *base {
+                    let i = (date - *base) as usize;
+                    if i < sums.len() {
+                        let (word, bit) = (i / 64, 1u64 << (i % 64));
+                        if present[word] & bit != 0 {
+                            sums[i] = sums[i].checked_add(plays).ok_or(Overflow)?;
+                        } else {
+                            present[word] |= bit;
+                            sums[i] = plays;
+                            *count += 1;
+                        }
+                        return Ok(0);
+                    }
+                }
+                let before = self.heap_bytes();
+                self.widen_or_scatter(date);
+                self.add(date, plays)?;
+                Ok(self.heap_bytes() as isize - before as isize)
+            }
+            Days::Map(map) => {
+                let before = map.capacity();
+                let sum = map.entry(date).or_insert(0);
+                *sum = sum.checked_add(plays).ok_or(Overflow)?;
+                Ok(bytes_of::<(PackedDate, u64)>(map.capacity() - before))
+            }
+        }
+    }
+
+    /// Heap bytes held (capacity based, an estimate for the memory budget).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match self {
+            Days::Small(list) => list.capacity() * size_of::<(PackedDate, u64)>(),
+            Days::Dense { sums, present, .. } => (sums.capacity() + present.capacity()) * 8,
+            Days::Map(map) => map.capacity() * (size_of::<(PackedDate, u64)>() + 1),
+        }
+    }
+
+    /// Appends the (date, sum) pairs sorted by date to `out`.
+    pub(crate) fn sorted_into(&self, out: &mut Vec<(PackedDate, u64)>) {
+        let start = out.len();
+        match self {
+            Days::Small(list) => {
+                out.extend_from_slice(list);
+                out[start..].sort_unstable_by_key(|entry| entry.0);
+            }
+            Days::Dense {
+                base,
+                sums,
+                present,
+                ..
+            } => {
+                for (word_index, &word) in present.iter().enumerate() {
+                    let mut bits = word;
+                    while bits != 0 {
+                        let i = word_index * 64 + bits.trailing_zeros() as usize;
+                        out.push((*base + i as PackedDate, sums[i]));
+                        bits &= bits - 1;
+                    }
+                }
+            }
+            Days::Map(map) => {
+                out.extend(map.iter().map(|(&date, &sum)| (date, sum)));
+                out[start..].sort_unstable_by_key(|entry| entry.0);
+            }
+        }
+    }
+
+    fn entries(&self) -> Vec<(PackedDate, u64)> {
+        let mut all = Vec::new();
+        self.sorted_into(&mut all);
+        all
+    }
+
+    /// Replaces a full `Small` list by `Dense` or `Map`.
+    fn grow_out_of_small(&mut self) {
+        let entries = self.entries();
+        *self = Self::from_sorted(&entries);
+    }
+
+    /// Makes room for `date` outside the dense range, or turns scattered dates into a map.
+    fn widen_or_scatter(&mut self, date: PackedDate) {
+        let mut entries = self.entries();
+        entries.push((date, 0));
+        entries.sort_unstable_by_key(|entry| entry.0);
+        // The new date is re-added by the caller; keep its slot empty.
+        let mut rebuilt = Self::from_sorted(&entries);
+        rebuilt.remove_zero_placeholder(date);
+        *self = rebuilt;
+    }
+
+    fn remove_zero_placeholder(&mut self, date: PackedDate) {
+        match self {
+            Days::Small(list) => list.retain(|entry| entry.0 != date),
+            Days::Dense {
+                base,
+                present,
+                count,
+                ..
+            } => {
+                let i = (date - *base) as usize;
+                present[i / 64] &= !(1u64 << (i % 64));
+                *count -= 1;
+            }
+            Days::Map(map) => {
+                map.remove(&date);
+            }
+        }
+    }
+
+    /// Chooses the layout for these sorted entries (more than `SMALL_MAX` or about to be).
+    fn from_sorted(entries: &[(PackedDate, u64)]) -> Days {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Days::new();
+        };
+        let span = (last.0 - first.0) as usize + 1;
+        if span <= entries.len() * 4 + DENSE_SLACK {
+            // Leave room on both sides so that neighbouring dates rarely force a rebuild.
+            let margin = (span / 4).min(first.0 as usize);
+            let base = first.0 - margin as PackedDate;
+            let len = span + 2 * margin;
+            let mut sums = vec![0; len];
+            let mut present = vec![0u64; len.div_ceil(64)];
+            for &(date, sum) in entries {
+                let i = (date - base) as usize;
+                sums[i] = sum;
+                present[i / 64] |= 1 << (i % 64);
+            }
+            Days::Dense {
+                base,
+                sums,
+                present,
+                count: entries.len(),
+            }
+        } else {
+            let mut map = hashbrown::HashMap::with_capacity_and_hasher(
+                entries.len() * 2,
+                foldhash::fast::FixedState::default(),
+            );
+            map.extend(entries.iter().copied());
+            Days::Map(map)
+        }
+    }
+}
+
+fn bytes_of<T>(count: usize) -> isize {
+    (count * size_of::<T>()) as isize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn check(dates: &[(PackedDate, u64)]) {
+        let mut days = Days::new();
+        let mut expected = BTreeMap::new();
+        for &(date, plays) in dates {
+            days.add(date, plays).expect("no overflow");
+            *expected.entry(date).or_insert(0) += plays;
+        }
+        let mut got = Vec::new();
+        days.sorted_into(&mut got);
+        assert_eq!(got, expected.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn all_layouts_sum_and_sort() {
+        check(&[(5, 1), (3, 2), (5, 0), (9, 4)]);
+        // dense: 40 consecutive-ish dates, zero sums kept
+        check(
+            &(0..200)
+                .map(|i| (1000 + (i * 7) % 40, i as u64 % 3))
+                .collect::<Vec<_>>(),
+        );
+        // dense widening on both sides
+        check(
+            &(0..100)
+                .map(|i| (5000 + (i * 37) % 300 - 150 + 150, 1))
+                .collect::<Vec<_>>(),
+        );
+        // scattered: becomes a map
+        check(&(0..100).map(|i| (i * 10_000, 2)).collect::<Vec<_>>());
+        // small dates near zero
+        check(&(0..50).map(|i| (i, 1)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn overflow_is_reported() {
+        let mut days = Days::new();
+        days.add(1, u64::MAX).expect("fits");
+        assert!(days.add(1, 1).is_err());
+    }
+}

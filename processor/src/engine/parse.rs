@@ -1,0 +1,516 @@
+//! Parses the records of one block. A fast path takes plain records (unquoted song, a
+//! 10-byte date, digits); everything else goes through the general RFC 4180 path, which also
+//! diagnoses invalid records and finds where they end.
+
+use std::ops::Range;
+
+use super::scan::find_delimiter;
+use super::validate::{PackedDate, check_header, parse_date, parse_date_exact, parse_plays};
+use crate::error::{Field, InvalidRow};
+
+/// Receives the parsed rows of a block. Returning `Err(Stop)` ends the block early; the sink
+/// keeps the reason itself.
+pub(crate) trait RowSink {
+    /// A valid row whose record starts `line` lines into the block.
+    fn row(&mut self, song: &[u8], date: PackedDate, plays: u64, line: u64) -> Result<(), Stop>;
+    /// An invalid record starting `line` lines into the block.
+    fn invalid(&mut self, line: u64, field: Option<Field>, reason: String) -> Result<(), Stop>;
+}
+
+/// Signal from a [`RowSink`] to stop parsing.
+#[derive(Debug)]
+pub(crate) struct Stop;
+
+/// Counts of one parsed block.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockStats {
+    /// Line ends (`\n`) consumed, including those inside quoted fields.
+    pub lines: u64,
+    /// Records (data rows) seen, valid or not.
+    pub rows: u64,
+}
+
+/// What ends a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Term {
+    Comma,
+    Line,
+    End,
+}
+
+/// A field read by the general path: plain (a range of the block) or quoted (unescaped into a
+/// buffer).
+struct FieldRead {
+    plain: Option<Range<usize>>,
+    term: Term,
+    next: usize,
+    newlines: u64,
+}
+
+struct FieldError {
+    reason: String,
+    next: usize,
+    newlines: u64,
+}
+
+/// A record diagnosed as invalid.
+struct RecordError {
+    field: Option<Field>,
+    reason: String,
+}
+
+/// Block parser with its reusable buffers (no allocation per row).
+#[derive(Default)]
+pub(crate) struct Parser {
+    song: Vec<u8>,
+    other: Vec<u8>,
+}
+
+impl Parser {
+    /// Parses `data`, which starts at a record start and ends at a record end (or the input's
+    /// end), feeding `sink`.
+    pub(crate) fn parse_block(
+        &mut self,
+        data: &[u8],
+        sink: &mut impl RowSink,
+    ) -> Result<BlockStats, Stop> {
+        let n = data.len();
+        let mut p = 0;
+        let mut stats = BlockStats::default();
+        while p < n {
+            match data[p] {
+                b'\n' => {
+                    p += 1;
+                    stats.lines += 1;
+                    continue;
+                }
+                b'\r' if p + 1 == n => break,
+                b'\r' if data[p + 1] == b'\n' => {
+                    p += 2;
+                    stats.lines += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            stats.rows += 1;
+            if let Some(fast) = fast_record(data, p) {
+                sink.row(&data[p..fast.song_end], fast.date, fast.plays, stats.lines)?;
+                p = fast.next;
+                stats.lines += fast.newlines;
+                continue;
+            }
+            let line = stats.lines;
+            let (result, next, newlines) = self.general_record(data, p);
+            p = next;
+            stats.lines += newlines;
+            match result {
+                Ok((song, date, plays)) => {
+                    let song = match song {
+                        Some(range) => &data[range],
+                        None => &self.song[..],
+                    };
+                    sink.row(song, date, plays, line)?;
+                }
+                Err(err) => sink.invalid(line, err.field, err.reason)?,
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Parses one record at `start` by the general path. Returns the row (song as a block
+    /// range, or `None` for the unescaped copy in `self.song`) or what is wrong, and where the
+    /// next record starts with the newlines consumed.
+    #[allow(clippy::type_complexity)]
+    fn general_record(
+        &mut self,
+        data: &[u8],
+        start: usize,
+    ) -> (
+        Result<(Option<Range<usize>>, PackedDate, u64), RecordError>,
+        usize,
+        u64,
+    ) {
+        let mut pos = start;
+        let mut newlines = 0;
+        let mut count = 0usize;
+        let mut song = None;
+        let mut date = Err(String::new());
+        let mut plays = Err(String::new());
+        loop {
+            let buf = if count == 0 {
+                &mut self.song
+            } else {
+                &mut self.other
+            };
+            let read = match read_field(data, pos, buf) {
+                Ok(read) => read,
+                Err(err) => {
+                    let field = [Field::Song, Field::Date, Field::Plays].get(count).copied();
+                    let error = RecordError {
+                        field,
+                        reason: err.reason,
+                    };
+                    return (Err(error), err.next, newlines + err.newlines);
+                }
+            };
+            pos = read.next;
+            newlines += read.newlines;
+            let value = match &read.plain {
+                Some(range) => &data[range.clone()],
+                None => &buf[..],
+            };
+            match count {
+                0 => song = Some(read.plain.clone()),
+                1 => date = parse_date(value),
+                2 => plays = parse_plays(value),
+                _ => {}
+            }
+            count += 1;
+            if read.term != Term::Comma {
+                break;
+            }
+        }
+        let invalid = |field, reason| Err(RecordError { field, reason });
+        let result = if count != 3 {
+            invalid(
+                None,
+                format!("expected 3 fields (Song,Date,Number of Plays), found {count}"),
+            )
+        } else {
+            let song = song.flatten();
+            let song_empty = match &song {
+                Some(range) => range.is_empty(),
+                None => self.song.is_empty(),
+            };
+            if song_empty {
+                invalid(Some(Field::Song), "is empty".to_string())
+            } else {
+                match (date, plays) {
+                    (Err(reason), _) => invalid(Some(Field::Date), reason),
+                    (_, Err(reason)) => invalid(Some(Field::Plays), reason),
+                    (Ok(date), Ok(plays)) => Ok((song, date, plays)),
+                }
+            }
+        };
+        (result, pos, newlines)
+    }
+}
+
+/// A record taken by the fast path.
+struct FastRecord {
+    song_end: usize,
+    date: PackedDate,
+    plays: u64,
+    next: usize,
+    newlines: u64,
+}
+
+/// The fast path: `song,YYYY-MM-DD,digits` with a plain song, ending in `\n`, `\r\n` or the
+/// end of the data. `None` sends the record to the general path.
+#[inline]
+fn fast_record(data: &[u8], start: usize) -> Option<FastRecord> {
+    let n = data.len();
+    if data[start] == b'"' {
+        return None;
+    }
+    let song_end = find_delimiter(data, start);
+    if song_end == start || song_end >= n || data[song_end] != b',' {
+        return None;
+    }
+    let date_start = song_end + 1;
+    let date_text = data.get(date_start..)?.first_chunk::<10>()?;
+    if data.get(date_start + 10) != Some(&b',') {
+        return None;
+    }
+    let date = parse_date_exact(date_text)?;
+    let digits_start = date_start + 11;
+    let mut q = digits_start;
+    let mut plays: u64 = 0;
+    while q < n {
+        let digit = data[q].wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        plays = plays.wrapping_mul(10).wrapping_add(u64::from(digit));
+        q += 1;
+    }
+    // Up to 19 digits always fit u64; longer numbers take the checked general path.
+    let digits = q - digits_start;
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    let (next, newlines) = match data.get(q) {
+        None => (q, 0),
+        Some(b'\n') => (q + 1, 1),
+        Some(b'\r') if q + 1 == n => (n, 0),
+        Some(b'\r') if data[q + 1] == b'\n' => (q + 2, 1),
+        Some(_) => return None,
+    };
+    Some(FastRecord {
+        song_end,
+        date,
+        plays,
+        next,
+        newlines,
+    })
+}
+
+/// Reads the field at `pos`: a plain field as a range, a quoted one unescaped into `out`.
+fn read_field(data: &[u8], pos: usize, out: &mut Vec<u8>) -> Result<FieldRead, FieldError> {
+    if data.get(pos) == Some(&b'"') {
+        read_quoted(data, pos, out)
+    } else {
+        read_plain(data, pos)
+    }
+}
+
+fn read_plain(data: &[u8], pos: usize) -> Result<FieldRead, FieldError> {
+    let end = find_delimiter(data, pos);
+    let (term, next, newlines) = match data.get(end) {
+        None => (Term::End, end, 0),
+        Some(b',') => (Term::Comma, end + 1, 0),
+        Some(b'\n') => (Term::Line, end + 1, 1),
+        Some(_) => {
+            let (next, newlines) = skip_line(data, end);
+            return Err(FieldError {
+                reason: format!(
+                    "{} has a double quote in an unquoted field (quote the whole field and double the quote)",
+                    crate::error::show_value(&data[pos..end + 1])
+                ),
+                next,
+                newlines,
+            });
+        }
+    };
+    let mut value_end = end;
+    if term != Term::Comma && value_end > pos && data[value_end - 1] == b'\r' {
+        value_end -= 1;
+    }
+    Ok(FieldRead {
+        plain: Some(pos..value_end),
+        term,
+        next,
+        newlines,
+    })
+}
+
+fn read_quoted(data: &[u8], pos: usize, out: &mut Vec<u8>) -> Result<FieldRead, FieldError> {
+    out.clear();
+    let mut i = pos + 1;
+    let mut newlines = 0;
+    loop {
+        let Some(offset) = memchr::memchr(b'"', &data[i..]) else {
+            let rest = &data[i..];
+            return Err(FieldError {
+                reason: "has an opening double quote that is never closed".to_string(),
+                next: data.len(),
+                newlines: newlines + memchr::memchr_iter(b'\n', rest).count() as u64,
+            });
+        };
+        let chunk = &data[i..i + offset];
+        newlines += memchr::memchr_iter(b'\n', chunk).count() as u64;
+        out.extend_from_slice(chunk);
+        let quote = i + offset;
+        if data.get(quote + 1) == Some(&b'"') {
+            out.push(b'"');
+            i = quote + 2;
+            continue;
+        }
+        let after = quote + 1;
+        let (term, next, ends_line) = match data.get(after) {
+            None => (Term::End, after, 0),
+            Some(b',') => (Term::Comma, after + 1, 0),
+            Some(b'\n') => (Term::Line, after + 1, 1),
+            Some(b'\r') if data.get(after + 1) == Some(&b'\n') => (Term::Line, after + 2, 1),
+            Some(b'\r') if after + 1 == data.len() => (Term::End, after + 1, 0),
+            Some(_) => {
+                let (next, skipped) = skip_line(data, after);
+                return Err(FieldError {
+                    reason: format!(
+                        "has {} after its closing double quote (expected a comma or the end of the line)",
+                        crate::error::show_value(&data[after..after + 1])
+                    ),
+                    next,
+                    newlines: newlines + skipped,
+                });
+            }
+        };
+        return Ok(FieldRead {
+            plain: None,
+            term,
+            next,
+            newlines: newlines + ends_line,
+        });
+    }
+}
+
+/// Where the header ends, after checking it: `Ok(None)` when `data` (not the whole input
+/// unless `at_end`) does not yet hold the complete header line.
+pub(crate) fn parse_header(data: &[u8], at_end: bool) -> Result<Option<HeaderEnd>, InvalidRow> {
+    let mut fields: Vec<Vec<u8>> = Vec::new();
+    let mut pos = 0;
+    let mut newlines = 0;
+    loop {
+        let mut buf = Vec::new();
+        let read = match read_field(data, pos, &mut buf) {
+            Ok(read) => read,
+            Err(_) if !at_end => return Ok(None),
+            Err(err) => {
+                return Err(InvalidRow {
+                    line: 1,
+                    field: None,
+                    reason: format!("the header {}", err.reason),
+                });
+            }
+        };
+        if read.term == Term::End && !at_end {
+            return Ok(None);
+        }
+        fields.push(match read.plain {
+            Some(range) => data[range].to_vec(),
+            None => buf,
+        });
+        pos = read.next;
+        newlines += read.newlines;
+        if read.term != Term::Comma {
+            break;
+        }
+    }
+    let fields: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+    check_header(&fields)?;
+    Ok(Some(HeaderEnd { end: pos, newlines }))
+}
+
+/// The end of a valid header line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeaderEnd {
+    /// Index just past the header's line end.
+    pub end: usize,
+    /// Line ends inside and at the end of the header.
+    pub newlines: u64,
+}
+
+/// Skips to just past the next `\n` at or after `pos` (for resynchronising after an error).
+fn skip_line(data: &[u8], pos: usize) -> (usize, u64) {
+    match memchr::memchr(b'\n', &data[pos..]) {
+        Some(offset) => (pos + offset + 1, 1),
+        None => (data.len(), 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::validate::pack_date;
+
+    #[derive(Default)]
+    struct Collect {
+        rows: Vec<(String, PackedDate, u64, u64)>,
+        invalid: Vec<(u64, Option<Field>, String)>,
+    }
+
+    impl RowSink for Collect {
+        fn row(
+            &mut self,
+            song: &[u8],
+            date: PackedDate,
+            plays: u64,
+            line: u64,
+        ) -> Result<(), Stop> {
+            self.rows.push((
+                String::from_utf8_lossy(song).into_owned(),
+                date,
+                plays,
+                line,
+            ));
+            Ok(())
+        }
+        fn invalid(&mut self, line: u64, field: Option<Field>, reason: String) -> Result<(), Stop> {
+            self.invalid.push((line, field, reason));
+            Ok(())
+        }
+    }
+
+    fn parse(data: &str) -> (Collect, BlockStats) {
+        let mut sink = Collect::default();
+        let stats = Parser::default()
+            .parse_block(data.as_bytes(), &mut sink)
+            .expect("collecting sink never stops");
+        (sink, stats)
+    }
+
+    #[test]
+    fn plain_and_quoted_records() {
+        let (sink, stats) = parse(
+            "A,2020-01-02,5\r\n\"B, \"\"the\"\" song\",\"2020-01-03\",\"7\"\n\"multi\nline\",2020-01-04,0\n\nC,2020-01-05,9",
+        );
+        assert!(sink.invalid.is_empty(), "{:?}", sink.invalid);
+        assert_eq!(
+            sink.rows,
+            vec![
+                ("A".into(), pack_date(2020, 1, 2), 5, 0),
+                ("B, \"the\" song".into(), pack_date(2020, 1, 3), 7, 1),
+                ("multi\nline".into(), pack_date(2020, 1, 4), 0, 2),
+                ("C".into(), pack_date(2020, 1, 5), 9, 5),
+            ]
+        );
+        assert_eq!(stats, BlockStats { lines: 5, rows: 4 });
+    }
+
+    #[test]
+    fn headers() {
+        let end = parse_header(b"Song,Date,Number of Plays\r\nA,2020-01-01,1\n", false)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(
+            end,
+            HeaderEnd {
+                end: 27,
+                newlines: 1
+            }
+        );
+        assert_eq!(parse_header(b"Song,Date,Numb", false), Ok(None));
+        assert!(
+            parse_header(b"Song,Date,Number of Plays", true)
+                .expect("valid")
+                .is_some()
+        );
+        let quoted = parse_header(b"\"Song\",\"Date\",\"Number of Plays\"\n", false);
+        assert!(quoted.expect("valid").is_some());
+        let err = parse_header(b"song,date,plays\n", false).expect_err("wrong header");
+        assert!(err.reason.contains("song,date,plays"), "{}", err.reason);
+        assert!(parse_header(b"A,2020-01-01,1\n", false).is_err());
+    }
+
+    #[test]
+    fn invalid_records_are_diagnosed_and_skipped() {
+        let (sink, stats) = parse(
+            "A,2020-01-02\nB,2020-02-30,1\nC,2020-01-01,-3\n,2020-01-01,1\nD,2020-01-01,1,x\nE\"x,2020-01-01,1\n\"F\"x,2020-01-01,1\nG,2020-01-01,99999999999999999999\nH,2020-01-01,7\n\"open,2020-01-01,1\n",
+        );
+        let fields: Vec<_> = sink.invalid.iter().map(|(l, f, _)| (*l, *f)).collect();
+        assert_eq!(
+            fields,
+            vec![
+                (0, None),
+                (1, Some(Field::Date)),
+                (2, Some(Field::Plays)),
+                (3, Some(Field::Song)),
+                (4, None),
+                (5, Some(Field::Song)),
+                (6, Some(Field::Song)),
+                (7, Some(Field::Plays)),
+                (9, Some(Field::Song)),
+            ]
+        );
+        assert!(
+            sink.invalid[0].2.contains("found 2"),
+            "{}",
+            sink.invalid[0].2
+        );
+        assert!(sink.invalid[1].2.contains("real calendar date"));
+        assert!(sink.invalid[7].2.contains("does not fit"));
+        assert!(sink.invalid[8].2.contains("never closed"));
+        assert_eq!(sink.rows, vec![("H".into(), pack_date(2020, 1, 1), 7, 8)]);
+        assert_eq!(stats.rows, 10);
+    }
+}

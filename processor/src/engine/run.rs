@@ -1,0 +1,181 @@
+//! Sorted runs: streams of songs in name-byte order, each with its (date, sum) pairs in date
+//! order. A run is either a worker's in-memory table read through a sorted index, or a run
+//! spilled to an anonymous temporary file (unlinked at creation, so it disappears with the
+//! process whatever happens).
+//!
+//! Spill format, little endian, per song: `u32` name length, name bytes, `u32` date count,
+//! then per date `u32` packed date and `u64` sum. Runs group dates under their song, which
+//! makes them smaller than one record per (song, date) as a generic external sorter (e.g. the
+//! extsort crate) would write.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use super::table::SongTable;
+use super::validate::PackedDate;
+use crate::Error;
+
+/// A position in a sorted run.
+pub(crate) trait Run {
+    /// The current song and its dates, or `None` at the end.
+    fn current(&self) -> Option<(&[u8], &[(PackedDate, u64)])>;
+    /// Moves to the next song.
+    fn advance(&mut self) -> Result<(), Error>;
+}
+
+/// A table read in the order of a sorted index (or a slice of it).
+pub(crate) struct TableRun<'a> {
+    table: &'a SongTable,
+    order: &'a [u32],
+    pos: usize,
+    days: Vec<(PackedDate, u64)>,
+}
+
+impl<'a> TableRun<'a> {
+    pub(crate) fn new(table: &'a SongTable, order: &'a [u32]) -> Self {
+        let mut run = TableRun {
+            table,
+            order,
+            pos: 0,
+            days: Vec::new(),
+        };
+        run.load();
+        run
+    }
+
+    fn load(&mut self) {
+        self.days.clear();
+        if let Some(&index) = self.order.get(self.pos) {
+            self.table.sorted_days_into(index, &mut self.days);
+        }
+    }
+}
+
+impl Run for TableRun<'_> {
+    fn current(&self) -> Option<(&[u8], &[(PackedDate, u64)])> {
+        let &index = self.order.get(self.pos)?;
+        Some((self.table.name(index), &self.days))
+    }
+
+    fn advance(&mut self) -> Result<(), Error> {
+        self.pos += 1;
+        self.load();
+        Ok(())
+    }
+}
+
+/// Writes `table` in sorted order to a new anonymous file in `dir`; returns it rewound.
+pub(crate) fn spill(table: &SongTable, dir: &Path) -> Result<File, Error> {
+    let temp_err = |source| Error::Temp {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let file = tempfile::tempfile_in(dir).map_err(temp_err)?;
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let mut days = Vec::new();
+    for index in table.sorted_order() {
+        let name = table.name(index);
+        days.clear();
+        table.sorted_days_into(index, &mut days);
+        write_song(&mut writer, name, &days).map_err(temp_err)?;
+    }
+    let mut file = writer.into_inner().map_err(|e| temp_err(e.into_error()))?;
+    file.seek(SeekFrom::Start(0)).map_err(temp_err)?;
+    Ok(file)
+}
+
+fn write_song(out: &mut impl Write, name: &[u8], days: &[(PackedDate, u64)]) -> io::Result<()> {
+    out.write_all(&(name.len() as u32).to_le_bytes())?;
+    out.write_all(name)?;
+    out.write_all(&(days.len() as u32).to_le_bytes())?;
+    for &(date, sum) in days {
+        out.write_all(&date.to_le_bytes())?;
+        out.write_all(&sum.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// A spilled run read back from its file.
+pub(crate) struct DiskRun {
+    reader: BufReader<File>,
+    name: Vec<u8>,
+    days: Vec<(PackedDate, u64)>,
+    done: bool,
+    dir: std::path::PathBuf,
+}
+
+impl DiskRun {
+    pub(crate) fn open(file: File, dir: &Path) -> Result<Self, Error> {
+        let mut run = DiskRun {
+            reader: BufReader::with_capacity(1 << 16, file),
+            name: Vec::new(),
+            days: Vec::new(),
+            done: false,
+            dir: dir.to_path_buf(),
+        };
+        run.advance()?;
+        Ok(run)
+    }
+
+    fn read_song(&mut self) -> io::Result<bool> {
+        let mut len = [0u8; 4];
+        match self.reader.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.name.resize(u32::from_le_bytes(len) as usize, 0);
+        self.reader.read_exact(&mut self.name)?;
+        self.reader.read_exact(&mut len)?;
+        let count = u32::from_le_bytes(len) as usize;
+        self.days.clear();
+        let mut entry = [0u8; 12];
+        for _ in 0..count {
+            self.reader.read_exact(&mut entry)?;
+            let (date, sum) = entry.split_at(4);
+            let date = u32::from_le_bytes(date.try_into().unwrap_or_default());
+            let sum = u64::from_le_bytes(sum.try_into().unwrap_or_default());
+            self.days.push((date, sum));
+        }
+        Ok(true)
+    }
+}
+
+impl Run for DiskRun {
+    fn current(&self) -> Option<(&[u8], &[(PackedDate, u64)])> {
+        (!self.done).then_some((&self.name[..], &self.days[..]))
+    }
+
+    fn advance(&mut self) -> Result<(), Error> {
+        if !self.done {
+            self.done = !self.read_song().map_err(|source| Error::Temp {
+                path: self.dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Either kind of run, so that one merge takes both.
+pub(crate) enum AnyRun<'a> {
+    Table(TableRun<'a>),
+    Disk(DiskRun),
+}
+
+impl Run for AnyRun<'_> {
+    fn current(&self) -> Option<(&[u8], &[(PackedDate, u64)])> {
+        match self {
+            AnyRun::Table(run) => run.current(),
+            AnyRun::Disk(run) => run.current(),
+        }
+    }
+
+    fn advance(&mut self) -> Result<(), Error> {
+        match self {
+            AnyRun::Table(run) => run.advance(),
+            AnyRun::Disk(run) => run.advance(),
+        }
+    }
+}

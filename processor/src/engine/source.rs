@@ -1,0 +1,216 @@
+//! Cuts the input into blocks of whole records for the workers: ranges of a memory-mapped
+//! file, or buffers read from a stream (recycled through a pool, so memory stays bounded).
+
+use std::io::Read;
+
+use memmap2::Mmap;
+
+use super::parse::{HeaderEnd, parse_header};
+use super::scan::last_record_end;
+use crate::error::InvalidRow;
+use crate::{Control, Error};
+
+/// Longest record accepted. A longer one (or a double quote never closed, which makes the
+/// rest of the input one field) is an error.
+pub(crate) const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// A run of whole records.
+pub(crate) struct Block {
+    /// Position in the input, from 0.
+    pub index: u64,
+    pub data: BlockData,
+    /// The block's first record is longer than [`MAX_RECORD_BYTES`]; nothing follows it.
+    pub oversized: bool,
+}
+
+pub(crate) enum BlockData {
+    /// `start..end` of the memory map.
+    Mapped { start: usize, end: usize },
+    /// A buffer from the pool (to be given back).
+    Owned(Vec<u8>),
+}
+
+impl BlockData {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            BlockData::Mapped { start, end } => end - start,
+            BlockData::Owned(buf) => buf.len(),
+        }
+    }
+}
+
+/// Where the header ended and how many line ends it had.
+pub(crate) struct Header {
+    pub newlines: u64,
+    /// Bytes of the BOM and the header line.
+    pub bytes: usize,
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+fn header_of(data: &[u8], at_end: bool) -> Result<Option<(usize, HeaderEnd)>, Error> {
+    let skip = if data.starts_with(BOM) { BOM.len() } else { 0 };
+    if at_end && data.len() == skip {
+        return Err(Error::EmptyInput);
+    }
+    Ok(parse_header(&data[skip..], at_end)
+        .map_err(Error::Invalid)?
+        .map(|end| (skip, end)))
+}
+
+fn header_too_long() -> Error {
+    Error::Invalid(InvalidRow {
+        line: 1,
+        field: None,
+        reason: format!(
+            "the header is longer than {} bytes; expected \"Song,Date,Number of Plays\"",
+            MAX_RECORD_BYTES
+        ),
+    })
+}
+
+/// Checks the header of a mapped file and sends its blocks. Returns the header, or an error
+/// about the header; `send` returning false stops early.
+pub(crate) fn produce_mapped(
+    map: &Mmap,
+    block_bytes: usize,
+    control: &Control,
+    mut send: impl FnMut(Block) -> bool,
+) -> Result<Header, Error> {
+    let data: &[u8] = map;
+    let head = &data[..data.len().min(MAX_RECORD_BYTES)];
+    let at_end = head.len() == data.len();
+    let (skip, header) = header_of(head, at_end)?.ok_or_else(header_too_long)?;
+    let mut pos = skip + header.end;
+    let mut index = 0;
+    while pos < data.len() && !control.is_cancelled() {
+        let (end, oversized) = cut(data, pos, block_bytes);
+        let block = Block {
+            index,
+            data: BlockData::Mapped { start: pos, end },
+            oversized,
+        };
+        if !send(block) || oversized {
+            break;
+        }
+        pos = end;
+        index += 1;
+    }
+    Ok(Header {
+        newlines: header.newlines,
+        bytes: skip + header.end,
+    })
+}
+
+/// End of the block starting at record start `pos`, and whether its first record is oversized.
+fn cut(data: &[u8], pos: usize, block_bytes: usize) -> (usize, bool) {
+    let end = (pos + block_bytes).min(data.len());
+    if end == data.len() {
+        return (end, false);
+    }
+    if let Some(offset) = last_record_end(&data[pos..end]) {
+        return (pos + offset, false);
+    }
+    let limit = (pos + block_bytes + MAX_RECORD_BYTES).min(data.len());
+    match last_record_end(&data[pos..limit]) {
+        Some(offset) => (pos + offset, false),
+        None if limit == data.len() => (limit, false),
+        None => (limit, true),
+    }
+}
+
+/// Reads `reader` into pooled buffers, checks the header and sends blocks of whole records.
+/// `take_buffer` blocks until a buffer is free.
+pub(crate) fn produce_stream(
+    reader: &mut dyn Read,
+    block_bytes: usize,
+    control: &Control,
+    mut take_buffer: impl FnMut() -> Vec<u8>,
+    mut send: impl FnMut(Block) -> bool,
+) -> Result<Header, Error> {
+    let read_err = |source| Error::Read {
+        path: "<input>".into(),
+        source,
+    };
+    let mut carry: Vec<u8> = Vec::new();
+    let mut header = None;
+    let mut index = 0;
+    let mut eof = false;
+    while !eof && !control.is_cancelled() {
+        let mut buf = take_buffer();
+        buf.clear();
+        buf.append(&mut carry);
+        let mut target = block_bytes;
+        loop {
+            eof = fill(reader, &mut buf, target).map_err(read_err)?;
+            if header.is_none() {
+                match header_of(&buf, eof)? {
+                    Some((skip, end)) => {
+                        buf.drain(..skip + end.end);
+                        header = Some(Header {
+                            newlines: end.newlines,
+                            bytes: skip + end.end,
+                        });
+                    }
+                    None if buf.len() >= MAX_RECORD_BYTES => return Err(header_too_long()),
+                    None => {
+                        target = buf.len() + block_bytes;
+                        continue;
+                    }
+                }
+            }
+            if eof {
+                break;
+            }
+            if let Some(end) = last_record_end(&buf) {
+                carry.extend_from_slice(&buf[end..]);
+                buf.truncate(end);
+                break;
+            }
+            if buf.len() >= block_bytes + MAX_RECORD_BYTES {
+                let block = Block {
+                    index,
+                    data: BlockData::Owned(buf),
+                    oversized: true,
+                };
+                send(block);
+                return header.ok_or(Error::EmptyInput);
+            }
+            target = buf.len() + block_bytes;
+        }
+        if buf.is_empty() {
+            continue;
+        }
+        let block = Block {
+            index,
+            data: BlockData::Owned(buf),
+            oversized: false,
+        };
+        if !send(block) {
+            break;
+        }
+        index += 1;
+    }
+    header.ok_or(Error::EmptyInput)
+}
+
+/// Reads until `buf` holds `target` bytes or the input ends; returns whether it ended.
+fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>, target: usize) -> std::io::Result<bool> {
+    while buf.len() < target {
+        let start = buf.len();
+        buf.resize(target, 0);
+        match reader.read(&mut buf[start..]) {
+            Ok(0) => {
+                buf.truncate(start);
+                return Ok(true);
+            }
+            Ok(n) => buf.truncate(start + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(start),
+            Err(e) => {
+                buf.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+    Ok(false)
+}

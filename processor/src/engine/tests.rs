@@ -1,0 +1,250 @@
+//! Property tests: the engine equals a naive reference (csv crate + BTreeMap) on random
+//! inputs, through both input kinds, with and without forced spilling.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use proptest::prelude::*;
+
+use crate::{Config, Control, Input, aggregate_to_writer};
+
+/// Reference: parse with the csv crate, sum in a BTreeMap keyed by (song bytes, date text),
+/// write with the csv crate's minimal quoting.
+fn reference(input: &[u8]) -> Vec<u8> {
+    let mut reader = csv::ReaderBuilder::new().from_reader(input);
+    let mut sums: BTreeMap<(Vec<u8>, Vec<u8>), u64> = BTreeMap::new();
+    for record in reader.byte_records() {
+        let record = record.expect("reference input is valid");
+        let plays: u64 = std::str::from_utf8(&record[2])
+            .expect("ascii")
+            .parse()
+            .expect("number");
+        *sums
+            .entry((record[0].to_vec(), record[1].to_vec()))
+            .or_insert(0) += plays;
+    }
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    writer
+        .write_record(["Song", "Date", "Number of Plays"])
+        .expect("write");
+    for ((song, date), plays) in sums {
+        writer
+            .write_record([&song[..], &date[..], plays.to_string().as_bytes()])
+            .expect("write");
+    }
+    writer.into_inner().expect("flush")
+}
+
+fn run_engine(input: &[u8], config: &Config, as_file: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let control = Control::new();
+    if as_file {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(input).expect("write input");
+        aggregate_to_writer(Input::File(file.path()), &mut out, config, &control)
+            .expect("engine succeeds");
+    } else {
+        let reader = Box::new(std::io::Cursor::new(input.to_vec()));
+        aggregate_to_writer(
+            Input::Reader { reader, len: None },
+            &mut out,
+            config,
+            &control,
+        )
+        .expect("engine succeeds");
+    }
+    out
+}
+
+fn song_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[A-Da-d]{1,3}",
+        1 => "[a-z ,\"é日\n]{1,6}",
+        1 => "\\PC{1,4}",
+    ]
+}
+
+fn row() -> impl Strategy<Value = (String, u32, u64)> {
+    (
+        song_name(),
+        0u32..40,
+        prop_oneof![0u64..1000, 0u64..=u64::MAX >> 20],
+    )
+}
+
+/// Writes rows as CSV with the given quoting and line ends.
+fn render(
+    rows: &[(String, u32, u64)],
+    crlf: bool,
+    quote_all: bool,
+    final_newline: bool,
+) -> Vec<u8> {
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(if crlf {
+            csv::Terminator::CRLF
+        } else {
+            csv::Terminator::Any(b'\n')
+        })
+        .quote_style(if quote_all {
+            csv::QuoteStyle::Always
+        } else {
+            csv::QuoteStyle::Necessary
+        })
+        .from_writer(Vec::new());
+    writer
+        .write_record(["Song", "Date", "Number of Plays"])
+        .expect("write");
+    for (song, day, plays) in rows {
+        let date = format!("2020-{:02}-{:02}", 1 + day / 28, 1 + day % 28);
+        writer
+            .write_record([song.as_str(), &date, &plays.to_string()])
+            .expect("write");
+    }
+    let mut bytes = writer.into_inner().expect("flush");
+    if !final_newline {
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+    }
+    bytes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn engine_equals_reference(
+        rows in prop::collection::vec(row(), 0..300),
+        crlf in any::<bool>(),
+        quote_all in any::<bool>(),
+        final_newline in any::<bool>(),
+        threads in 1usize..4,
+        spill in any::<bool>(),
+        as_file in any::<bool>(),
+        block in prop_oneof![Just(64usize), Just(1000), Just(4 << 20)],
+    ) {
+        let input = render(&rows, crlf, quote_all, final_newline || rows.is_empty());
+        let expected = reference(&input);
+        let config = Config {
+            threads,
+            memory_limit: if spill { 1 } else { 1 << 30 },
+            block_bytes: block,
+            ..Config::default()
+        };
+        let got = run_engine(&input, &config, as_file);
+        prop_assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&expected));
+    }
+}
+
+#[test]
+fn seed_example() {
+    let input = b"Song,Date,Number of Plays\nUmbrella,2020-01-02,200\nUmbrella,2020-01-01,100\nIn The End,2020-01-01,500\nUmbrella,2020-01-01,50\nIn The End,2020-01-01,1000\nUmbrella,2020-01-02,50\nIn The End,2020-01-02,500\n";
+    let expected = "Song,Date,Number of Plays\nIn The End,2020-01-01,1500\nIn The End,2020-01-02,500\nUmbrella,2020-01-01,150\nUmbrella,2020-01-02,250\n";
+    for as_file in [true, false] {
+        let got = run_engine(input, &Config::default(), as_file);
+        assert_eq!(String::from_utf8_lossy(&got), expected);
+    }
+}
+
+#[test]
+fn forced_spills_are_counted_and_merged() {
+    let rows: Vec<(String, u32, u64)> = (0..5000)
+        .map(|i| (format!("song {}", i % 700), (i * 7) % 40, i as u64))
+        .collect();
+    let input = render(&rows, false, false, true);
+    let config = Config {
+        threads: 2,
+        memory_limit: 1,
+        block_bytes: 4096,
+        ..Config::default()
+    };
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(&input).expect("write");
+    let mut out = Vec::new();
+    let summary = aggregate_to_writer(Input::File(file.path()), &mut out, &config, &Control::new())
+        .expect("engine succeeds");
+    assert!(summary.spilled_runs > 10, "{summary:?}");
+    assert_eq!(summary.rows_read, 5000);
+    assert_eq!(out, reference(&input));
+    assert_eq!(
+        summary.groups_written as usize,
+        out.iter().filter(|&&b| b == b'\n').count() - 1
+    );
+}
+
+#[test]
+fn first_error_in_file_order_with_its_line() {
+    let mut input = String::from("Song,Date,Number of Plays\n");
+    for i in 0..2000 {
+        input.push_str(&format!("s{i},2020-01-01,{i}\n"));
+    }
+    input.push_str("\"multi\nline\",2020-01-01,1\n");
+    input.push_str("bad,2020-02-30,1\n");
+    for i in 0..2000 {
+        input.push_str(&format!("t{i},2020-01-01,x\n"));
+    }
+    let config = Config {
+        threads: 3,
+        block_bytes: 512,
+        ..Config::default()
+    };
+    let file = tempfile::NamedTempFile::new().expect("temp");
+    std::fs::write(file.path(), &input).expect("write");
+    for as_file in [true, false] {
+        let mut out = Vec::new();
+        let input_box = if as_file {
+            Input::File(file.path())
+        } else {
+            Input::Reader {
+                reader: Box::new(std::io::Cursor::new(input.clone().into_bytes())),
+                len: None,
+            }
+        };
+        let err = aggregate_to_writer(input_box, &mut out, &config, &Control::new())
+            .expect_err("invalid date");
+        assert_eq!(
+            err.to_string(),
+            "invalid input: line 2004, field \"Date\": \"2020-02-30\" is not a real calendar date"
+        );
+    }
+}
+
+#[test]
+fn skip_invalid_reports_first_rows_in_order() {
+    let mut input = String::from("\u{feff}Song,Date,Number of Plays\r\n");
+    for i in 0..3000 {
+        if i % 100 == 7 {
+            input.push_str(&format!("s{i},2020-01-01,-{i}\r\n"));
+        } else {
+            input.push_str(&format!("s{},2020-01-01,1\r\n", i % 10));
+        }
+    }
+    let config = Config {
+        threads: 2,
+        block_bytes: 700,
+        skip_invalid: true,
+        max_reported_invalid: 3,
+        ..Config::default()
+    };
+    let mut file = tempfile::NamedTempFile::new().expect("temp");
+    file.write_all(input.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let summary = aggregate_to_writer(Input::File(file.path()), &mut out, &config, &Control::new())
+        .expect("skips");
+    assert_eq!(summary.rows_skipped, 30);
+    assert_eq!(summary.rows_read, 3000);
+    assert_eq!(summary.groups_written, 10);
+    assert_eq!(summary.invalid_samples.len(), 3);
+    assert!(
+        summary.invalid_samples[0].starts_with("line 9, field \"Number of Plays\""),
+        "{:?}",
+        summary.invalid_samples
+    );
+    assert!(
+        summary.invalid_samples[2].starts_with("line 209,"),
+        "{:?}",
+        summary.invalid_samples
+    );
+}
