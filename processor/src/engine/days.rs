@@ -15,12 +15,12 @@ pub(crate) enum Days {
     /// Few dates: unsorted pairs, searched linearly.
     Small(Vec<(PackedDate, u64)>),
     /// Many dates in a compact range: sums indexed by `date - base`, with a presence bitmap
-    /// (a present sum may be 0).
+    /// (a present sum may be 0). One allocation: `words` bitmap words, then `span` sums.
     Dense {
         base: PackedDate,
-        sums: Vec<u64>,
-        present: Vec<u64>,
-        count: usize,
+        span: u32,
+        count: u32,
+        data: Vec<u64>,
     },
     /// Many scattered dates.
     Map(hashbrown::HashMap<PackedDate, u64, foldhash::fast::FixedState>),
@@ -56,23 +56,23 @@ impl Days {
             }
             Days::Dense {
                 base,
-                sums,
-                present,
+                span,
                 count,
+                data,
             } => {
-                if date >= *base {
-                    let i = (date - *base) as usize;
-                    if i < sums.len() {
-                        let (word, bit) = (i / 64, 1u64 << (i % 64));
-                        if present[word] & bit != 0 {
-                            sums[i] = sums[i].checked_add(plays).ok_or(Overflow)?;
-                        } else {
-                            present[word] |= bit;
-                            sums[i] = plays;
-                            *count += 1;
-                        }
-                        return Ok(0);
+                let i = date.wrapping_sub(*base) as usize;
+                if i < *span as usize {
+                    let words = (*span as usize).div_ceil(64);
+                    let (word, bit) = (i / 64, 1u64 << (i % 64));
+                    let sum = words + i;
+                    if data[word] & bit != 0 {
+                        data[sum] = data[sum].checked_add(plays).ok_or(Overflow)?;
+                    } else {
+                        data[word] |= bit;
+                        data[sum] = plays;
+                        *count += 1;
                     }
+                    return Ok(0);
                 }
                 let before = self.heap_bytes();
                 self.widen_or_scatter(date);
@@ -92,7 +92,7 @@ impl Days {
     pub(crate) fn heap_bytes(&self) -> usize {
         match self {
             Days::Small(list) => list.capacity() * size_of::<(PackedDate, u64)>(),
-            Days::Dense { sums, present, .. } => (sums.capacity() + present.capacity()) * 8,
+            Days::Dense { data, .. } => data.capacity() * 8,
             Days::Map(map) => map.capacity() * (size_of::<(PackedDate, u64)>() + 1),
         }
     }
@@ -106,11 +106,9 @@ impl Days {
                 out[start..].sort_unstable_by_key(|entry| entry.0);
             }
             Days::Dense {
-                base,
-                sums,
-                present,
-                ..
+                base, span, data, ..
             } => {
+                let (present, sums) = data.split_at((*span as usize).div_ceil(64));
                 for (word_index, &word) in present.iter().enumerate() {
                     let mut bits = word;
                     while bits != 0 {
@@ -154,13 +152,10 @@ impl Days {
         match self {
             Days::Small(list) => list.retain(|entry| entry.0 != date),
             Days::Dense {
-                base,
-                present,
-                count,
-                ..
+                base, count, data, ..
             } => {
                 let i = (date - *base) as usize;
-                present[i / 64] &= !(1u64 << (i % 64));
+                data[i / 64] &= !(1u64 << (i % 64));
                 *count -= 1;
             }
             Days::Map(map) => {
@@ -180,18 +175,18 @@ impl Days {
             let margin = (span / 4).min(first.0 as usize);
             let base = first.0 - margin as PackedDate;
             let len = span + 2 * margin;
-            let mut sums = vec![0; len];
-            let mut present = vec![0u64; len.div_ceil(64)];
+            let words = len.div_ceil(64);
+            let mut data = vec![0u64; words + len];
             for &(date, sum) in entries {
                 let i = (date - base) as usize;
-                sums[i] = sum;
-                present[i / 64] |= 1 << (i % 64);
+                data[words + i] = sum;
+                data[i / 64] |= 1 << (i % 64);
             }
             Days::Dense {
                 base,
-                sums,
-                present,
-                count: entries.len(),
+                span: len as u32,
+                count: entries.len() as u32,
+                data,
             }
         } else {
             let mut map = hashbrown::HashMap::with_capacity_and_hasher(

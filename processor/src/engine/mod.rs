@@ -1,12 +1,14 @@
 //! The aggregation pipeline: input -> parse -> aggregate -> (spill) -> merge -> CSV output.
 
 mod days;
+mod hash;
 mod merge;
 mod output;
 mod parse;
 mod pipeline;
 mod run;
 mod scan;
+mod shards;
 mod source;
 mod table;
 #[cfg(test)]
@@ -17,6 +19,8 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Instant;
+
+pub(crate) use shards::Overflowed;
 
 use crate::{Config, Control, Error, Phase, Summary};
 

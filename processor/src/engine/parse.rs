@@ -64,6 +64,41 @@ struct RecordError {
 pub(crate) struct Parser {
     song: Vec<u8>,
     other: Vec<u8>,
+    dates: DateCache,
+}
+
+/// Direct-mapped cache of recently parsed date texts: inputs repeat a few dates millions of
+/// times, and a hit costs a hash and two compares instead of a full validation.
+struct DateCache {
+    slots: Box<[(u64, u16, PackedDate); DateCache::SLOTS]>,
+}
+
+impl Default for DateCache {
+    fn default() -> Self {
+        // (0, 0) never matches a date text, whose first byte is a digit.
+        DateCache {
+            slots: Box::new([(0, 0, 0); DateCache::SLOTS]),
+        }
+    }
+}
+
+impl DateCache {
+    const SLOTS: usize = 256;
+
+    #[inline]
+    fn parse(&mut self, text: &[u8; 10]) -> Option<PackedDate> {
+        let (head, tail) = text.split_at(8);
+        let head = u64::from_le_bytes(head.try_into().ok()?);
+        let tail = u16::from_le_bytes(tail.try_into().ok()?);
+        let mixed = (head ^ (u64::from(tail) << 13)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let slot = &mut self.slots[(mixed >> 56) as usize];
+        if slot.0 == head && slot.1 == tail {
+            return Some(slot.2);
+        }
+        let date = parse_date_exact(text)?;
+        *slot = (head, tail, date);
+        Some(date)
+    }
 }
 
 impl Parser {
@@ -93,7 +128,7 @@ impl Parser {
                 _ => {}
             }
             stats.rows += 1;
-            if let Some(fast) = fast_record(data, p) {
+            if let Some(fast) = fast_record(data, p, &mut self.dates) {
                 sink.row(&data[p..fast.song_end], fast.date, fast.plays, stats.lines)?;
                 p = fast.next;
                 stats.lines += fast.newlines;
@@ -208,7 +243,7 @@ struct FastRecord {
 /// The fast path: `song,YYYY-MM-DD,digits` with a plain song, ending in `\n`, `\r\n` or the
 /// end of the data. `None` sends the record to the general path.
 #[inline]
-fn fast_record(data: &[u8], start: usize) -> Option<FastRecord> {
+fn fast_record(data: &[u8], start: usize, dates: &mut DateCache) -> Option<FastRecord> {
     let n = data.len();
     if data[start] == b'"' {
         return None;
@@ -222,7 +257,7 @@ fn fast_record(data: &[u8], start: usize) -> Option<FastRecord> {
     if data.get(date_start + 10) != Some(&b',') {
         return None;
     }
-    let date = parse_date_exact(date_text)?;
+    let date = dates.parse(date_text)?;
     let digits_start = date_start + 11;
     let mut q = digits_start;
     let mut plays: u64 = 0;

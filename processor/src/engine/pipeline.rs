@@ -15,9 +15,10 @@ use super::merge::merge_runs;
 use super::output::write_header;
 use super::parse::{Parser, RowSink, Stop};
 use super::run::{AnyRun, DiskRun, TableRun, spill};
+use super::shards::ShardedTable;
 use super::source::{Block, BlockData, MAX_RECORD_BYTES, produce_mapped, produce_stream};
-use super::table::{AddError, SongTable};
-use super::validate::{PackedDate, date_string};
+use super::table::SongRef;
+use super::validate::PackedDate;
 use crate::error::{Field, InvalidRow, show_value};
 use crate::{Config, Control, Error, Phase, Summary};
 
@@ -112,7 +113,7 @@ impl Shared<'_> {
 
 /// Feeds parsed rows of one block into a worker's table.
 struct TableSink<'a, 's> {
-    table: &'a mut SongTable,
+    table: &'a mut ShardedTable,
     shared: &'a Shared<'s>,
     block: u64,
 }
@@ -120,21 +121,17 @@ struct TableSink<'a, 's> {
 impl RowSink for TableSink<'_, '_> {
     #[inline]
     fn row(&mut self, song: &[u8], date: PackedDate, plays: u64, line: u64) -> Result<(), Stop> {
-        match self.table.add(song, date, plays) {
-            Ok(()) => Ok(()),
-            Err(AddError::InvalidUtf8) => self.invalid(
+        if !song.is_ascii() && std::str::from_utf8(song).is_err() {
+            return self.invalid(
                 line,
                 Some(Field::Song),
                 format!("{} is not valid UTF-8", show_value(song)),
-            ),
-            Err(AddError::Overflow) => {
-                self.shared.fail(Error::SumOverflow {
-                    song: String::from_utf8_lossy(song).into_owned(),
-                    date: date_string(date),
-                });
-                Err(Stop)
-            }
+            );
         }
+        self.table.add(song, date, plays).map_err(|overflow| {
+            self.shared.fail(overflow.into());
+            Stop
+        })
     }
 
     fn invalid(&mut self, line: u64, field: Option<Field>, reason: String) -> Result<(), Stop> {
@@ -218,7 +215,7 @@ pub(crate) fn run(
             }
         };
         drop(block_tx);
-        let tables: Vec<SongTable> = workers
+        let tables: Vec<ShardedTable> = workers
             .into_iter()
             .filter_map(|handle| handle.join().ok())
             .collect();
@@ -317,8 +314,9 @@ fn worker(
     shared: &Shared<'_>,
     input_bytes: &AtomicU64,
     rows: &AtomicU64,
-) -> SongTable {
-    let mut table = SongTable::default();
+) -> ShardedTable {
+    let new_table = || ShardedTable::new((shared.table_budget / 8).clamp(1 << 16, 32 << 20));
+    let mut table = new_table();
     let mut parser = Parser::default();
     for block in blocks {
         let len = block.data.len();
@@ -352,14 +350,18 @@ fn worker(
             }
             if table.heap_bytes() > shared.table_budget && !shared.stopped() {
                 shared.control.progress().set_phase(Phase::Spill);
-                match spill(&table, &shared.temp_dir) {
+                match table
+                    .flush()
+                    .map_err(Error::from)
+                    .and_then(|()| spill(&table.sorted_songs(), &shared.temp_dir))
+                {
                     Ok(file) => {
                         shared
                             .spills
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .push(file);
-                        table = SongTable::default();
+                        table = new_table();
                     }
                     Err(error) => shared.fail(error),
                 }
@@ -372,6 +374,9 @@ fn worker(
                 let _ = pool.try_send(buf);
             }
         }
+    }
+    if let Err(overflow) = table.flush() {
+        shared.fail(overflow.into());
     }
     table
 }
@@ -392,11 +397,11 @@ fn release(map: Option<&Mmap>, start: usize, end: usize) {
 /// taken from the largest table, and each range is merged and formatted on its own.
 fn merge_in_memory(
     pool: &rayon::ThreadPool,
-    tables: &[SongTable],
+    tables: &[ShardedTable],
     write: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Error>,
 ) -> Result<u64, Error> {
-    let orders: Vec<Vec<u32>> =
-        pool.install(|| tables.par_iter().map(SongTable::sorted_order).collect());
+    let orders: Vec<Vec<SongRef<'_>>> =
+        pool.install(|| tables.par_iter().map(ShardedTable::sorted_songs).collect());
     let Some(largest) = (0..tables.len()).max_by_key(|&t| orders[t].len()) else {
         return Ok(0);
     };
@@ -404,17 +409,16 @@ fn merge_in_memory(
     let parts = (total / 16_384).clamp(1, 4096);
     let pivot_order = &orders[largest];
     let pivots: Vec<&[u8]> = (1..parts)
-        .map(|j| tables[largest].name(pivot_order[j * pivot_order.len() / parts]))
+        .map(|j| pivot_order[j * pivot_order.len() / parts].name)
         .collect();
-    let bounds: Vec<Vec<usize>> = tables
+    let bounds: Vec<Vec<usize>> = orders
         .iter()
-        .zip(&orders)
-        .map(|(table, order)| {
+        .map(|order| {
             let mut b = vec![0];
             b.extend(
                 pivots
                     .iter()
-                    .map(|p| order.partition_point(|&i| table.name(i) < *p)),
+                    .map(|p| order.partition_point(|s| s.name < *p)),
             );
             b.push(order.len());
             b
@@ -427,13 +431,10 @@ fn merge_in_memory(
             (first..(first + window).min(parts))
                 .into_par_iter()
                 .map(|part| {
-                    let mut runs: Vec<TableRun<'_>> = tables
+                    let mut runs: Vec<TableRun<'_>> = orders
                         .iter()
-                        .zip(&orders)
                         .zip(&bounds)
-                        .map(|((table, order), b)| {
-                            TableRun::new(table, &order[b[part]..b[part + 1]])
-                        })
+                        .map(|(order, b)| TableRun::new(&order[b[part]..b[part + 1]]))
                         .collect();
                     let mut buf = Vec::new();
                     let groups = merge_runs(&mut runs, &mut buf, usize::MAX, &mut |_| Ok(()))?;
@@ -453,21 +454,19 @@ fn merge_in_memory(
 /// Merges spilled runs and the tables left in memory in one k-way merge.
 fn merge_with_spills(
     pool: &rayon::ThreadPool,
-    tables: &[SongTable],
+    tables: &[ShardedTable],
     spills: Vec<File>,
     temp_dir: &Path,
     write: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Error>,
 ) -> Result<u64, Error> {
-    let orders: Vec<Vec<u32>> =
-        pool.install(|| tables.par_iter().map(SongTable::sorted_order).collect());
+    let orders: Vec<Vec<SongRef<'_>>> =
+        pool.install(|| tables.par_iter().map(ShardedTable::sorted_songs).collect());
     let mut runs: Vec<AnyRun<'_>> = Vec::new();
     for file in spills {
         runs.push(AnyRun::Disk(DiskRun::open(file, temp_dir)?));
     }
-    for (table, order) in tables.iter().zip(&orders) {
-        if !table.is_empty() {
-            runs.push(AnyRun::Table(TableRun::new(table, order)));
-        }
+    for order in orders.iter().filter(|order| !order.is_empty()) {
+        runs.push(AnyRun::Table(TableRun::new(order)));
     }
     let mut buf = Vec::with_capacity(OUTPUT_CHUNK * 2);
     let groups = merge_runs(&mut runs, &mut buf, OUTPUT_CHUNK, write)?;

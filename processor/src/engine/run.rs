@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::table::SongTable;
+use super::table::SongRef;
 use super::validate::PackedDate;
 use crate::Error;
 
@@ -26,16 +26,14 @@ pub(crate) trait Run {
 
 /// A table read in the order of a sorted index (or a slice of it).
 pub(crate) struct TableRun<'a> {
-    table: &'a SongTable,
-    order: &'a [u32],
+    order: &'a [SongRef<'a>],
     pos: usize,
     days: Vec<(PackedDate, u64)>,
 }
 
 impl<'a> TableRun<'a> {
-    pub(crate) fn new(table: &'a SongTable, order: &'a [u32]) -> Self {
+    pub(crate) fn new(order: &'a [SongRef<'a>]) -> Self {
         let mut run = TableRun {
-            table,
             order,
             pos: 0,
             days: Vec::new(),
@@ -46,16 +44,16 @@ impl<'a> TableRun<'a> {
 
     fn load(&mut self) {
         self.days.clear();
-        if let Some(&index) = self.order.get(self.pos) {
-            self.table.sorted_days_into(index, &mut self.days);
+        if let Some(song) = self.order.get(self.pos) {
+            song.sorted_days_into(&mut self.days);
         }
     }
 }
 
 impl Run for TableRun<'_> {
     fn current(&self) -> Option<(&[u8], &[(PackedDate, u64)])> {
-        let &index = self.order.get(self.pos)?;
-        Some((self.table.name(index), &self.days))
+        let song = self.order.get(self.pos)?;
+        Some((song.name, &self.days))
     }
 
     fn advance(&mut self) -> Result<(), Error> {
@@ -65,8 +63,8 @@ impl Run for TableRun<'_> {
     }
 }
 
-/// Writes `table` in sorted order to a new anonymous file in `dir`; returns it rewound.
-pub(crate) fn spill(table: &SongTable, dir: &Path) -> Result<File, Error> {
+/// Writes `songs` (sorted) to a new anonymous file in `dir`; returns it rewound.
+pub(crate) fn spill(songs: &[SongRef<'_>], dir: &Path) -> Result<File, Error> {
     let temp_err = |source| Error::Temp {
         path: dir.to_path_buf(),
         source,
@@ -74,11 +72,10 @@ pub(crate) fn spill(table: &SongTable, dir: &Path) -> Result<File, Error> {
     let file = tempfile::tempfile_in(dir).map_err(temp_err)?;
     let mut writer = BufWriter::with_capacity(1 << 20, file);
     let mut days = Vec::new();
-    for index in table.sorted_order() {
-        let name = table.name(index);
+    for song in songs {
         days.clear();
-        table.sorted_days_into(index, &mut days);
-        write_song(&mut writer, name, &days).map_err(temp_err)?;
+        song.sorted_days_into(&mut days);
+        write_song(&mut writer, song.name, &days).map_err(temp_err)?;
     }
     let mut file = writer.into_inner().map_err(|e| temp_err(e.into_error()))?;
     file.seek(SeekFrom::Start(0)).map_err(temp_err)?;

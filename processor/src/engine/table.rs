@@ -1,7 +1,6 @@
-//! A worker thread's aggregation table: songs interned once (name bytes copied on first
-//! sight), each with its sums by date.
+//! A worker thread's aggregation table: songs interned once (short names stored inline in
+//! the hash table's slots, long ones in an arena), each with its sums by date.
 
-use std::hash::BuildHasher;
 use std::mem::size_of;
 
 use hashbrown::HashTable;
@@ -9,151 +8,160 @@ use hashbrown::HashTable;
 use super::days::{Days, Overflow};
 use super::validate::PackedDate;
 
-/// Why a row could not be added.
+/// A sum for (song, date) overflowed u64.
 #[derive(Debug)]
-pub(crate) enum AddError {
-    /// The song name is not valid UTF-8.
-    InvalidUtf8,
-    /// The sum for (song, date) overflowed u64.
-    Overflow,
+pub(crate) struct SumOverflow;
+
+/// A song of a table with its name resolved.
+#[derive(Clone, Copy)]
+pub(crate) struct SongRef<'a> {
+    pub name: &'a [u8],
+    song: &'a Song,
 }
 
-struct Song {
-    name_start: usize,
-    name_len: u32,
+impl SongRef<'_> {
+    /// Appends the song's (date, sum) pairs sorted by date.
+    pub(crate) fn sorted_days_into(&self, out: &mut Vec<(PackedDate, u64)>) {
+        self.song.days.sorted_into(out);
+    }
+}
+
+/// Names up to this length live in the slot itself.
+const INLINE: usize = 24;
+
+pub(crate) struct Song {
+    hash: u64,
+    len: u32,
+    /// The name when `len <= INLINE`, else its start in the arena (first 8 bytes).
+    name: [u8; INLINE],
     days: Days,
 }
 
-/// Songs and their sums by date, with an estimate of the heap bytes held.
-pub(crate) struct SongTable {
-    /// Entries are `(hash tag << 32) | song index`, so most probes decide without touching names.
-    index: HashTable<u64>,
-    songs: Vec<Song>,
-    names: Vec<u8>,
-    days_bytes: usize,
-    hasher: foldhash::fast::FixedState,
-}
-
-impl Default for SongTable {
-    fn default() -> Self {
-        SongTable {
-            index: HashTable::new(),
-            songs: Vec::new(),
-            names: Vec::new(),
-            days_bytes: 0,
-            hasher: foldhash::fast::FixedState::with_seed(0x5eed),
+impl Song {
+    #[inline]
+    fn name<'a>(&'a self, arena: &'a [u8]) -> &'a [u8] {
+        let len = self.len as usize;
+        if len <= INLINE {
+            &self.name[..len]
+        } else {
+            let mut start = [0u8; 8];
+            start.copy_from_slice(&self.name[..8]);
+            let start = u64::from_le_bytes(start) as usize;
+            &arena[start..start + len]
         }
     }
 }
 
+/// Songs and their sums by date, with an estimate of the heap bytes held.
+#[derive(Default)]
+pub(crate) struct SongTable {
+    songs: HashTable<Song>,
+    /// Names longer than [`INLINE`].
+    arena: Vec<u8>,
+    days_bytes: usize,
+}
+
 impl SongTable {
-    /// Adds `plays` to (`song`, `date`).
+    /// Adds `plays` to (`song`, `date`); `hash` is `hash_bytes(song)`.
     #[inline]
     pub(crate) fn add(
         &mut self,
         song: &[u8],
+        hash: u64,
         date: PackedDate,
         plays: u64,
-    ) -> Result<(), AddError> {
-        let hash = self.hasher.hash_one(song);
-        let tag = hash >> 32;
-        let (songs, names) = (&self.songs, &self.names);
-        let found = self.index.find(hash, |&entry| {
-            entry >> 32 == tag && {
-                let s = &songs[(entry & 0xffff_ffff) as usize];
-                &names[s.name_start..s.name_start + s.name_len as usize] == song
-            }
-        });
-        let index = match found {
-            Some(&entry) => (entry & 0xffff_ffff) as usize,
-            None => self.insert(song, hash)?,
+    ) -> Result<(), SumOverflow> {
+        let arena = &self.arena;
+        let entry = match self
+            .songs
+            .find_mut(hash, |s| s.hash == hash && s.name(arena) == song)
+        {
+            Some(entry) => entry,
+            None => self.insert(song, hash),
         };
-        let delta = self.songs[index]
+        let delta = entry
             .days
             .add(date, plays)
-            .map_err(|Overflow| AddError::Overflow)?;
+            .map_err(|Overflow| SumOverflow)?;
         self.days_bytes = self.days_bytes.wrapping_add_signed(delta);
         Ok(())
     }
 
     #[cold]
-    fn insert(&mut self, song: &[u8], hash: u64) -> Result<usize, AddError> {
-        if std::str::from_utf8(song).is_err() {
-            return Err(AddError::InvalidUtf8);
+    fn insert(&mut self, song: &[u8], hash: u64) -> &mut Song {
+        let mut name = [0u8; INLINE];
+        if song.len() <= INLINE {
+            name[..song.len()].copy_from_slice(song);
+        } else {
+            name[..8].copy_from_slice(&(self.arena.len() as u64).to_le_bytes());
+            self.arena.extend_from_slice(song);
         }
-        let index = self.songs.len();
-        let entry = (hash >> 32 << 32) | index as u64;
-        let (songs, hasher) = (&self.songs, &self.hasher);
-        let names = &self.names;
-        self.index.insert_unique(hash, entry, |&e| {
-            let s = &songs[(e & 0xffff_ffff) as usize];
-            hasher.hash_one(&names[s.name_start..s.name_start + s.name_len as usize])
-        });
-        let name_start = self.names.len();
-        self.names.extend_from_slice(song);
         let days = Days::new();
         self.days_bytes += days.heap_bytes();
-        self.songs.push(Song {
-            name_start,
-            name_len: song.len() as u32,
-            days,
-        });
-        Ok(index)
+        let entry = self.songs.insert_unique(
+            hash,
+            Song {
+                hash,
+                len: song.len() as u32,
+                name,
+                days,
+            },
+            |s| s.hash,
+        );
+        entry.into_mut()
     }
 
     /// Estimated heap bytes held.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.index.capacity() * (size_of::<u64>() + 1)
-            + self.songs.capacity() * size_of::<Song>()
-            + self.names.capacity()
-            + self.days_bytes
+        self.songs.capacity() * (size_of::<Song>() + 1) + self.arena.capacity() + self.days_bytes
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.songs.is_empty()
-    }
-
-    /// Name of song `index`.
-    pub(crate) fn name(&self, index: u32) -> &[u8] {
-        let s = &self.songs[index as usize];
-        &self.names[s.name_start..s.name_start + s.name_len as usize]
-    }
-
-    /// Appends song `index`'s (date, sum) pairs sorted by date.
-    pub(crate) fn sorted_days_into(&self, index: u32, out: &mut Vec<(PackedDate, u64)>) {
-        self.songs[index as usize].days.sorted_into(out);
-    }
-
-    /// Song indices sorted by name bytes.
-    pub(crate) fn sorted_order(&self) -> Vec<u32> {
-        let mut order: Vec<u32> = (0..self.songs.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| self.name(a).cmp(self.name(b)));
-        order
+    /// Appends the songs with their names to `out` (unsorted).
+    pub(crate) fn songs_into<'a>(&'a self, out: &mut Vec<SongRef<'a>>) {
+        out.extend(self.songs.iter().map(|song| SongRef {
+            name: song.name(&self.arena),
+            song,
+        }));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::hash::hash_bytes;
+
+    fn add(
+        table: &mut SongTable,
+        song: &[u8],
+        date: PackedDate,
+        plays: u64,
+    ) -> Result<(), SumOverflow> {
+        table.add(song, hash_bytes(song), date, plays)
+    }
 
     #[test]
     fn interns_and_sums() {
         let mut table = SongTable::default();
-        table.add(b"b", 2, 5).expect("valid");
-        table.add(b"a", 1, 1).expect("valid");
-        table.add(b"b", 2, 5).expect("valid");
-        table.add(b"b", 1, 3).expect("valid");
-        let order = table.sorted_order();
-        assert_eq!(table.name(order[0]), b"a");
+        let long = "a song name longer than the inline slot".as_bytes();
+        add(&mut table, b"b", 2, 5).expect("fits");
+        add(&mut table, b"a", 1, 1).expect("fits");
+        add(&mut table, long, 1, 1).expect("fits");
+        add(&mut table, b"b", 2, 5).expect("fits");
+        add(&mut table, b"b", 1, 3).expect("fits");
+        add(&mut table, long, 1, 2).expect("fits");
+        let mut songs = Vec::new();
+        table.songs_into(&mut songs);
+        songs.sort_by_key(|s| s.name);
+        let names: Vec<&[u8]> = songs.iter().map(|s| s.name).collect();
+        assert_eq!(names, vec![&b"a"[..], long, &b"b"[..]]);
         let mut days = Vec::new();
-        table.sorted_days_into(order[1], &mut days);
+        songs[2].sorted_days_into(&mut days);
         assert_eq!(days, vec![(1, 3), (2, 10)]);
+        days.clear();
+        songs[1].sorted_days_into(&mut days);
+        assert_eq!(days, vec![(1, 3)]);
         assert!(table.heap_bytes() > 0);
-        assert!(matches!(
-            table.add(b"\xff", 1, 1),
-            Err(AddError::InvalidUtf8)
-        ));
-        table.add(b"c", 1, u64::MAX).expect("fits");
-        assert!(matches!(table.add(b"c", 1, 1), Err(AddError::Overflow)));
+        add(&mut table, b"c", 1, u64::MAX).expect("fits");
+        assert!(add(&mut table, b"c", 1, 1).is_err());
     }
 }

@@ -1,0 +1,159 @@
+//! A worker's table split into cache-sized shards by song hash. Rows are first appended to a
+//! per-shard buffer (sequential writes); when the buffers fill, each shard's rows are added
+//! to that shard's table in one go, so the random accesses of the hash lookups stay within
+//! a table small enough for the CPU caches instead of missing to memory on every row.
+
+use super::hash::hash_bytes;
+use super::table::{SongRef, SongTable, SumOverflow};
+use super::validate::{PackedDate, date_string};
+
+/// log2 of the number of shards.
+const SHARD_BITS: u32 = 7;
+const SHARDS: usize = 1 << SHARD_BITS;
+/// Bytes of a buffered row before the name: hash, plays, date, name length.
+const ROW_HEADER: usize = 24;
+
+/// Which shard a hash goes to. Middle bits: hashbrown uses the low bits for buckets and the
+/// top seven as tags, which must keep their entropy within a shard.
+#[inline]
+fn shard_of(hash: u64) -> usize {
+    (hash >> 40) as usize & (SHARDS - 1)
+}
+
+/// The (song, date) whose sum overflowed.
+#[derive(Debug)]
+pub(crate) struct Overflowed {
+    pub song: String,
+    pub date: String,
+}
+
+pub(crate) struct ShardedTable {
+    shards: Vec<SongTable>,
+    buffers: Vec<Vec<u8>>,
+    buffered: usize,
+    flush_at: usize,
+}
+
+impl ShardedTable {
+    /// A table that buffers up to about `flush_at` bytes of rows before adding them.
+    pub(crate) fn new(flush_at: usize) -> Self {
+        ShardedTable {
+            shards: (0..SHARDS).map(|_| SongTable::default()).collect(),
+            buffers: vec![Vec::new(); SHARDS],
+            buffered: 0,
+            flush_at,
+        }
+    }
+
+    /// Adds `plays` to (`song`, `date`), possibly later.
+    #[inline]
+    pub(crate) fn add(
+        &mut self,
+        song: &[u8],
+        date: PackedDate,
+        plays: u64,
+    ) -> Result<(), Overflowed> {
+        let hash = hash_bytes(song);
+        let buffer = &mut self.buffers[shard_of(hash)];
+        buffer.extend_from_slice(&hash.to_le_bytes());
+        buffer.extend_from_slice(&plays.to_le_bytes());
+        buffer.extend_from_slice(&date.to_le_bytes());
+        buffer.extend_from_slice(&(song.len() as u32).to_le_bytes());
+        buffer.extend_from_slice(song);
+        self.buffered += ROW_HEADER + song.len();
+        if self.buffered >= self.flush_at {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Adds all buffered rows to the shard tables.
+    pub(crate) fn flush(&mut self) -> Result<(), Overflowed> {
+        for (table, buffer) in self.shards.iter_mut().zip(&mut self.buffers) {
+            let mut at = 0;
+            while at + ROW_HEADER <= buffer.len() {
+                let header = &buffer[at..at + ROW_HEADER];
+                let hash = u64_at(header, 0);
+                let plays = u64_at(header, 8);
+                let date = u32_at(header, 16);
+                let len = u32_at(header, 20) as usize;
+                let song = &buffer[at + ROW_HEADER..at + ROW_HEADER + len];
+                table
+                    .add(song, hash, date, plays)
+                    .map_err(|SumOverflow| Overflowed {
+                        song: String::from_utf8_lossy(song).into_owned(),
+                        date: date_string(date),
+                    })?;
+                at += ROW_HEADER + len;
+            }
+            buffer.clear();
+        }
+        self.buffered = 0;
+        Ok(())
+    }
+
+    /// Estimated heap bytes held, buffers included.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.shards.iter().map(SongTable::heap_bytes).sum::<usize>()
+            + self.buffers.iter().map(Vec::capacity).sum::<usize>()
+    }
+
+    /// All songs sorted by name. Call after [`ShardedTable::flush`].
+    pub(crate) fn sorted_songs(&self) -> Vec<SongRef<'_>> {
+        let mut songs = Vec::new();
+        for shard in &self.shards {
+            shard.songs_into(&mut songs);
+        }
+        songs.sort_unstable_by(|a, b| a.name.cmp(b.name));
+        songs
+    }
+}
+
+#[inline]
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+#[inline]
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffered_rows_are_summed_after_flush() {
+        let mut table = ShardedTable::new(100);
+        for i in 0..1000u64 {
+            let song = format!("song {}", i % 37);
+            table.add(song.as_bytes(), (i % 5) as u32, i).expect("fits");
+        }
+        table.flush().expect("fits");
+        let songs = table.sorted_songs();
+        assert_eq!(songs.len(), 37);
+        assert!(songs.windows(2).all(|w| w[0].name < w[1].name));
+        let mut total = 0;
+        let mut days = Vec::new();
+        for song in &songs {
+            days.clear();
+            song.sorted_days_into(&mut days);
+            total += days.iter().map(|d| d.1).sum::<u64>();
+        }
+        assert_eq!(total, (0..1000).sum::<u64>());
+    }
+
+    #[test]
+    fn overflow_names_the_group() {
+        let mut table = ShardedTable::new(1 << 20);
+        table.add(b"x", 10, u64::MAX).expect("buffered");
+        table.add(b"x", 10, 1).expect("buffered");
+        let err = table.flush().expect_err("overflows");
+        assert_eq!(err.song, "x");
+    }
+}
