@@ -4,6 +4,8 @@ use std::mem::size_of;
 
 use super::validate::PackedDate;
 
+/// Bytes malloc adds to each allocation (header and rounding), for the memory estimate.
+const MALLOC_OVERHEAD: usize = 16;
 /// Entries kept in an unsorted list before switching to a denser layout.
 const SMALL_MAX: usize = 16;
 /// Extra slots a dense array may have beyond 4 per present date (packed dates of
@@ -12,6 +14,8 @@ const DENSE_SLACK: usize = 256;
 
 /// The sums of one song, keyed by date.
 pub(crate) enum Days {
+    /// One date (no allocation): most songs of a high-cardinality input.
+    One(PackedDate, u64),
     /// Few dates: unsorted pairs, searched linearly.
     Small(Vec<(PackedDate, u64)>),
     /// Many dates in a compact range: sums indexed by `date - base`, with a presence bitmap
@@ -32,13 +36,28 @@ pub(crate) struct Overflow;
 
 impl Days {
     pub(crate) fn new() -> Days {
-        Days::Small(Vec::with_capacity(2))
+        Days::Small(Vec::new())
+    }
+
+    /// A song's first date.
+    pub(crate) fn first(date: PackedDate, plays: u64) -> Days {
+        Days::One(date, plays)
     }
 
     /// Adds `plays` to `date`. Returns the change in heap bytes.
     #[inline]
     pub(crate) fn add(&mut self, date: PackedDate, plays: u64) -> Result<isize, Overflow> {
         match self {
+            Days::One(first, sum) => {
+                if *first == date {
+                    *sum = sum.checked_add(plays).ok_or(Overflow)?;
+                    return Ok(0);
+                }
+                let list = vec![(*first, *sum), (date, plays)];
+                let bytes = bytes_of::<(PackedDate, u64)>(list.capacity());
+                *self = Days::Small(list);
+                Ok(bytes)
+            }
             Days::Small(list) => {
                 if let Some(entry) = list.iter_mut().find(|entry| entry.0 == date) {
                     entry.1 = entry.1.checked_add(plays).ok_or(Overflow)?;
@@ -91,9 +110,13 @@ impl Days {
     /// Heap bytes held (capacity based, an estimate for the memory budget).
     pub(crate) fn heap_bytes(&self) -> usize {
         match self {
-            Days::Small(list) => list.capacity() * size_of::<(PackedDate, u64)>(),
-            Days::Dense { data, .. } => data.capacity() * 8,
-            Days::Map(map) => map.capacity() * (size_of::<(PackedDate, u64)>() + 1),
+            Days::One(..) => 0,
+            Days::Small(list) => list.capacity() * size_of::<(PackedDate, u64)>() + MALLOC_OVERHEAD,
+            Days::Dense { data, .. } => data.capacity() * 8 + MALLOC_OVERHEAD,
+            Days::Map(map) => {
+                // hashbrown allocates a power of two of buckets, at most 7/8 of them usable.
+                map.capacity() * 8 / 7 * (size_of::<(PackedDate, u64)>() + 1) + MALLOC_OVERHEAD
+            }
         }
     }
 
@@ -101,6 +124,7 @@ impl Days {
     pub(crate) fn sorted_into(&self, out: &mut Vec<(PackedDate, u64)>) {
         let start = out.len();
         match self {
+            Days::One(date, sum) => out.push((*date, *sum)),
             Days::Small(list) => {
                 out.extend_from_slice(list);
                 out[start..].sort_unstable_by_key(|entry| entry.0);
@@ -150,6 +174,7 @@ impl Days {
 
     fn remove_zero_placeholder(&mut self, date: PackedDate) {
         match self {
+            Days::One(..) => *self = Days::new(),
             Days::Small(list) => list.retain(|entry| entry.0 != date),
             Days::Dense {
                 base, count, data, ..
@@ -209,8 +234,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn check(dates: &[(PackedDate, u64)]) {
-        let mut days = Days::new();
-        let mut expected = BTreeMap::new();
+        let Some(&(first, plays)) = dates.first() else {
+            return;
+        };
+        let mut days = Days::first(first, plays);
+        let dates = &dates[1..];
+        let mut expected = BTreeMap::from([(first, plays)]);
         for &(date, plays) in dates {
             days.add(date, plays).expect("no overflow");
             *expected.entry(date).or_insert(0) += plays;
@@ -243,8 +272,7 @@ mod tests {
 
     #[test]
     fn overflow_is_reported() {
-        let mut days = Days::new();
-        days.add(1, u64::MAX).expect("fits");
+        let mut days = Days::first(1, u64::MAX);
         assert!(days.add(1, 1).is_err());
     }
 }

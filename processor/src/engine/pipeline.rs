@@ -160,7 +160,8 @@ pub(crate) fn run(
     let in_flight = threads * 2 + 2;
     let block_bytes = config.block_bytes.max(1);
     let overhead = (in_flight * (block_bytes + MAX_RECORD_BYTES) + (16 << 20)) as u64;
-    let table_budget = config.memory_limit.saturating_sub(overhead) / threads as u64;
+    // 10% slack for allocator rounding and fragmentation.
+    let table_budget = config.memory_limit.saturating_sub(overhead) / 10 * 9 / threads as u64;
     let shared = Shared {
         config,
         control,
@@ -315,8 +316,8 @@ fn worker(
     input_bytes: &AtomicU64,
     rows: &AtomicU64,
 ) -> ShardedTable {
-    let new_table = || ShardedTable::new((shared.table_budget / 8).clamp(1 << 16, 32 << 20));
-    let mut table = new_table();
+    let flush_at = (shared.table_budget / 8).clamp(1 << 16, 32 << 20);
+    let mut table = ShardedTable::new(flush_at);
     let mut parser = Parser::default();
     for block in blocks {
         let len = block.data.len();
@@ -361,7 +362,8 @@ fn worker(
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .push(file);
-                        table = new_table();
+                        table = ShardedTable::new(flush_at);
+                        return_free_memory();
                     }
                     Err(error) => shared.fail(error),
                 }
@@ -379,6 +381,16 @@ fn worker(
         shared.fail(overflow.into());
     }
     table
+}
+
+/// Gives freed heap pages back to the system after a spill, so that resident memory tracks
+/// the budget rather than the allocator's high-water mark.
+fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory held by glibc's allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Drops the mapped pages of a finished block from this process (they stay in the page

@@ -16,10 +16,13 @@ use super::table::SongRef;
 use super::validate::PackedDate;
 use crate::Error;
 
+/// A song's name and its (date, sum) pairs in date order.
+pub(crate) type SongDays<'a> = (&'a [u8], &'a [(PackedDate, u64)]);
+
 /// A position in a sorted run.
 pub(crate) trait Run {
     /// The current song and its dates, or `None` at the end.
-    fn current(&self) -> Option<(&[u8], &[(PackedDate, u64)])>;
+    fn current(&self) -> Option<SongDays<'_>>;
     /// Moves to the next song.
     fn advance(&mut self) -> Result<(), Error>;
 }
@@ -51,7 +54,7 @@ impl<'a> TableRun<'a> {
 }
 
 impl Run for TableRun<'_> {
-    fn current(&self) -> Option<(&[u8], &[(PackedDate, u64)])> {
+    fn current(&self) -> Option<SongDays<'_>> {
         let song = self.order.get(self.pos)?;
         Some((song.name, &self.days))
     }
@@ -140,7 +143,7 @@ impl DiskRun {
 }
 
 impl Run for DiskRun {
-    fn current(&self) -> Option<(&[u8], &[(PackedDate, u64)])> {
+    fn current(&self) -> Option<SongDays<'_>> {
         (!self.done).then_some((&self.name[..], &self.days[..]))
     }
 
@@ -162,7 +165,7 @@ pub(crate) enum AnyRun<'a> {
 }
 
 impl Run for AnyRun<'_> {
-    fn current(&self) -> Option<(&[u8], &[(PackedDate, u64)])> {
+    fn current(&self) -> Option<SongDays<'_>> {
         match self {
             AnyRun::Table(run) => run.current(),
             AnyRun::Disk(run) => run.current(),

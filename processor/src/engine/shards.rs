@@ -104,7 +104,7 @@ impl ShardedTable {
         for shard in &self.shards {
             shard.songs_into(&mut songs);
         }
-        songs.sort_unstable_by(|a, b| a.name.cmp(b.name));
+        songs.sort_unstable_by(SongRef::cmp_name);
         songs
     }
 }

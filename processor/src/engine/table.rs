@@ -15,11 +15,33 @@ pub(crate) struct SumOverflow;
 /// A song of a table with its name resolved.
 #[derive(Clone, Copy)]
 pub(crate) struct SongRef<'a> {
+    /// The name's first 16 bytes, big endian, zero padded: comparing keys orders most names
+    /// without touching their bytes.
+    key: u128,
     pub name: &'a [u8],
     song: &'a Song,
 }
 
-impl SongRef<'_> {
+impl<'a> SongRef<'a> {
+    fn new(name: &'a [u8], song: &'a Song) -> Self {
+        let mut prefix = [0u8; 16];
+        let len = name.len().min(16);
+        prefix[..len].copy_from_slice(&name[..len]);
+        SongRef {
+            key: u128::from_be_bytes(prefix),
+            name,
+            song,
+        }
+    }
+
+    /// Orders by name bytes.
+    #[inline]
+    pub(crate) fn cmp_name(&self, other: &Self) -> std::cmp::Ordering {
+        self.key
+            .cmp(&other.key)
+            .then_with(|| self.name.cmp(other.name))
+    }
+
     /// Appends the song's (date, sum) pairs sorted by date.
     pub(crate) fn sorted_days_into(&self, out: &mut Vec<(PackedDate, u64)>) {
         self.song.days.sorted_into(out);
@@ -77,7 +99,10 @@ impl SongTable {
             .find_mut(hash, |s| s.hash == hash && s.name(arena) == song)
         {
             Some(entry) => entry,
-            None => self.insert(song, hash),
+            None => {
+                self.insert(song, hash, date, plays);
+                return Ok(());
+            }
         };
         let delta = entry
             .days
@@ -88,7 +113,7 @@ impl SongTable {
     }
 
     #[cold]
-    fn insert(&mut self, song: &[u8], hash: u64) -> &mut Song {
+    fn insert(&mut self, song: &[u8], hash: u64, date: PackedDate, plays: u64) {
         let mut name = [0u8; INLINE];
         if song.len() <= INLINE {
             name[..song.len()].copy_from_slice(song);
@@ -96,32 +121,44 @@ impl SongTable {
             name[..8].copy_from_slice(&(self.arena.len() as u64).to_le_bytes());
             self.arena.extend_from_slice(song);
         }
-        let days = Days::new();
-        self.days_bytes += days.heap_bytes();
-        let entry = self.songs.insert_unique(
+        self.songs.insert_unique(
             hash,
             Song {
                 hash,
                 len: song.len() as u32,
                 name,
-                days,
+                days: Days::first(date, plays),
             },
             |s| s.hash,
         );
-        entry.into_mut()
     }
 
-    /// Estimated heap bytes held.
+    /// Estimated heap bytes held, plus the growth of the slot array once it is over half
+    /// full: all shards fill at the same pace and double together, so the budget must leave
+    /// room for that jump before it happens.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.songs.capacity() * (size_of::<Song>() + 1) + self.arena.capacity() + self.days_bytes
+        // hashbrown allocates a power of two of buckets, at most 7/8 of them usable; each
+        // song also takes a `SongRef` in the sorted order built to spill or merge.
+        let slots = self.songs.capacity() * 8 / 7 * (size_of::<Song>() + 1);
+        let growth = if self.songs.len() * 2 > self.songs.capacity() {
+            slots
+        } else {
+            0
+        };
+        slots
+            + growth
+            + self.songs.len() * size_of::<SongRef<'_>>()
+            + self.arena.capacity()
+            + self.days_bytes
     }
 
     /// Appends the songs with their names to `out` (unsorted).
     pub(crate) fn songs_into<'a>(&'a self, out: &mut Vec<SongRef<'a>>) {
-        out.extend(self.songs.iter().map(|song| SongRef {
-            name: song.name(&self.arena),
-            song,
-        }));
+        out.extend(
+            self.songs
+                .iter()
+                .map(|song| SongRef::new(song.name(&self.arena), song)),
+        );
     }
 }
 
@@ -151,7 +188,7 @@ mod tests {
         add(&mut table, long, 1, 2).expect("fits");
         let mut songs = Vec::new();
         table.songs_into(&mut songs);
-        songs.sort_by_key(|s| s.name);
+        songs.sort_by(SongRef::cmp_name);
         let names: Vec<&[u8]> = songs.iter().map(|s| s.name).collect();
         assert_eq!(names, vec![&b"a"[..], long, &b"b"[..]]);
         let mut days = Vec::new();
