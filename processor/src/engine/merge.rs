@@ -1,28 +1,26 @@
 //! K-way merge of sorted runs into CSV rows, summing the groups that several runs share.
 
 use super::output::push_row;
-use super::run::Run;
+use super::run::{Run, SongDays};
 use super::validate::{PackedDate, date_string};
 use crate::Error;
 
-/// Merges `runs` in (song, date) order, appending CSV rows to `out`; `flush` is called with
-/// `out` whenever it holds more than `flush_at` bytes (and it should empty it).
-/// Returns the number of groups written.
-pub(crate) fn merge_runs<R: Run>(
+/// Merges `runs` in name order, calling `emit` once per song with its (date, sum) pairs in
+/// date order, summed over the runs that share the song.
+pub(crate) fn merge_songs<R: Run>(
     runs: &mut [R],
-    out: &mut Vec<u8>,
-    flush_at: usize,
-    flush: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Error>,
-) -> Result<u64, Error> {
+    emit: &mut dyn FnMut(SongDays<'_>) -> Result<(), Error>,
+) -> Result<(), Error> {
     let mut heap = RunHeap::new(runs);
-    let mut groups = 0u64;
     let mut same: Vec<usize> = Vec::new();
     let mut merged: Vec<(PackedDate, u64)> = Vec::new();
     while let Some(first) = heap.pop(runs) {
         same.clear();
         same.push(first);
         while let Some(next) = heap.peek() {
-            if runs[next].current().map(|c| c.0) == runs[first].current().map(|c| c.0) {
+            if runs[next].key() == runs[first].key()
+                && runs[next].current().map(|c| c.0) == runs[first].current().map(|c| c.0)
+            {
                 same.push(heap.pop(runs).unwrap_or(next));
             } else {
                 break;
@@ -30,10 +28,7 @@ pub(crate) fn merge_runs<R: Run>(
         }
         if let Some((name, days)) = runs[first].current() {
             if same.len() == 1 {
-                for &(date, sum) in days {
-                    push_row(out, name, date, sum);
-                }
-                groups += days.len() as u64;
+                emit((name, days))?;
             } else {
                 merged.clear();
                 for &i in &same {
@@ -42,32 +37,60 @@ pub(crate) fn merge_runs<R: Run>(
                     }
                 }
                 merged.sort_unstable_by_key(|entry| entry.0);
-                let mut i = 0;
-                while i < merged.len() {
-                    let (date, mut sum) = merged[i];
-                    i += 1;
-                    while i < merged.len() && merged[i].0 == date {
-                        sum = sum
-                            .checked_add(merged[i].1)
-                            .ok_or_else(|| Error::SumOverflow {
-                                song: String::from_utf8_lossy(name).into_owned(),
-                                date: date_string(date),
-                            })?;
-                        i += 1;
-                    }
-                    push_row(out, name, date, sum);
-                    groups += 1;
-                }
+                sum_equal_dates(name, &mut merged)?;
+                emit((name, &merged))?;
             }
-        }
-        if out.len() > flush_at {
-            flush(out)?;
         }
         for &i in &same {
             runs[i].advance()?;
             heap.push(runs, i);
         }
     }
+    Ok(())
+}
+
+/// Sums adjacent entries of the same date in place (`days` sorted by date).
+fn sum_equal_dates(name: &[u8], days: &mut Vec<(PackedDate, u64)>) -> Result<(), Error> {
+    let mut write = 0;
+    for read in 0..days.len() {
+        if write > 0 && days[write - 1].0 == days[read].0 {
+            let (date, plays) = days[read];
+            days[write - 1].1 =
+                days[write - 1]
+                    .1
+                    .checked_add(plays)
+                    .ok_or_else(|| Error::SumOverflow {
+                        song: String::from_utf8_lossy(name).into_owned(),
+                        date: date_string(date),
+                    })?;
+        } else {
+            days[write] = days[read];
+            write += 1;
+        }
+    }
+    days.truncate(write);
+    Ok(())
+}
+
+/// Merges `runs` into CSV rows appended to `out`; `flush` is called with `out` whenever it
+/// holds more than `flush_at` bytes (and it should empty it). Returns the groups written.
+pub(crate) fn merge_runs<R: Run>(
+    runs: &mut [R],
+    out: &mut Vec<u8>,
+    flush_at: usize,
+    flush: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Error>,
+) -> Result<u64, Error> {
+    let mut groups = 0u64;
+    merge_songs(runs, &mut |(name, days)| {
+        for &(date, sum) in days {
+            push_row(out, name, date, sum);
+        }
+        groups += days.len() as u64;
+        if out.len() > flush_at {
+            flush(out)?;
+        }
+        Ok(())
+    })?;
     Ok(groups)
 }
 
@@ -89,6 +112,10 @@ impl RunHeap {
     }
 
     fn less<R: Run>(runs: &[R], a: usize, b: usize) -> bool {
+        let (ka, kb) = (runs[a].key(), runs[b].key());
+        if ka != kb {
+            return ka < kb;
+        }
         match (runs[a].current(), runs[b].current()) {
             (Some(x), Some(y)) => x.0 < y.0,
             (Some(_), None) => true,

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use memmap2::Mmap;
 use rayon::prelude::*;
 
-use super::merge::merge_runs;
+use super::merge::{merge_runs, merge_songs};
 use super::output::write_header;
 use super::parse::{Parser, RowSink, Stop};
-use super::run::{AnyRun, DiskRun, TableRun, spill};
+use super::run::{AnyRun, DiskRun, SpillWriter, TableRun, spill};
 use super::shards::ShardedTable;
 use super::source::{Block, BlockData, MAX_RECORD_BYTES, produce_mapped, produce_stream};
 use super::table::SongRef;
@@ -22,6 +22,8 @@ use super::validate::PackedDate;
 use crate::error::{Field, InvalidRow, show_value};
 use crate::{Config, Control, Error, Phase, Summary};
 
+/// Most spilled runs merged at once; more are first merged in groups.
+const MAX_FAN_IN: usize = 64;
 /// Output is flushed to the writer in pieces of about this size.
 const OUTPUT_CHUNK: usize = 1 << 20;
 
@@ -128,10 +130,8 @@ impl RowSink for TableSink<'_, '_> {
                 format!("{} is not valid UTF-8", show_value(song)),
             );
         }
-        self.table.add(song, date, plays).map_err(|overflow| {
-            self.shared.fail(overflow.into());
-            Stop
-        })
+        self.table.add(song, date, plays);
+        Ok(())
     }
 
     fn invalid(&mut self, line: u64, field: Option<Field>, reason: String) -> Result<(), Stop> {
@@ -160,8 +160,8 @@ pub(crate) fn run(
     let in_flight = threads * 2 + 2;
     let block_bytes = config.block_bytes.max(1);
     let overhead = (in_flight * (block_bytes + MAX_RECORD_BYTES) + (16 << 20)) as u64;
-    // 10% slack for allocator rounding and fragmentation.
-    let table_budget = config.memory_limit.saturating_sub(overhead) / 10 * 9 / threads as u64;
+    let table_budget =
+        (config.memory_limit.saturating_sub(overhead) / threads as u64).max(64 << 10);
     let shared = Shared {
         config,
         control,
@@ -316,7 +316,7 @@ fn worker(
     input_bytes: &AtomicU64,
     rows: &AtomicU64,
 ) -> ShardedTable {
-    let flush_at = (shared.table_budget / 8).clamp(1 << 16, 32 << 20);
+    let flush_at = (shared.table_budget / 6).clamp(1 << 14, 128 << 20);
     let mut table = ShardedTable::new(flush_at);
     let mut parser = Parser::default();
     for block in blocks {
@@ -349,25 +349,8 @@ fn worker(
                 input_bytes.fetch_add(len as u64, Ordering::Relaxed);
                 shared.control.progress().add_read(len as u64, stats.rows);
             }
-            if table.heap_bytes() > shared.table_budget && !shared.stopped() {
-                shared.control.progress().set_phase(Phase::Spill);
-                match table
-                    .flush()
-                    .map_err(Error::from)
-                    .and_then(|()| spill(&table.sorted_songs(), &shared.temp_dir))
-                {
-                    Ok(file) => {
-                        shared
-                            .spills
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(file);
-                        table = ShardedTable::new(flush_at);
-                        return_free_memory();
-                    }
-                    Err(error) => shared.fail(error),
-                }
-                shared.control.progress().set_phase(Phase::Read);
+            if table.wants_flush() && !shared.stopped() {
+                flush_and_spill(&mut table, shared);
             }
         }
         match block.data {
@@ -377,10 +360,39 @@ fn worker(
             }
         }
     }
-    if let Err(overflow) = table.flush() {
-        shared.fail(overflow.into());
+    if !shared.stopped() {
+        flush_and_spill(&mut table, shared);
     }
     table
+}
+
+/// Adds the buffered rows to the table, spilling sorted runs whenever the table outgrows
+/// the worker's share of the memory budget.
+fn flush_and_spill(table: &mut ShardedTable, shared: &Shared<'_>) {
+    loop {
+        let done = match table.flush_within(shared.table_budget) {
+            Ok(done) => done,
+            Err(overflow) => return shared.fail(overflow.into()),
+        };
+        if table.heap_bytes() > shared.table_budget {
+            shared.control.progress().set_phase(Phase::Spill);
+            let full = table.take_tables();
+            match spill(&full.sorted_songs(), &shared.temp_dir) {
+                Ok(file) => shared
+                    .spills
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(file),
+                Err(error) => return shared.fail(error),
+            }
+            drop(full);
+            return_free_memory();
+            shared.control.progress().set_phase(Phase::Read);
+        }
+        if done {
+            return;
+        }
+    }
 }
 
 /// Gives freed heap pages back to the system after a spill, so that resident memory tracks
@@ -473,8 +485,34 @@ fn merge_with_spills(
 ) -> Result<u64, Error> {
     let orders: Vec<Vec<SongRef<'_>>> =
         pool.install(|| tables.par_iter().map(ShardedTable::sorted_songs).collect());
+    let mut files = spills;
+    while files.len() > MAX_FAN_IN {
+        // Too many runs to read at once (buffers, file descriptors): merge groups of them
+        // into longer runs first, in parallel.
+        let mut groups = Vec::new();
+        while files.len() >= MAX_FAN_IN {
+            groups.push(files.split_off(files.len() - MAX_FAN_IN));
+        }
+        let merged: Vec<Result<File, Error>> = pool.install(|| {
+            groups
+                .into_par_iter()
+                .map(|group| {
+                    let mut runs = group
+                        .into_iter()
+                        .map(|file| DiskRun::open(file, temp_dir))
+                        .collect::<Result<Vec<_>, Error>>()?;
+                    let mut writer = SpillWriter::create(temp_dir)?;
+                    merge_songs(&mut runs, &mut |(name, days)| writer.write(name, days))?;
+                    writer.finish()
+                })
+                .collect()
+        });
+        for file in merged {
+            files.push(file?);
+        }
+    }
     let mut runs: Vec<AnyRun<'_>> = Vec::new();
-    for file in spills {
+    for file in files {
         runs.push(AnyRun::Disk(DiskRun::open(file, temp_dir)?));
     }
     for order in orders.iter().filter(|order| !order.is_empty()) {

@@ -10,9 +10,9 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::table::SongRef;
+use super::table::{SongRef, name_key};
 use super::validate::PackedDate;
 use crate::Error;
 
@@ -23,6 +23,8 @@ pub(crate) type SongDays<'a> = (&'a [u8], &'a [(PackedDate, u64)]);
 pub(crate) trait Run {
     /// The current song and its dates, or `None` at the end.
     fn current(&self) -> Option<SongDays<'_>>;
+    /// [`name_key`] of the current song's name (0 at the end).
+    fn key(&self) -> u128;
     /// Moves to the next song.
     fn advance(&mut self) -> Result<(), Error>;
 }
@@ -59,6 +61,10 @@ impl Run for TableRun<'_> {
         Some((song.name, &self.days))
     }
 
+    fn key(&self) -> u128 {
+        self.order.get(self.pos).map_or(0, SongRef::key)
+    }
+
     fn advance(&mut self) -> Result<(), Error> {
         self.pos += 1;
         self.load();
@@ -68,21 +74,60 @@ impl Run for TableRun<'_> {
 
 /// Writes `songs` (sorted) to a new anonymous file in `dir`; returns it rewound.
 pub(crate) fn spill(songs: &[SongRef<'_>], dir: &Path) -> Result<File, Error> {
-    let temp_err = |source| Error::Temp {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let file = tempfile::tempfile_in(dir).map_err(temp_err)?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let mut writer = SpillWriter::create(dir)?;
     let mut days = Vec::new();
     for song in songs {
         days.clear();
         song.sorted_days_into(&mut days);
-        write_song(&mut writer, song.name, &days).map_err(temp_err)?;
+        writer.write(song.name, &days)?;
     }
-    let mut file = writer.into_inner().map_err(|e| temp_err(e.into_error()))?;
-    file.seek(SeekFrom::Start(0)).map_err(temp_err)?;
-    Ok(file)
+    writer.finish()
+}
+
+/// Writes a sorted run to an anonymous temporary file.
+pub(crate) struct SpillWriter {
+    writer: BufWriter<File>,
+    dir: PathBuf,
+}
+
+impl SpillWriter {
+    pub(crate) fn create(dir: &Path) -> Result<Self, Error> {
+        let file = tempfile::tempfile_in(dir).map_err(|source| Error::Temp {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(SpillWriter {
+            writer: BufWriter::with_capacity(1 << 20, file),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Appends a song; songs must come in name order.
+    pub(crate) fn write(&mut self, name: &[u8], days: &[(PackedDate, u64)]) -> Result<(), Error> {
+        write_song(&mut self.writer, name, days).map_err(|e| self.error(e))
+    }
+
+    /// The finished run, rewound for reading.
+    pub(crate) fn finish(self) -> Result<File, Error> {
+        let dir = self.dir;
+        let temp_err = |source| Error::Temp {
+            path: dir.clone(),
+            source,
+        };
+        let mut file = self
+            .writer
+            .into_inner()
+            .map_err(|e| temp_err(e.into_error()))?;
+        file.seek(SeekFrom::Start(0)).map_err(temp_err)?;
+        Ok(file)
+    }
+
+    fn error(&self, source: io::Error) -> Error {
+        Error::Temp {
+            path: self.dir.clone(),
+            source,
+        }
+    }
 }
 
 fn write_song(out: &mut impl Write, name: &[u8], days: &[(PackedDate, u64)]) -> io::Result<()> {
@@ -100,9 +145,10 @@ fn write_song(out: &mut impl Write, name: &[u8], days: &[(PackedDate, u64)]) -> 
 pub(crate) struct DiskRun {
     reader: BufReader<File>,
     name: Vec<u8>,
+    key: u128,
     days: Vec<(PackedDate, u64)>,
     done: bool,
-    dir: std::path::PathBuf,
+    dir: PathBuf,
 }
 
 impl DiskRun {
@@ -110,6 +156,7 @@ impl DiskRun {
         let mut run = DiskRun {
             reader: BufReader::with_capacity(1 << 16, file),
             name: Vec::new(),
+            key: 0,
             days: Vec::new(),
             done: false,
             dir: dir.to_path_buf(),
@@ -127,6 +174,7 @@ impl DiskRun {
         }
         self.name.resize(u32::from_le_bytes(len) as usize, 0);
         self.reader.read_exact(&mut self.name)?;
+        self.key = name_key(&self.name);
         self.reader.read_exact(&mut len)?;
         let count = u32::from_le_bytes(len) as usize;
         self.days.clear();
@@ -145,6 +193,10 @@ impl DiskRun {
 impl Run for DiskRun {
     fn current(&self) -> Option<SongDays<'_>> {
         (!self.done).then_some((&self.name[..], &self.days[..]))
+    }
+
+    fn key(&self) -> u128 {
+        self.key
     }
 
     fn advance(&mut self) -> Result<(), Error> {
@@ -169,6 +221,13 @@ impl Run for AnyRun<'_> {
         match self {
             AnyRun::Table(run) => run.current(),
             AnyRun::Disk(run) => run.current(),
+        }
+    }
+
+    fn key(&self) -> u128 {
+        match self {
+            AnyRun::Table(run) => run.key(),
+            AnyRun::Disk(run) => run.key(),
         }
     }
 

@@ -45,31 +45,42 @@ impl ShardedTable {
         }
     }
 
-    /// Adds `plays` to (`song`, `date`), possibly later.
+    /// Buffers `plays` for (`song`, `date`); [`ShardedTable::flush_within`] adds them.
     #[inline]
-    pub(crate) fn add(
-        &mut self,
-        song: &[u8],
-        date: PackedDate,
-        plays: u64,
-    ) -> Result<(), Overflowed> {
+    pub(crate) fn add(&mut self, song: &[u8], date: PackedDate, plays: u64) {
         let hash = hash_bytes(song);
+        let mut header = [0u8; ROW_HEADER];
+        header[..8].copy_from_slice(&hash.to_le_bytes());
+        header[8..16].copy_from_slice(&plays.to_le_bytes());
+        header[16..20].copy_from_slice(&date.to_le_bytes());
+        header[20..].copy_from_slice(&(song.len() as u32).to_le_bytes());
         let buffer = &mut self.buffers[shard_of(hash)];
-        buffer.extend_from_slice(&hash.to_le_bytes());
-        buffer.extend_from_slice(&plays.to_le_bytes());
-        buffer.extend_from_slice(&date.to_le_bytes());
-        buffer.extend_from_slice(&(song.len() as u32).to_le_bytes());
+        buffer.reserve(ROW_HEADER + song.len());
+        buffer.extend_from_slice(&header);
         buffer.extend_from_slice(song);
         self.buffered += ROW_HEADER + song.len();
-        if self.buffered >= self.flush_at {
-            self.flush()?;
-        }
-        Ok(())
+    }
+
+    /// True when the buffers hold enough rows to be added to the tables.
+    pub(crate) fn wants_flush(&self) -> bool {
+        self.buffered >= self.flush_at
     }
 
     /// Adds all buffered rows to the shard tables.
+    #[cfg(test)]
     pub(crate) fn flush(&mut self) -> Result<(), Overflowed> {
-        for (table, buffer) in self.shards.iter_mut().zip(&mut self.buffers) {
+        while !self.flush_within(usize::MAX)? {}
+        Ok(())
+    }
+
+    /// Adds buffered rows to the shard tables, shard after shard, until all are added
+    /// (returns true) or the estimate exceeds `budget` (returns false: spill, then call again).
+    pub(crate) fn flush_within(&mut self, budget: usize) -> Result<bool, Overflowed> {
+        for shard in 0..SHARDS {
+            let (table, buffer) = (&mut self.shards[shard], &mut self.buffers[shard]);
+            if buffer.is_empty() {
+                continue;
+            }
             let mut at = 0;
             while at + ROW_HEADER <= buffer.len() {
                 let header = &buffer[at..at + ROW_HEADER];
@@ -86,10 +97,24 @@ impl ShardedTable {
                     })?;
                 at += ROW_HEADER + len;
             }
+            self.buffered -= buffer.len();
             buffer.clear();
+            if self.heap_bytes() > budget {
+                return Ok(self.buffered == 0);
+            }
         }
-        self.buffered = 0;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Takes the shard tables out (for spilling), leaving empty ones and the buffers.
+    pub(crate) fn take_tables(&mut self) -> ShardedTable {
+        let empty = (0..SHARDS).map(|_| SongTable::default()).collect();
+        ShardedTable {
+            shards: std::mem::replace(&mut self.shards, empty),
+            buffers: vec![Vec::new(); SHARDS],
+            buffered: 0,
+            flush_at: self.flush_at,
+        }
     }
 
     /// Estimated heap bytes held, buffers included.
@@ -98,7 +123,7 @@ impl ShardedTable {
             + self.buffers.iter().map(Vec::capacity).sum::<usize>()
     }
 
-    /// All songs sorted by name. Call after [`ShardedTable::flush`].
+    /// The songs in the tables (not the buffers), sorted by name.
     pub(crate) fn sorted_songs(&self) -> Vec<SongRef<'_>> {
         let mut songs = Vec::new();
         for shard in &self.shards {
@@ -132,7 +157,7 @@ mod tests {
         let mut table = ShardedTable::new(100);
         for i in 0..1000u64 {
             let song = format!("song {}", i % 37);
-            table.add(song.as_bytes(), (i % 5) as u32, i).expect("fits");
+            table.add(song.as_bytes(), (i % 5) as u32, i);
         }
         table.flush().expect("fits");
         let songs = table.sorted_songs();
@@ -151,8 +176,8 @@ mod tests {
     #[test]
     fn overflow_names_the_group() {
         let mut table = ShardedTable::new(1 << 20);
-        table.add(b"x", 10, u64::MAX).expect("buffered");
-        table.add(b"x", 10, 1).expect("buffered");
+        table.add(b"x", 10, u64::MAX);
+        table.add(b"x", 10, 1);
         let err = table.flush().expect_err("overflows");
         assert_eq!(err.song, "x");
     }

@@ -24,14 +24,16 @@ pub(crate) struct SongRef<'a> {
 
 impl<'a> SongRef<'a> {
     fn new(name: &'a [u8], song: &'a Song) -> Self {
-        let mut prefix = [0u8; 16];
-        let len = name.len().min(16);
-        prefix[..len].copy_from_slice(&name[..len]);
         SongRef {
-            key: u128::from_be_bytes(prefix),
+            key: name_key(name),
             name,
             song,
         }
+    }
+
+    /// See [`name_key`].
+    pub(crate) fn key(&self) -> u128 {
+        self.key
     }
 
     /// Orders by name bytes.
@@ -46,6 +48,16 @@ impl<'a> SongRef<'a> {
     pub(crate) fn sorted_days_into(&self, out: &mut Vec<(PackedDate, u64)>) {
         self.song.days.sorted_into(out);
     }
+}
+
+/// A name's first 16 bytes, big endian, zero padded: names with different keys compare as
+/// their keys do, so most comparisons need not touch the names.
+#[inline]
+pub(crate) fn name_key(name: &[u8]) -> u128 {
+    let mut prefix = [0u8; 16];
+    let len = name.len().min(16);
+    prefix[..len].copy_from_slice(&name[..len]);
+    u128::from_be_bytes(prefix)
 }
 
 /// Names up to this length live in the slot itself.
