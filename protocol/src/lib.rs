@@ -4,6 +4,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The durable RabbitMQ queue carrying [`TaskMessage`]s when `QUEUE_NAME` is not set.
+pub const DEFAULT_QUEUE_NAME: &str = "data_processor.tasks";
+
 /// Status of a task, spelled as the Python system we replace spelled it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -1,1 +1,23 @@
-//! Task manager (placeholder).
+//! The task manager: an HTTP API (axum on hyper) that takes CSV uploads, records tasks in a
+//! database (SQLite, MariaDB/MySQL or PostgreSQL through sqlx) and hands them to the
+//! processor workers over RabbitMQ, or, when no `AMQP_URL` is set, runs the engine
+//! in-process (embedded mode).
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! let server = task_manager::start(task_manager::Settings::from_env()?).await?;
+//! println!("listening on {}", server.base_url());
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod http;
+mod queue;
+mod server;
+mod settings;
+mod storage;
+mod store;
+
+pub use server::{Server, start};
+pub use settings::{DEFAULT_PORT, DEFAULT_STORAGE_DIR, Settings, default_database_url};

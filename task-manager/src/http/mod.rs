@@ -1,0 +1,106 @@
+//! The HTTP API (axum on hyper): routes, shared state and the task id extractor.
+
+mod download;
+mod error;
+mod events;
+mod health;
+mod tasks;
+mod upload;
+mod view;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, Uri};
+use axum::routing::{get, post};
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+use crate::queue::TaskQueue;
+use crate::storage::Storage;
+use crate::store::Store;
+pub use error::ApiError;
+
+/// What the handlers share.
+pub struct AppState {
+    pub store: Store,
+    pub storage: Storage,
+    pub queue: TaskQueue,
+    /// `PUBLIC_URL`, without a trailing slash.
+    pub public_url: Option<String>,
+    /// Base URL used when a request has no usable `Host` header.
+    pub fallback_base_url: String,
+}
+
+impl AppState {
+    /// The base of absolute URLs for a request with these headers.
+    pub fn base_url(&self, headers: &axum::http::HeaderMap) -> String {
+        view::base_url(self.public_url.as_deref(), headers, &self.fallback_base_url)
+    }
+}
+
+type SharedState = Arc<AppState>;
+
+/// All routes of the service.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route(
+            "/v1/data_processor/upload",
+            post(upload::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/tasks/status/{task_id}", get(tasks::status))
+        .route(
+            "/v1/data_processor/download/{task_id}",
+            get(download::download),
+        )
+        .route("/v1/tasks", get(tasks::list))
+        .route(
+            "/v1/tasks/{task_id}",
+            get(tasks::status).delete(tasks::cancel),
+        )
+        .route(
+            "/internal/v1/tasks/{task_id}/events",
+            post(events::post_event),
+        )
+        .route("/health", get(health::health))
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn no_such_endpoint(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// The `{task_id}` of a path, a UUID; 400 when malformed.
+pub struct TaskId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for TaskId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<TaskId, ApiError> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("malformed task id: {e}")))?;
+        Uuid::parse_str(&text).map(TaskId).map_err(|_| {
+            let shown: String = text.chars().take(80).collect();
+            ApiError::bad_request(format!(
+                "malformed task id {shown:?}: expected a UUID such as 67e55044-10b1-426f-9247-bb680e5fe0c8"
+            ))
+        })
+    }
+}

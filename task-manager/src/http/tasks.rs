@@ -1,0 +1,135 @@
+//! Task status, task lists and cancellation.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use task_protocol::TaskStatus;
+
+use super::view::TaskView;
+use super::{ApiError, SharedState, TaskId};
+
+/// Tasks per page unless `page_size` says otherwise.
+const DEFAULT_PAGE_SIZE: u64 = 20;
+/// Largest `page_size`.
+const MAX_PAGE_SIZE: u64 = 100;
+
+/// `GET /v1/tasks/status/{task_id}` and `GET /v1/tasks/{task_id}`: the task.
+pub async fn status(
+    State(state): State<SharedState>,
+    TaskId(id): TaskId,
+    headers: HeaderMap,
+) -> Result<Json<TaskView>, ApiError> {
+    let task = state
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::task_not_found(id))?;
+    Ok(Json(TaskView::new(task, &state.base_url(&headers))))
+}
+
+/// `DELETE /v1/tasks/{task_id}`: cancels the task unless it is finished (409).
+pub async fn cancel(
+    State(state): State<SharedState>,
+    TaskId(id): TaskId,
+    headers: HeaderMap,
+) -> Result<Json<TaskView>, ApiError> {
+    let task = state
+        .store
+        .cancel(id)
+        .await?
+        .ok_or_else(|| ApiError::task_not_found(id))?;
+    let status = task.status;
+    let view = TaskView::new(task, &state.base_url(&headers));
+    if status != TaskStatus::Cancelled {
+        return Err(ApiError::conflict(
+            format!("the task is already {status} and cannot be cancelled"),
+            view,
+        ));
+    }
+    state.queue.cancel(id);
+    tracing::info!(task_id = %id, "cancelled");
+    Ok(Json(view))
+}
+
+/// Query of `GET /v1/tasks`, as text so that bad numbers get a clear message.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    page: Option<String>,
+    page_size: Option<String>,
+}
+
+/// One page of the task list.
+#[derive(Debug, Serialize)]
+pub struct TaskList {
+    /// All tasks, on every page.
+    count: u64,
+    page: u64,
+    page_size: u64,
+    prev_url: Option<String>,
+    next_url: Option<String>,
+    results: Vec<TaskView>,
+}
+
+/// `GET /v1/tasks?page=&page_size=`: tasks, newest first.
+pub async fn list(
+    State(state): State<SharedState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Json<TaskList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let page = parse_number("page", query.page.as_deref(), 1, u64::MAX / MAX_PAGE_SIZE)?;
+    let page_size = parse_number(
+        "page_size",
+        query.page_size.as_deref(),
+        DEFAULT_PAGE_SIZE,
+        MAX_PAGE_SIZE,
+    )?;
+    let found = state.store.list(page, page_size).await?;
+    let base = state.base_url(&headers);
+    let page_url = |page: u64| format!("{base}/v1/tasks?page={page}&page_size={page_size}");
+    let last_page = found.count.div_ceil(page_size).max(1);
+    Ok(Json(TaskList {
+        count: found.count,
+        page,
+        page_size,
+        prev_url: (page > 1).then(|| page_url((page - 1).min(last_page))),
+        next_url: (page < last_page).then(|| page_url(page + 1)),
+        results: found
+            .tasks
+            .into_iter()
+            .map(|task| TaskView::new(task, &base))
+            .collect(),
+    }))
+}
+
+/// A number from 1 to `max`, `default` when absent.
+fn parse_number(name: &str, text: Option<&str>, default: u64, max: u64) -> Result<u64, ApiError> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(default);
+    };
+    match text.parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "invalid {name} {:?}: expected a whole number from 1 to {max}",
+            text.chars().take(40).collect::<String>()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_number;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number("page", None, 1, 10).unwrap(), 1);
+        assert_eq!(parse_number("page", Some(""), 1, 10).unwrap(), 1);
+        assert_eq!(parse_number("page", Some("7"), 1, 10).unwrap(), 7);
+        assert!(parse_number("page", Some("0"), 1, 10).is_err());
+        assert!(parse_number("page", Some("11"), 1, 10).is_err());
+        assert!(parse_number("page", Some("-1"), 1, 10).is_err());
+        assert!(parse_number("page", Some("x"), 1, 10).is_err());
+    }
+}

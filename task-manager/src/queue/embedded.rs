@@ -1,0 +1,252 @@
+//! Embedded mode: a bounded in-process queue and `EMBEDDED_WORKERS` runners that run the
+//! engine on blocking threads and record its progress with the same events a remote worker
+//! sends ([`Store::apply_event`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use processor::{Control, Input};
+use task_protocol::{TaskStatus, WorkerEvent};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::QueueError;
+use crate::storage::Storage;
+use crate::store::Store;
+
+/// Tasks waiting for a runner, at most.
+const QUEUE_CAPACITY: usize = 10_000;
+/// How often a running task's progress is recorded.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// Attempts at recording an event while the database is unavailable.
+const EVENT_ATTEMPTS: u32 = 5;
+
+/// The in-process queue and its runners.
+pub struct EmbeddedQueue {
+    sender: mpsc::Sender<Uuid>,
+    running: Running,
+    stop: CancellationToken,
+    runners: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The engines at work, by task, to cancel them.
+type Running = Arc<Mutex<HashMap<Uuid, Control>>>;
+
+/// What a runner needs.
+#[derive(Clone)]
+struct Runner {
+    store: Store,
+    storage: Storage,
+    config: processor::Config,
+    running: Running,
+    stop: CancellationToken,
+}
+
+impl EmbeddedQueue {
+    /// Starts `workers` runners, then queues the tasks a previous run left unfinished.
+    pub async fn start(
+        store: Store,
+        storage: Storage,
+        config: processor::Config,
+        workers: usize,
+    ) -> Result<EmbeddedQueue, crate::store::StoreError> {
+        let unfinished = store.unfinished().await?;
+        let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let running = Running::default();
+        let stop = CancellationToken::new();
+        let runner = Runner {
+            store: store.clone(),
+            storage,
+            config,
+            running: running.clone(),
+            stop: stop.clone(),
+        };
+        let runners = (0..workers.max(1))
+            .map(|_| tokio::spawn(runner.clone().run(receiver.clone())))
+            .collect();
+        if !unfinished.is_empty() {
+            tracing::info!(
+                tasks = unfinished.len(),
+                "queueing the tasks left unfinished"
+            );
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                for id in unfinished {
+                    if sender.send(id).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(EmbeddedQueue {
+            sender,
+            running,
+            stop,
+            runners: Mutex::new(runners),
+        })
+    }
+
+    /// Queues a task.
+    pub fn submit(&self, id: Uuid) -> Result<(), QueueError> {
+        if self.stop.is_cancelled() {
+            return Err(QueueError::Closed);
+        }
+        self.sender.try_send(id).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => QueueError::Full,
+            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+        })
+    }
+
+    /// Stops the engine working on `id`, if any.
+    pub fn cancel(&self, id: Uuid) {
+        if let Some(control) = lock(&self.running).get(&id) {
+            control.cancel();
+        }
+    }
+
+    /// Ok while the runners are up.
+    pub fn health(&self) -> Result<(), QueueError> {
+        let runners = self.runners.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.stop.is_cancelled() || runners.iter().all(|runner| runner.is_finished()) {
+            return Err(QueueError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Stops the runners; the engines at work are interrupted and their tasks stay
+    /// `PROCESSING`, to be queued again at the next start.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        for control in lock(&self.running).values() {
+            control.cancel();
+        }
+        let runners = std::mem::take(&mut *lock(&self.runners));
+        for runner in runners {
+            if let Err(e) = runner.await {
+                tracing::error!("an embedded runner failed: {e}");
+            }
+        }
+    }
+}
+
+impl Runner {
+    async fn run(self, receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Uuid>>>) {
+        loop {
+            let next = tokio::select! {
+                _ = self.stop.cancelled() => None,
+                id = async { receiver.lock().await.recv().await } => id,
+            };
+            let Some(id) = next else { break };
+            self.process(id).await;
+        }
+    }
+
+    /// Runs one task from start to its final event.
+    async fn process(&self, id: Uuid) {
+        match self.report(id, WorkerEvent::Started).await {
+            Some(status) if !status.is_terminal() => {}
+            Some(status) => {
+                tracing::info!(task_id = %id, %status, "skipping a finished task");
+                return;
+            }
+            None => return,
+        }
+        tracing::info!(task_id = %id, "processing");
+        let control = Control::new();
+        lock(&self.running).insert(id, control.clone());
+        if self.stop.is_cancelled() {
+            control.cancel();
+        }
+        let output = self.storage.output_path(id);
+        let mut engine = {
+            let input = self.storage.input_path(id);
+            let output = output.clone();
+            let config = self.config.clone();
+            let control = control.clone();
+            tokio::task::spawn_blocking(move || {
+                processor::aggregate(Input::File(&input), &output, &config, &control)
+            })
+        };
+        let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
+        ticker.tick().await;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut engine => break outcome,
+                _ = ticker.tick() => {
+                    let snapshot = control.progress().snapshot();
+                    let event = WorkerEvent::Progress {
+                        progress: snapshot.fraction(),
+                        rows: snapshot.rows,
+                    };
+                    // Cancelled (or deleted) meanwhile: stop the engine.
+                    if let Ok(status) = self.store.apply_event(id, &event).await
+                        && status.is_none_or(TaskStatus::is_terminal)
+                    {
+                        control.cancel();
+                    }
+                }
+            }
+        };
+        lock(&self.running).remove(&id);
+        let event = match outcome {
+            Ok(Ok(summary)) => WorkerEvent::Done {
+                rows: summary.rows_read,
+                groups: summary.groups_written,
+                output_bytes: summary.output_bytes,
+            },
+            Ok(Err(processor::Error::Cancelled)) => {
+                tracing::info!(task_id = %id, "stopped");
+                return;
+            }
+            Ok(Err(e)) => WorkerEvent::Failed {
+                error: e.to_string(),
+            },
+            Err(e) => WorkerEvent::Failed {
+                error: format!("internal error: the engine stopped unexpectedly: {e}"),
+            },
+        };
+        let done = matches!(event, WorkerEvent::Done { .. });
+        match self.report(id, event).await {
+            Some(TaskStatus::Cancelled) if done => {
+                // Cancelled while finishing: the result is of no use.
+                if let Err(e) = tokio::fs::remove_file(&output).await {
+                    tracing::warn!(task_id = %id, "cannot remove {}: {e}", output.display());
+                }
+                tracing::info!(task_id = %id, "cancelled; result discarded");
+            }
+            Some(status) => tracing::info!(task_id = %id, %status, "finished"),
+            None => tracing::error!(
+                task_id = %id,
+                "the outcome could not be recorded; the task is queued again at the next start"
+            ),
+        }
+    }
+
+    /// Records an event, retrying while the database is unavailable; returns the status
+    /// afterwards (`None`: unknown task, or the database stayed unavailable).
+    async fn report(&self, id: Uuid, event: WorkerEvent) -> Option<TaskStatus> {
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1..=EVENT_ATTEMPTS {
+            match self.store.apply_event(id, &event).await {
+                Ok(status) => return status,
+                Err(e) if attempt < EVENT_ATTEMPTS => {
+                    tracing::warn!(task_id = %id, "recording {event:?} failed, retrying: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => {
+                    tracing::error!(task_id = %id, "recording {event:?} failed: {e}");
+                }
+            }
+        }
+        None
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,164 @@
+//! Start-up and shutdown of the whole service.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{self, AppState};
+use crate::queue::{AmqpPublisher, EmbeddedQueue, TaskQueue};
+use crate::settings::Settings;
+use crate::storage::Storage;
+use crate::store::Store;
+
+/// How long requests in flight (uploads, downloads) may take to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A running task manager.
+pub struct Server {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    serving: JoinHandle<()>,
+    state: Arc<AppState>,
+}
+
+/// Creates the storage directories, migrates the database, connects the queue (or starts
+/// the embedded runners), binds the port and serves in the background.
+pub async fn start(settings: Settings) -> anyhow::Result<Server> {
+    let storage = Storage::open(&settings.storage_dir)
+        .with_context(|| format!("storage directory {}", settings.storage_dir.display()))?;
+    let store = Store::connect(&settings.database_url)
+        .await
+        .with_context(|| format!("database {}", redact(&settings.database_url)))?;
+    let listener = tokio::net::TcpListener::bind((settings.bind, settings.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", settings.bind, settings.port))?;
+    let addr = listener.local_addr()?;
+    let queue = match &settings.amqp_url {
+        Some(url) => TaskQueue::Amqp(Box::new(
+            AmqpPublisher::connect(url, &settings.queue_name).await,
+        )),
+        None => TaskQueue::Embedded(
+            EmbeddedQueue::start(
+                store.clone(),
+                storage.clone(),
+                settings.engine_config(),
+                settings.embedded_workers,
+            )
+            .await
+            .context("starting the embedded runners")?,
+        ),
+    };
+    let state = Arc::new(AppState {
+        store,
+        storage,
+        queue,
+        public_url: settings.public_url.clone(),
+        fallback_base_url: base_url(addr),
+    });
+    let stop = CancellationToken::new();
+    let serve = axum::serve(listener, http::router(state.clone()))
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let serving = tokio::spawn(async move {
+        if let Err(e) = serve.await {
+            tracing::error!("the HTTP server stopped: {e}");
+        }
+    });
+    tracing::info!(
+        %addr,
+        queue = state.queue.kind(),
+        database = %redact(&settings.database_url),
+        "task manager listening"
+    );
+    Ok(Server {
+        addr,
+        stop,
+        serving,
+        state,
+    })
+}
+
+impl Server {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://HOST:PORT`, with 127.0.0.1 (or ::1) when listening on all addresses.
+    pub fn base_url(&self) -> String {
+        base_url(self.addr)
+    }
+
+    /// Stops accepting requests, finishes those in flight, stops the queue and closes the
+    /// database.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.serving).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("the HTTP server failed: {e}"),
+            Err(_) => {
+                tracing::warn!(
+                    "requests still running after {SHUTDOWN_GRACE:?}; closing their connections"
+                );
+                self.serving.abort();
+            }
+        }
+        self.state.queue.shutdown().await;
+        self.state.store.close().await;
+        tracing::info!("task manager stopped");
+    }
+}
+
+fn base_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// The URL without its password, for logs and errors.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match credentials.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://user:secret@db:5432/tasks"),
+            "postgres://user:***@db:5432/tasks"
+        );
+        assert_eq!(redact("mysql://root@db/test"), "mysql://root@db/test");
+        assert_eq!(
+            redact("sqlite://local_storage/tasks.db"),
+            "sqlite://local_storage/tasks.db"
+        );
+    }
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(
+            base_url("0.0.0.0:5000".parse().unwrap()),
+            "http://127.0.0.1:5000"
+        );
+        assert_eq!(base_url("[::]:80".parse().unwrap()), "http://[::1]:80");
+        assert_eq!(base_url("10.1.2.3:8".parse().unwrap()), "http://10.1.2.3:8");
+    }
+}

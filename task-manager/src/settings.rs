@@ -1,0 +1,189 @@
+//! Configuration of the task manager, read from environment variables.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+/// Everything the task manager needs to run. Build it with [`Settings::from_env`] or
+/// [`Settings::new`] and adjust the fields.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on (`BIND`, default `0.0.0.0`).
+    pub bind: IpAddr,
+    /// Port to listen on (`PORT`, default 5000; 0 picks a free port).
+    pub port: u16,
+    /// Root of `raw_data/` and `processed_data/` (`STORAGE_DIR`, default `local_storage`).
+    pub storage_dir: PathBuf,
+    /// `sqlite://...`, `mysql://...` or `postgres://...` (`DATABASE_URL`, default the SQLite
+    /// file `<storage_dir>/tasks.db`).
+    pub database_url: String,
+    /// RabbitMQ URL (`AMQP_URL`); `None` runs the engine in-process (embedded mode).
+    pub amqp_url: Option<String>,
+    /// Durable queue the tasks are published on (`QUEUE_NAME`).
+    pub queue_name: String,
+    /// Base of the absolute `download_link` (`PUBLIC_URL`); `None` derives it from the
+    /// request's `Host` header.
+    pub public_url: Option<String>,
+    /// Tasks run at the same time in embedded mode (`EMBEDDED_WORKERS`, default 1).
+    pub embedded_workers: usize,
+    /// Engine memory budget in bytes in embedded mode (`ENGINE_MEMORY_LIMIT`, e.g. `1G`).
+    pub engine_memory_limit: u64,
+    /// Engine threads in embedded mode (`ENGINE_THREADS`, 0 = one per core).
+    pub engine_threads: usize,
+}
+
+/// Default storage root.
+pub const DEFAULT_STORAGE_DIR: &str = "local_storage";
+/// Default HTTP port.
+pub const DEFAULT_PORT: u16 = 5000;
+
+impl Settings {
+    /// Defaults for everything, with the given storage root and its SQLite database.
+    pub fn new(storage_dir: impl Into<PathBuf>) -> Settings {
+        let storage_dir = storage_dir.into();
+        let engine = processor::Config::default();
+        Settings {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port: DEFAULT_PORT,
+            database_url: default_database_url(&storage_dir),
+            storage_dir,
+            amqp_url: None,
+            queue_name: task_protocol::DEFAULT_QUEUE_NAME.to_string(),
+            public_url: None,
+            embedded_workers: 1,
+            engine_memory_limit: engine.memory_limit,
+            engine_threads: engine.threads,
+        }
+    }
+
+    /// Reads the settings from the environment (see the field docs for the variable names).
+    /// Empty variables count as unset.
+    pub fn from_env() -> anyhow::Result<Settings> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup` (a variable name to its value).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
+        let var = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+        let mut settings =
+            Settings::new(var("STORAGE_DIR").unwrap_or_else(|| DEFAULT_STORAGE_DIR.to_string()));
+        if let Some(bind) = var("BIND") {
+            settings.bind = parse_var("BIND", &bind)?;
+        }
+        if let Some(port) = var("PORT") {
+            settings.port = parse_var("PORT", &port)?;
+        }
+        if let Some(url) = var("DATABASE_URL") {
+            settings.database_url = url;
+        }
+        settings.amqp_url = var("AMQP_URL");
+        if let Some(name) = var("QUEUE_NAME") {
+            settings.queue_name = name;
+        }
+        settings.public_url = var("PUBLIC_URL").map(|url| url.trim_end_matches('/').to_string());
+        if let Some(workers) = var("EMBEDDED_WORKERS") {
+            settings.embedded_workers = parse_var("EMBEDDED_WORKERS", &workers)?;
+            if settings.embedded_workers == 0 {
+                bail!("EMBEDDED_WORKERS must be at least 1");
+            }
+        }
+        if let Some(limit) = var("ENGINE_MEMORY_LIMIT") {
+            settings.engine_memory_limit = processor::parse_size(&limit)
+                .map_err(|e| anyhow::anyhow!("ENGINE_MEMORY_LIMIT: {e}"))?;
+        }
+        if let Some(threads) = var("ENGINE_THREADS") {
+            settings.engine_threads = parse_var("ENGINE_THREADS", &threads)?;
+        }
+        Ok(settings)
+    }
+
+    /// The engine configuration of embedded mode.
+    pub fn engine_config(&self) -> processor::Config {
+        processor::Config {
+            memory_limit: self.engine_memory_limit,
+            threads: self.engine_threads,
+            temp_dir: Some(self.storage_dir.join(TEMP_DIR)),
+            ..processor::Config::default()
+        }
+    }
+}
+
+/// Storage subdirectory for the engine's spilled runs.
+pub(crate) const TEMP_DIR: &str = "tmp";
+
+/// `sqlite://<storage_dir>/tasks.db`.
+pub fn default_database_url(storage_dir: &Path) -> String {
+    format!("sqlite://{}", storage_dir.join("tasks.db").display())
+}
+
+fn parse_var<T>(name: &str, value: &str) -> anyhow::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    value
+        .trim()
+        .parse()
+        .with_context(|| format!("invalid {name}={value:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let settings = from(&[]).unwrap();
+        assert_eq!(settings.port, 5000);
+        assert_eq!(settings.bind.to_string(), "0.0.0.0");
+        assert_eq!(settings.storage_dir, PathBuf::from("local_storage"));
+        assert_eq!(settings.database_url, "sqlite://local_storage/tasks.db");
+        assert_eq!(settings.amqp_url, None);
+        assert_eq!(settings.queue_name, task_protocol::DEFAULT_QUEUE_NAME);
+        assert_eq!(settings.embedded_workers, 1);
+    }
+
+    #[test]
+    fn values_are_read() {
+        let settings = from(&[
+            ("PORT", "8080"),
+            ("BIND", "127.0.0.1"),
+            ("STORAGE_DIR", "/data"),
+            ("AMQP_URL", "amqp://localhost"),
+            ("PUBLIC_URL", "https://example.org/"),
+            ("ENGINE_MEMORY_LIMIT", "256M"),
+            ("ENGINE_THREADS", "3"),
+            ("EMBEDDED_WORKERS", "2"),
+        ])
+        .unwrap();
+        assert_eq!(settings.port, 8080);
+        assert_eq!(settings.database_url, "sqlite:///data/tasks.db");
+        assert_eq!(settings.amqp_url.as_deref(), Some("amqp://localhost"));
+        assert_eq!(settings.public_url.as_deref(), Some("https://example.org"));
+        assert_eq!(settings.engine_memory_limit, 256 << 20);
+        assert_eq!(settings.engine_config().threads, 3);
+        assert_eq!(settings.embedded_workers, 2);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = from(&[("PORT", "http")]).unwrap_err();
+        assert!(format!("{err:#}").contains("PORT"), "{err:#}");
+        let err = from(&[("ENGINE_MEMORY_LIMIT", "lots")]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("ENGINE_MEMORY_LIMIT"),
+            "{err:#}"
+        );
+        assert!(from(&[("EMBEDDED_WORKERS", "0")]).is_err());
+    }
+}

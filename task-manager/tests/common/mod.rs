@@ -1,0 +1,311 @@
+//! Helpers for tests that run the task manager against the real database and RabbitMQ
+//! servers of this machine: create a throw-away database, start a server on a random port,
+//! upload, poll, download.
+//!
+//! Self-contained (task_manager, reqwest, sqlx, tempfile, tokio, serde_json, uuid), so that
+//! other crates' tests can include it with `#[path = "..."] mod common;`.
+//! A server that cannot be reached fails the test with a message saying how to start it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::Value;
+use sqlx::Connection;
+use sqlx::migrate::MigrateDatabase;
+use task_manager::{Server, Settings};
+use uuid::Uuid;
+
+/// The example of the task: unsorted input with several rows per (song, date).
+pub const SEED_INPUT: &str = "Song,Date,Number of Plays\n\
+Umbrella,2020-01-02,200\n\
+Umbrella,2020-01-01,100\n\
+In The End,2020-01-01,500\n\
+Umbrella,2020-01-01,50\n\
+In The End,2020-01-01,1000\n\
+Umbrella,2020-01-02,50\n\
+In The End,2020-01-02,500\n";
+
+/// The aggregate of [`SEED_INPUT`].
+pub const SEED_OUTPUT: &str = "Song,Date,Number of Plays\n\
+In The End,2020-01-01,1500\n\
+In The End,2020-01-02,500\n\
+Umbrella,2020-01-01,150\n\
+Umbrella,2020-01-02,250\n";
+
+/// An input whose line 2 has an impossible date.
+pub const INVALID_INPUT: &str = "Song,Date,Number of Plays\nA,2020-13-01,5\n";
+
+/// Servers of this machine; each can be overridden by an environment variable.
+pub const MARIADB_URL: (&str, &str) = ("TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test");
+pub const POSTGRES_URL: (&str, &str) = (
+    "TEST_POSTGRES_URL",
+    "postgres://postgres@127.0.0.1:5432/test",
+);
+pub const AMQP_URL: (&str, &str) = ("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+
+/// Longest wait for a task to finish before the test gives up (a guard against hangs).
+const TASK_DEADLINE: Duration = Duration::from_secs(600);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The configured URL of a server (`(variable, default)`).
+pub fn server_url((variable, default): (&str, &str)) -> String {
+    std::env::var(variable).unwrap_or_else(|_| default.to_string())
+}
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Sqlite,
+    MariaDb,
+    Postgres,
+}
+
+/// A database of its own for one test: a SQLite file in the storage directory, or a fresh
+/// `tm_test_<uuid>` database on the MariaDB or PostgreSQL server, dropped by [`TestDb::drop`].
+pub struct TestDb {
+    pub kind: DbKind,
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates the database; panics with a clear message when its server is unreachable.
+    pub async fn create(kind: DbKind, storage_dir: &Path) -> TestDb {
+        sqlx::any::install_default_drivers();
+        let (admin_url, how_to_start) = match kind {
+            DbKind::Sqlite => {
+                return TestDb {
+                    kind,
+                    url: task_manager::default_database_url(storage_dir),
+                };
+            }
+            DbKind::MariaDb => (
+                server_url(MARIADB_URL),
+                "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd",
+            ),
+            DbKind::Postgres => (
+                server_url(POSTGRES_URL),
+                "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+            ),
+        };
+        match sqlx::AnyConnection::connect(&admin_url).await {
+            Ok(connection) => {
+                let _ = connection.close().await;
+            }
+            Err(e) => panic!(
+                "{kind:?} is unreachable at {admin_url}: {e}\n\
+                 This test needs the real server; start it with: {how_to_start}"
+            ),
+        }
+        let (server, _database) = admin_url
+            .rsplit_once('/')
+            .unwrap_or_else(|| panic!("no database name in {admin_url}"));
+        let url = format!("{server}/tm_test_{}", Uuid::new_v4().simple());
+        sqlx::Any::create_database(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create the test database {url}: {e}"));
+        TestDb { kind, url }
+    }
+
+    /// Drops the database (SQLite files go with their temporary directory).
+    pub async fn drop(self) {
+        let dropped = match self.kind {
+            DbKind::Sqlite => return,
+            DbKind::MariaDb => sqlx::Any::drop_database(&self.url).await,
+            // Also ends connections a failed test may have left open.
+            DbKind::Postgres => sqlx::Any::force_drop_database(&self.url).await,
+        };
+        dropped.unwrap_or_else(|e| panic!("cannot drop the test database {}: {e}", self.url));
+    }
+}
+
+/// A task manager on a random port with its own storage directory and database.
+pub struct TestServer {
+    pub server: Server,
+    pub storage: tempfile::TempDir,
+    pub db: TestDb,
+    pub client: Client,
+    pub base_url: String,
+}
+
+/// Starts an embedded-mode task manager on `kind`.
+pub async fn start_server(kind: DbKind) -> TestServer {
+    start_server_with(kind, |_| {}).await
+}
+
+/// Starts a task manager on `kind`, after `configure` adjusted its settings.
+pub async fn start_server_with(kind: DbKind, configure: impl FnOnce(&mut Settings)) -> TestServer {
+    let storage = tempfile::tempdir().expect("temporary directory");
+    let db = TestDb::create(kind, storage.path()).await;
+    let mut settings = Settings::new(storage.path());
+    settings.bind = [127, 0, 0, 1].into();
+    settings.port = 0;
+    settings.database_url = db.url.clone();
+    settings.engine_memory_limit = 64 << 20;
+    configure(&mut settings);
+    let server = task_manager::start(settings)
+        .await
+        .unwrap_or_else(|e| panic!("the task manager did not start on {kind:?}: {e:#}"));
+    let base_url = server.base_url();
+    TestServer {
+        server,
+        storage,
+        db,
+        client: Client::new(),
+        base_url,
+    }
+}
+
+impl TestServer {
+    /// `base_url` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// The storage root.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.storage.path().to_path_buf()
+    }
+
+    /// Uploads `content` as multipart field `file`; asserts 202 and returns the task id.
+    pub async fn upload(&self, filename: &str, content: &str) -> Uuid {
+        upload(&self.client, &self.base_url, filename, content).await
+    }
+
+    /// The status JSON of a task (asserting 200).
+    pub async fn status(&self, id: Uuid) -> Value {
+        status(&self.client, &self.base_url, id).await
+    }
+
+    /// Polls until the task is DONE, FAILED or CANCELLED; returns its status JSON.
+    pub async fn wait_finished(&self, id: Uuid) -> Value {
+        wait_finished(&self.client, &self.base_url, id).await
+    }
+
+    /// `GET` the download endpoint.
+    pub async fn download(&self, id: Uuid) -> Response {
+        download(&self.client, &self.base_url, id).await
+    }
+
+    /// Stops the server and drops its database.
+    pub async fn stop(self) {
+        self.server.shutdown().await;
+        self.db.drop().await;
+    }
+}
+
+/// Uploads `content` as multipart field `file` named `filename`; asserts 202 and returns
+/// the task id.
+pub async fn upload(client: &Client, base_url: &str, filename: &str, content: &str) -> Uuid {
+    let part = reqwest::multipart::Part::bytes(content.as_bytes().to_vec())
+        .file_name(filename.to_string())
+        .mime_str("text/csv")
+        .expect("mime type");
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let response = client
+        .post(format!("{base_url}/v1/data_processor/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload request");
+    let code = response.status();
+    let body: Value = response.json().await.expect("upload answer is JSON");
+    assert_eq!(code, StatusCode::ACCEPTED, "upload answered {body}");
+    assert_eq!(body["status"], "RECEIVED", "{body}");
+    body["task_id"]
+        .as_str()
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .unwrap_or_else(|| panic!("no task_id in {body}"))
+}
+
+/// The status JSON of a task (asserting 200).
+pub async fn status(client: &Client, base_url: &str, id: Uuid) -> Value {
+    let response = client
+        .get(format!("{base_url}/v1/tasks/status/{id}"))
+        .send()
+        .await
+        .expect("status request");
+    let code = response.status();
+    let body: Value = response.json().await.expect("status answer is JSON");
+    assert_eq!(code, StatusCode::OK, "status answered {body}");
+    body
+}
+
+/// Polls the status until it is DONE, FAILED or CANCELLED, as the old Python client did.
+pub async fn wait_finished(client: &Client, base_url: &str, id: Uuid) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let body = status(client, base_url, id).await;
+        let state = body["status"].as_str().unwrap_or_default();
+        assert!(
+            ["RECEIVED", "PROCESSING", "DONE", "FAILED", "CANCELLED"].contains(&state),
+            "unexpected status in {body}"
+        );
+        if ["DONE", "FAILED", "CANCELLED"].contains(&state) {
+            return body;
+        }
+        assert!(
+            started.elapsed() < TASK_DEADLINE,
+            "task {id} still {state} after {TASK_DEADLINE:?}: {body}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// `GET` the download endpoint of a task.
+pub async fn download(client: &Client, base_url: &str, id: Uuid) -> Response {
+    client
+        .get(format!("{base_url}/v1/data_processor/download/{id}"))
+        .send()
+        .await
+        .expect("download request")
+}
+
+/// The file name of a `Content-Disposition` header, read the way the old client read it
+/// (split on `=`, quotes stripped), after checking the header's exact form.
+pub fn attachment_filename(response: &Response) -> String {
+    let header = response
+        .headers()
+        .get(reqwest::header::CONTENT_DISPOSITION)
+        .expect("Content-Disposition header")
+        .to_str()
+        .expect("ASCII Content-Disposition");
+    assert!(
+        header.starts_with("attachment; filename=\"") && header.ends_with(".csv\""),
+        "unexpected Content-Disposition {header:?}"
+    );
+    header
+        .split('=')
+        .nth(1)
+        .expect("filename=")
+        .trim_matches('"')
+        .to_string()
+}
+
+/// The JSON body and code of a response.
+pub async fn json_of(response: Response) -> (StatusCode, Value) {
+    let code = response.status();
+    let text = response.text().await.expect("response body");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("answer {code} is not JSON ({e}): {text:?}"));
+    (code, body)
+}
+
+/// Deletes a RabbitMQ queue made for a test.
+pub async fn delete_queue(queue: &str) {
+    let url = server_url(AMQP_URL);
+    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "RabbitMQ is unreachable at {url}: {e}\nStart it with: rabbitmq-server -detached"
+            )
+        });
+    let channel = connection.create_channel().await.expect("AMQP channel");
+    channel
+        .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+        .await
+        .expect("queue.delete");
+    let _ = connection.close(200, "done".into()).await;
+}

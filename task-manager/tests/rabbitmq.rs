@@ -1,0 +1,296 @@
+//! Distributed mode against the real RabbitMQ: the task manager publishes, the test plays the
+//! worker (takes the message, posts events, writes the result).
+
+mod common;
+
+use common::*;
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use lapin::{Channel, Connection, ConnectionProperties};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use task_protocol::{TaskMessage, events_path};
+use uuid::Uuid;
+
+/// A connection to the test broker and a queue name of the test's own.
+struct Broker {
+    connection: Connection,
+    channel: Channel,
+    queue: String,
+}
+
+impl Broker {
+    async fn connect() -> Broker {
+        let url = server_url(AMQP_URL);
+        let connection = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("RabbitMQ is unreachable at {url}: {e}\nStart it with: rabbitmq-server -detached")
+            });
+        let channel = connection.create_channel().await.expect("AMQP channel");
+        Broker {
+            connection,
+            channel,
+            queue: format!("tm_test_{}", Uuid::new_v4().simple()),
+        }
+    }
+
+    /// Takes the next message of the queue, which must be there.
+    async fn take(&self) -> lapin::message::Delivery {
+        self.channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+            .expect("a message on the queue")
+            .delivery
+    }
+
+    async fn delete_queue(self) {
+        self.channel
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .expect("queue.delete");
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+async fn post_event(server: &TestServer, id: Uuid, event: Value) -> (StatusCode, Value) {
+    json_of(
+        server
+            .client
+            .post(server.url(&events_path(id)))
+            .json(&event)
+            .send()
+            .await
+            .expect("event request"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_publishes_and_worker_events_drive_the_task() {
+    let broker = Broker::connect().await;
+    let server = start_server_with(DbKind::Sqlite, |settings| {
+        settings.amqp_url = Some(server_url(AMQP_URL));
+        settings.queue_name = broker.queue.clone();
+    })
+    .await;
+
+    let id = server.upload("plays.csv", SEED_INPUT).await;
+    let delivery = broker.take().await;
+    assert_eq!(
+        *delivery.properties.delivery_mode(),
+        Some(2),
+        "not persistent"
+    );
+    let message: TaskMessage = serde_json::from_slice(&delivery.data).expect("TaskMessage JSON");
+    assert_eq!(message, TaskMessage::for_task(id));
+    let input = server.storage_dir().join(&message.input_path);
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), SEED_INPUT);
+
+    let (code, ack) = post_event(&server, id, json!({"event": "started"})).await;
+    assert_eq!(
+        (code, ack["status"].clone()),
+        (StatusCode::OK, json!("PROCESSING"))
+    );
+    let (_, ack) = post_event(&server, id, json!({"event": "started"})).await;
+    assert_eq!(ack["status"], "PROCESSING", "started twice");
+    let (_, ack) = post_event(
+        &server,
+        id,
+        json!({"event": "progress", "progress": 0.5, "rows": 3}),
+    )
+    .await;
+    assert_eq!(ack["status"], "PROCESSING");
+    let status = server.status(id).await;
+    assert_eq!(status["progress"], 0.5, "{status}");
+    assert_eq!(status["rows"], 3, "{status}");
+    let (code, body) = json_of(server.download(id).await).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["status"], "PROCESSING");
+
+    std::fs::write(server.storage_dir().join(&message.output_path), SEED_OUTPUT).unwrap();
+    let done = json!({"event": "done", "rows": 7, "groups": 4, "output_bytes": SEED_OUTPUT.len()});
+    let (_, ack) = post_event(&server, id, done.clone()).await;
+    assert_eq!(ack["status"], "DONE");
+    let (_, ack) = post_event(&server, id, done).await;
+    assert_eq!(ack["status"], "DONE", "done twice");
+
+    let status = server.status(id).await;
+    assert_eq!(status["status"], "DONE");
+    assert_eq!(status["groups"], 4);
+    assert_eq!(status["progress"], 1.0);
+    let response = server.download(id).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(attachment_filename(&response), "plays_aggregated.csv");
+    assert_eq!(response.text().await.unwrap(), SEED_OUTPUT);
+
+    // Late events do not change a finished task.
+    for late in [
+        json!({"event": "failed", "error": "late"}),
+        json!({"event": "started"}),
+        json!({"event": "progress", "progress": 0.1, "rows": 1}),
+    ] {
+        let (code, ack) = post_event(&server, id, late.clone()).await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(ack["status"], "DONE", "{late} changed a DONE task");
+    }
+    assert_eq!(server.status(id).await["rows"], 7);
+
+    // Cancelled before a worker started: the worker learns it from the ack.
+    let second = server.upload("second.csv", SEED_INPUT).await;
+    let message: TaskMessage = serde_json::from_slice(&broker.take().await.data).unwrap();
+    assert_eq!(message.task_id, second);
+    let (code, body) = json_of(
+        server
+            .client
+            .delete(server.url(&format!("/v1/tasks/{second}")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (_, ack) = post_event(&server, second, json!({"event": "started"})).await;
+    assert_eq!(ack["status"], "CANCELLED");
+
+    // Bad events.
+    let (code, body) = post_event(&server, Uuid::new_v4(), json!({"event": "started"})).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+    let (code, body) = post_event(&server, second, json!({"event": "exploded"})).await;
+    assert!(code.is_client_error(), "{code}: {body}");
+    assert!(body["error"].is_string(), "{body}");
+
+    let (code, health) = json_of(
+        server
+            .client
+            .get(server.url("/health"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{health}");
+    assert_eq!(health["queue"], "ok");
+    assert_eq!(health["mode"], "rabbitmq");
+
+    broker.delete_queue().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_broker_answers_503_and_fails_the_task() {
+    // Nothing listens on port 1.
+    let server = start_server_with(DbKind::Sqlite, |settings| {
+        settings.amqp_url = Some("amqp://guest:guest@127.0.0.1:1/%2f".into());
+    })
+    .await;
+    let part = reqwest::multipart::Part::bytes(SEED_INPUT.as_bytes().to_vec()).file_name("p.csv");
+    let response = server
+        .client
+        .post(server.url("/v1/data_processor/upload"))
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = json_of(response).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("RabbitMQ"),
+        "{body}"
+    );
+
+    let (_, list) = json_of(
+        server
+            .client
+            .get(server.url("/v1/tasks"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list["count"], 1, "{list}");
+    let task = &list["results"][0];
+    assert_eq!(task["status"], "FAILED", "{task}");
+    let id = task["task_id"].as_str().unwrap();
+    let raw = server.storage_dir().join(format!("raw_data/{id}.csv"));
+    assert!(!raw.exists(), "the upload of an unqueued task was kept");
+
+    let (code, health) = json_of(
+        server
+            .client
+            .get(server.url("/health"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{health}");
+    assert_eq!(health["database"], "ok");
+    assert_ne!(health["queue"], "ok");
+    server.stop().await;
+}
+
+fn rabbitmqctl(args: &[&str]) -> String {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("rabbitmqctl is needed to close a connection: {e}"));
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The broker's ids of the connections whose names mention `queue`.
+fn connections_of(queue: &str) -> Vec<String> {
+    rabbitmqctl(&["list_connections", "-q", "pid", "client_properties"])
+        .lines()
+        .filter(|line| line.contains(queue))
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_is_reopened() {
+    let broker = Broker::connect().await;
+    let server = start_server_with(DbKind::Sqlite, |settings| {
+        settings.amqp_url = Some(server_url(AMQP_URL));
+        settings.queue_name = broker.queue.clone();
+    })
+    .await;
+    let first = server.upload("plays.csv", SEED_INPUT).await;
+    let message: TaskMessage = serde_json::from_slice(&broker.take().await.data).unwrap();
+    assert_eq!(message.task_id, first);
+
+    let connections = connections_of(&broker.queue);
+    assert_eq!(connections.len(), 1, "{connections:?}");
+    let closed = connections[0].clone();
+    rabbitmqctl(&["close_connection", &closed, "closed by a test"]);
+    let second = server.upload("plays.csv", SEED_INPUT).await;
+    let message: TaskMessage = serde_json::from_slice(&broker.take().await.data).unwrap();
+    assert_eq!(message.task_id, second);
+    let connections = connections_of(&broker.queue);
+    assert!(
+        connections.iter().any(|pid| *pid != closed),
+        "no new connection: {connections:?}"
+    );
+    let (code, health) = json_of(
+        server
+            .client
+            .get(server.url("/health"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{health}");
+
+    broker.delete_queue().await;
+    server.stop().await;
+}
