@@ -55,11 +55,14 @@ pub fn aggregate(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(write_err)?;
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".partial");
+    // The result gets the permissions of any new file (0666 less the umask), not the
+    // owner-only mode of temporary files.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut temp = builder.tempfile_in(dir).map_err(write_err)?;
     let summary = aggregate_to_writer(input, temp.as_file_mut(), config, control)?;
     temp.as_file().sync_all().map_err(write_err)?;
     temp.persist(output).map_err(|e| write_err(e.error))?;

@@ -160,8 +160,9 @@ pub(crate) fn run(
     let in_flight = threads * 2 + 2;
     let block_bytes = config.block_bytes.max(1);
     let overhead = (in_flight * (block_bytes + MAX_RECORD_BYTES) + (16 << 20)) as u64;
+    // 20% slack: the estimate misses allocator rounding and fragmentation.
     let table_budget =
-        (config.memory_limit.saturating_sub(overhead) / threads as u64).max(64 << 10);
+        (config.memory_limit.saturating_sub(overhead) / 5 * 4 / threads as u64).max(64 << 10);
     let shared = Shared {
         config,
         control,
