@@ -1,0 +1,292 @@
+//! The distributed mode end to end, on the real RabbitMQ and each database server: the task
+//! manager in-process, `processor worker` as a child process, both on one storage directory.
+//! Through the HTTP API and through the `processor upload` client: the seed example ends DONE
+//! with the expected download, invalid CSV ends FAILED with the engine's message, and the
+//! worker goes on after a bad task and after a message that is not a task.
+#![cfg(feature = "service")]
+
+#[path = "../../task-manager/tests/common/mod.rs"]
+mod common;
+
+#[path = "distributed/cleanup.rs"]
+mod cleanup;
+#[path = "distributed/worker_process.rs"]
+mod worker_process;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use cleanup::CleanupOnPanic;
+use common::{DbKind, INVALID_INPUT, SEED_INPUT, SEED_OUTPUT, TestServer};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use processor::{Config, Control, Input};
+use reqwest::StatusCode;
+use uuid::Uuid;
+use worker_process::WorkerProcess;
+
+/// Longest wait for the worker to consume again after losing its queue (a guard against hangs;
+/// its reconnection backoff starts at 1 s).
+const RECONNECT_DEADLINE: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn distributed_on_sqlite() {
+    round_trip(DbKind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn distributed_on_mariadb() {
+    round_trip(DbKind::MariaDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn distributed_on_postgres() {
+    round_trip(DbKind::Postgres).await;
+}
+
+async fn round_trip(kind: DbKind) {
+    let amqp_url = common::server_url(common::AMQP_URL);
+    let queue = format!("processor_test_{}", Uuid::new_v4().simple());
+    let broker = connect_broker(&amqp_url).await;
+    let mut cleanup = CleanupOnPanic {
+        queue: queue.clone(),
+        database: None,
+    };
+    let tm = common::start_server_with(kind, |settings| {
+        settings.amqp_url = Some(amqp_url.clone());
+        settings.queue_name = queue.clone();
+    })
+    .await;
+    if kind != DbKind::Sqlite {
+        cleanup.database = Some(tm.db.url.clone());
+    }
+    // Cancelled while no worker runs: the worker must skip it.
+    let cancelled = tm.upload("cancelled.csv", SEED_INPUT).await;
+    cancel(&tm, cancelled).await;
+    let worker = WorkerProcess::start(&amqp_url, &queue, &tm.base_url, &tm.storage_dir());
+
+    seed_is_aggregated(&tm, &worker).await;
+    worker_comes_back_after_losing_its_queue(&broker, &queue, &worker).await;
+    seed_is_aggregated(&tm, &worker).await;
+    // A message that is not a task is rejected; the next task is processed.
+    publish_raw(&broker, &queue, b"this is not a task").await;
+    invalid_csv_fails_with_the_engine_message(&tm, &worker).await;
+    // The worker goes on after the failed task.
+    upload_client_downloads_the_result(&tm, &worker).await;
+    upload_client_reports_failure(&tm).await;
+
+    worker.stop_gracefully();
+    every_message_was_settled(&broker, &queue).await;
+    cancelled_task_was_skipped(&tm, cancelled).await;
+    let _ = broker.close(200, "test done".into()).await;
+    tm.stop().await;
+    common::delete_queue(&queue).await;
+}
+
+async fn seed_is_aggregated(tm: &TestServer, worker: &WorkerProcess) {
+    let id = tm.upload("seed.csv", SEED_INPUT).await;
+    let status = tm.wait_finished(id).await;
+    assert_eq!(status["status"], "DONE", "{status}\n{}", worker.log());
+    assert_eq!(status["rows"], 7, "{status}");
+    assert_eq!(status["groups"], 4, "{status}");
+    assert_eq!(status["progress"], 1.0, "{status}");
+
+    let response = tm.download(id).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.expect("download body"), SEED_OUTPUT);
+}
+
+/// Deletes the queue under the consuming worker: RabbitMQ cancels its consumer, and the worker
+/// reconnects, declares the queue again and resumes consuming.
+async fn worker_comes_back_after_losing_its_queue(
+    broker: &Connection,
+    queue: &str,
+    worker: &WorkerProcess,
+) {
+    let channel = broker.create_channel().await.expect("AMQP channel");
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .expect("queue.delete");
+    let _ = channel.close(200, "deleted".into()).await;
+    let started = Instant::now();
+    while consumers(broker, queue).await != Some(1) {
+        assert!(
+            started.elapsed() < RECONNECT_DEADLINE,
+            "the worker did not consume {queue} again within {RECONNECT_DEADLINE:?}\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Consumers of `queue`, `None` while it does not exist.
+async fn consumers(broker: &Connection, queue: &str) -> Option<u32> {
+    // A passive declaration of a missing queue closes its channel: one channel per check.
+    let channel = broker.create_channel().await.expect("AMQP channel");
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok()?;
+    let _ = channel.close(200, "checked".into()).await;
+    Some(declared.consumer_count())
+}
+
+async fn invalid_csv_fails_with_the_engine_message(tm: &TestServer, worker: &WorkerProcess) {
+    let id = tm.upload("invalid.csv", INVALID_INPUT).await;
+    let status = tm.wait_finished(id).await;
+    assert_eq!(status["status"], "FAILED", "{status}\n{}", worker.log());
+    let error = status["error"].as_str().unwrap_or_default();
+    assert_eq!(error, engine_error(INVALID_INPUT), "{status}");
+    assert!(error.contains("line 2"), "{error}");
+
+    let response = tm.download(id).await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert!(
+        !tm.storage_dir()
+            .join(task_protocol::processed_data_path(id))
+            .exists(),
+        "a failed task must leave no result file"
+    );
+}
+
+async fn cancel(tm: &TestServer, id: Uuid) {
+    let response = tm
+        .client
+        .delete(tm.url(&format!("/v1/tasks/{id}")))
+        .send()
+        .await
+        .expect("cancel request");
+    let (code, body) = common::json_of(response).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "CANCELLED", "{body}");
+}
+
+async fn cancelled_task_was_skipped(tm: &TestServer, id: Uuid) {
+    let status = tm.status(id).await;
+    assert_eq!(status["status"], "CANCELLED", "{status}");
+    let result = tm
+        .storage_dir()
+        .join(task_protocol::processed_data_path(id));
+    assert!(!result.exists(), "a cancelled task was processed");
+}
+
+/// After the worker stopped, the queue is empty: every message was acknowledged or rejected.
+async fn every_message_was_settled(broker: &Connection, queue: &str) {
+    let channel = broker.create_channel().await.expect("AMQP channel");
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the test queue exists");
+    assert_eq!(declared.message_count(), 0, "messages left on {queue}");
+    let _ = channel.close(200, "checked".into()).await;
+}
+
+async fn upload_client_downloads_the_result(tm: &TestServer, worker: &WorkerProcess) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let input = dir.path().join("plays.csv");
+    std::fs::write(&input, SEED_INPUT).expect("write the input");
+
+    let output = run_upload_client(&tm.base_url, &input).await;
+    assert!(
+        output.status.success(),
+        "processor upload failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        worker.log()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("task "), "{stdout}");
+    let result = dir.path().join("plays_aggregated.csv");
+    let written = std::fs::read_to_string(&result).expect("the client wrote its result");
+    assert_eq!(written, SEED_OUTPUT);
+}
+
+async fn upload_client_reports_failure(tm: &TestServer) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let input = dir.path().join("bad.csv");
+    std::fs::write(&input, INVALID_INPUT).expect("write the input");
+
+    let output = run_upload_client(&tm.base_url, &input).await;
+    assert!(!output.status.success(), "the client must fail on FAILED");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("FAILED"), "{stderr}");
+    assert!(stderr.contains(&engine_error(INVALID_INPUT)), "{stderr}");
+    assert!(
+        !dir.path().join("bad_aggregated.csv").exists(),
+        "no result file for a failed task"
+    );
+}
+
+/// Runs `processor upload INPUT --url BASE --quiet` to completion.
+async fn run_upload_client(base_url: &str, input: &Path) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_processor"));
+    command
+        .arg("upload")
+        .arg(input)
+        .args(["--url", base_url, "--quiet"]);
+    tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("client thread")
+        .expect("run processor upload")
+}
+
+/// The engine's own message for `input`.
+fn engine_error(input: &str) -> String {
+    let input = Input::Reader {
+        reader: Box::new(input.as_bytes()),
+        len: None,
+    };
+    let err = processor::aggregate_to_writer(
+        input,
+        &mut std::io::sink(),
+        &Config::default(),
+        &Control::new(),
+    )
+    .expect_err("the input is invalid");
+    err.to_string()
+}
+
+async fn connect_broker(url: &str) -> Connection {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "RabbitMQ is unreachable at {url}: {e}\nThis test needs the real server; \
+                 start it with: rabbitmq-server -detached"
+            )
+        })
+}
+
+/// Publishes `payload` as is on `queue`, through the default exchange.
+async fn publish_raw(broker: &Connection, queue: &str, payload: &[u8]) {
+    let channel = broker.create_channel().await.expect("AMQP channel");
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            payload,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("basic.publish")
+        .await
+        .expect("publish");
+    let _ = channel.close(200, "published".into()).await;
+}
