@@ -1,9 +1,21 @@
 //! K-way merge of sorted runs into CSV rows, summing the groups that several runs share.
 
+use std::fs::File;
+use std::path::Path;
+
+use rayon::prelude::*;
+
 use super::output::push_row;
-use super::run::{Run, SongDays};
+use super::run::{AnyRun, DiskRun, Run, SongDays, SpillWriter, TableRun};
+use super::shards::ShardedTable;
+use super::table::SongRef;
 use super::validate::{PackedDate, date_string};
 use crate::Error;
+
+/// Most spilled runs merged at once; more are first merged in groups.
+const MAX_FAN_IN: usize = 64;
+/// Output is flushed to the writer in pieces of about this size.
+const OUTPUT_CHUNK: usize = 1 << 20;
 
 /// Merges `runs` in name order, calling `emit` once per song with its (date, sum) pairs in
 /// date order, summed over the runs that share the song.
@@ -91,6 +103,113 @@ pub(crate) fn merge_runs<R: Run>(
         }
         Ok(())
     })?;
+    Ok(groups)
+}
+
+/// Merges the workers' tables in parallel: the song space is cut into ranges at pivots
+/// taken from the largest table, and each range is merged and formatted on its own.
+pub(crate) fn merge_in_memory(
+    pool: &rayon::ThreadPool,
+    tables: &[ShardedTable],
+    write: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Error>,
+) -> Result<u64, Error> {
+    let orders: Vec<Vec<SongRef<'_>>> =
+        pool.install(|| tables.par_iter().map(ShardedTable::sorted_songs).collect());
+    let Some(largest) = (0..tables.len()).max_by_key(|&t| orders[t].len()) else {
+        return Ok(0);
+    };
+    let total: usize = orders.iter().map(Vec::len).sum();
+    let parts = (total / 16_384).clamp(1, 4096);
+    let pivot_order = &orders[largest];
+    let pivots: Vec<&[u8]> = (1..parts)
+        .map(|j| pivot_order[j * pivot_order.len() / parts].name)
+        .collect();
+    let bounds: Vec<Vec<usize>> = orders
+        .iter()
+        .map(|order| {
+            let mut b = vec![0];
+            b.extend(
+                pivots
+                    .iter()
+                    .map(|p| order.partition_point(|s| s.name < *p)),
+            );
+            b.push(order.len());
+            b
+        })
+        .collect();
+    let window = pool.current_num_threads() * 2;
+    let mut groups = 0;
+    for first in (0..parts).step_by(window) {
+        let merged: Vec<Result<(Vec<u8>, u64), Error>> = pool.install(|| {
+            (first..(first + window).min(parts))
+                .into_par_iter()
+                .map(|part| {
+                    let mut runs: Vec<TableRun<'_>> = orders
+                        .iter()
+                        .zip(&bounds)
+                        .map(|(order, b)| TableRun::new(&order[b[part]..b[part + 1]]))
+                        .collect();
+                    let mut buf = Vec::new();
+                    let groups = merge_runs(&mut runs, &mut buf, usize::MAX, &mut |_| Ok(()))?;
+                    Ok((buf, groups))
+                })
+                .collect()
+        });
+        for result in merged {
+            let (mut buf, count) = result?;
+            groups += count;
+            write(&mut buf)?;
+        }
+    }
+    Ok(groups)
+}
+
+/// Merges spilled runs and the tables left in memory in one k-way merge.
+pub(crate) fn merge_with_spills(
+    pool: &rayon::ThreadPool,
+    tables: &[ShardedTable],
+    spills: Vec<File>,
+    temp_dir: &Path,
+    write: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Error>,
+) -> Result<u64, Error> {
+    let orders: Vec<Vec<SongRef<'_>>> =
+        pool.install(|| tables.par_iter().map(ShardedTable::sorted_songs).collect());
+    let mut files = spills;
+    while files.len() > MAX_FAN_IN {
+        // Too many runs to read at once (buffers, file descriptors): merge groups of them
+        // into longer runs first, in parallel.
+        let mut groups = Vec::new();
+        while files.len() >= MAX_FAN_IN {
+            groups.push(files.split_off(files.len() - MAX_FAN_IN));
+        }
+        let merged: Vec<Result<File, Error>> = pool.install(|| {
+            groups
+                .into_par_iter()
+                .map(|group| {
+                    let mut runs = group
+                        .into_iter()
+                        .map(|file| DiskRun::open(file, temp_dir))
+                        .collect::<Result<Vec<_>, Error>>()?;
+                    let mut writer = SpillWriter::create(temp_dir)?;
+                    merge_songs(&mut runs, &mut |(name, days)| writer.write(name, days))?;
+                    writer.finish()
+                })
+                .collect()
+        });
+        for file in merged {
+            files.push(file?);
+        }
+    }
+    let mut runs: Vec<AnyRun<'_>> = Vec::new();
+    for file in files {
+        runs.push(AnyRun::Disk(DiskRun::open(file, temp_dir)?));
+    }
+    for order in orders.iter().filter(|order| !order.is_empty()) {
+        runs.push(AnyRun::Table(TableRun::new(order)));
+    }
+    let mut buf = Vec::with_capacity(OUTPUT_CHUNK * 2);
+    let groups = merge_runs(&mut runs, &mut buf, OUTPUT_CHUNK, write)?;
+    write(&mut buf)?;
     Ok(groups)
 }
 

@@ -14,6 +14,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 pub(crate) mod validate;
+mod worker;
 
 use std::fs::File;
 use std::io::{Read, Write};

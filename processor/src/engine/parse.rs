@@ -306,11 +306,13 @@ fn read_plain(data: &[u8], pos: usize) -> Result<FieldRead, FieldError> {
         Some(b',') => (Term::Comma, end + 1, 0),
         Some(b'\n') => (Term::Line, end + 1, 1),
         Some(_) => {
+            let field_end =
+                memchr::memchr2(b',', b'\n', &data[end..]).map_or(data.len(), |i| end + i);
             let (next, newlines) = skip_line(data, end);
             return Err(FieldError {
                 reason: format!(
                     "{} has a double quote in an unquoted field (quote the whole field and double the quote)",
-                    crate::error::show_value(&data[pos..end + 1])
+                    crate::error::show_value(&data[pos..field_end])
                 ),
                 next,
                 newlines,
@@ -337,7 +339,10 @@ fn read_quoted(data: &[u8], pos: usize, out: &mut Vec<u8>) -> Result<FieldRead, 
         let Some(offset) = memchr::memchr(b'"', &data[i..]) else {
             let rest = &data[i..];
             return Err(FieldError {
-                reason: "has an opening double quote that is never closed".to_string(),
+                reason: format!(
+                    "{} has an opening double quote that is never closed",
+                    crate::error::show_value(first_line(&data[pos..]))
+                ),
                 next: data.len(),
                 newlines: newlines + memchr::memchr_iter(b'\n', rest).count() as u64,
             });
@@ -423,6 +428,11 @@ pub(crate) struct HeaderEnd {
     pub end: usize,
     /// Line ends inside and at the end of the header.
     pub newlines: u64,
+}
+
+/// `data` up to its first line end.
+fn first_line(data: &[u8]) -> &[u8] {
+    memchr::memchr(b'\n', data).map_or(data, |end| &data[..end])
 }
 
 /// Skips to just past the next `\n` at or after `pos` (for resynchronising after an error).

@@ -4,28 +4,31 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use memmap2::Mmap;
-use rayon::prelude::*;
 
-use super::merge::{merge_runs, merge_songs};
+use super::merge::{merge_in_memory, merge_with_spills};
 use super::output::write_header;
-use super::parse::{Parser, RowSink, Stop};
-use super::run::{AnyRun, DiskRun, SpillWriter, TableRun, spill};
 use super::shards::ShardedTable;
-use super::source::{Block, BlockData, MAX_RECORD_BYTES, produce_mapped, produce_stream};
-use super::table::SongRef;
-use super::validate::PackedDate;
-use crate::error::{Field, InvalidRow, show_value};
+use super::source::{Block, MAX_RECORD_BYTES, produce_mapped, produce_stream};
+use super::worker::worker;
+use crate::error::{Field, InvalidRow};
 use crate::{Config, Control, Error, Phase, Summary};
 
-/// Most spilled runs merged at once; more are first merged in groups.
-const MAX_FAN_IN: usize = 64;
-/// Output is flushed to the writer in pieces of about this size.
-const OUTPUT_CHUNK: usize = 1 << 20;
+/// Locks a mutex, also after another thread panicked while holding it (the data here stays
+/// consistent: each update is a single push or replace).
+pub(crate) trait LockOk<T> {
+    fn lock_ok(&self) -> MutexGuard<'_, T>;
+}
+
+impl<T> LockOk<T> for Mutex<T> {
+    fn lock_ok(&self) -> MutexGuard<'_, T> {
+        self.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// The input, opened.
 pub(crate) enum Source<'a> {
@@ -35,11 +38,11 @@ pub(crate) enum Source<'a> {
 
 /// An invalid record located by block and line within the block.
 #[derive(Debug, Clone)]
-struct LocatedInvalid {
-    block: u64,
-    line: u64,
-    field: Option<Field>,
-    reason: String,
+pub(crate) struct LocatedInvalid {
+    pub block: u64,
+    pub line: u64,
+    pub field: Option<Field>,
+    pub reason: String,
 }
 
 impl LocatedInvalid {
@@ -49,43 +52,43 @@ impl LocatedInvalid {
 }
 
 /// State the workers share.
-struct Shared<'a> {
-    config: &'a Config,
-    control: &'a Control,
+pub(crate) struct Shared<'a> {
+    pub config: &'a Config,
+    pub control: &'a Control,
     /// Blocks after this one need no work (an earlier invalid record ends the run).
-    first_bad_block: AtomicU64,
+    pub first_bad_block: AtomicU64,
     /// The earliest invalid record (strict mode).
-    first_invalid: Mutex<Option<LocatedInvalid>>,
+    pub first_invalid: Mutex<Option<LocatedInvalid>>,
     /// The first few skipped records (with `skip_invalid`).
-    samples: Mutex<Vec<LocatedInvalid>>,
-    skipped: AtomicU64,
+    pub samples: Mutex<Vec<LocatedInvalid>>,
+    pub skipped: AtomicU64,
     /// An error that ends the run whatever the mode (I/O, overflow).
-    fatal: Mutex<Option<Error>>,
-    abort: AtomicBool,
+    pub fatal: Mutex<Option<Error>>,
+    pub abort: AtomicBool,
     /// Line ends per block, for turning block-relative lines into file lines.
-    block_lines: Mutex<Vec<u64>>,
-    spills: Mutex<Vec<File>>,
-    table_budget: usize,
-    temp_dir: PathBuf,
+    pub block_lines: Mutex<Vec<u64>>,
+    pub spills: Mutex<Vec<File>>,
+    pub table_budget: usize,
+    pub temp_dir: PathBuf,
 }
 
 impl Shared<'_> {
-    fn fail(&self, error: Error) {
-        let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+    pub(crate) fn fail(&self, error: Error) {
+        let mut fatal = self.fatal.lock_ok();
         fatal.get_or_insert(error);
         self.abort.store(true, Ordering::Relaxed);
     }
 
-    fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         self.abort.load(Ordering::Relaxed) || self.control.is_cancelled()
     }
 
-    fn record_invalid(&self, invalid: LocatedInvalid) {
+    pub(crate) fn record_invalid(&self, invalid: LocatedInvalid) {
         if !self.config.skip_invalid {
             return self.record_invalid_always(invalid);
         }
         self.skipped.fetch_add(1, Ordering::Relaxed);
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let mut samples = self.samples.lock_ok();
         samples.push(invalid);
         if samples.len() > self.config.max_reported_invalid * 2 {
             samples.sort_by_key(LocatedInvalid::key);
@@ -94,58 +97,22 @@ impl Shared<'_> {
     }
 
     /// Keeps the earliest invalid record as the run's error, whatever the mode.
-    fn record_invalid_always(&self, invalid: LocatedInvalid) {
+    pub(crate) fn record_invalid_always(&self, invalid: LocatedInvalid) {
         self.first_bad_block
             .fetch_min(invalid.block, Ordering::Relaxed);
-        let mut first = self.first_invalid.lock().unwrap_or_else(|p| p.into_inner());
+        let mut first = self.first_invalid.lock_ok();
         if first.as_ref().is_none_or(|f| invalid.key() < f.key()) {
             *first = Some(invalid);
         }
     }
 
-    fn set_block_lines(&self, block: u64, lines: u64) {
-        let mut all = self.block_lines.lock().unwrap_or_else(|p| p.into_inner());
+    pub(crate) fn set_block_lines(&self, block: u64, lines: u64) {
+        let mut all = self.block_lines.lock_ok();
         let index = block as usize;
         if all.len() <= index {
             all.resize(index + 1, 0);
         }
         all[index] = lines;
-    }
-}
-
-/// Feeds parsed rows of one block into a worker's table.
-struct TableSink<'a, 's> {
-    table: &'a mut ShardedTable,
-    shared: &'a Shared<'s>,
-    block: u64,
-}
-
-impl RowSink for TableSink<'_, '_> {
-    #[inline]
-    fn row(&mut self, song: &[u8], date: PackedDate, plays: u64, line: u64) -> Result<(), Stop> {
-        if !song.is_ascii() && std::str::from_utf8(song).is_err() {
-            return self.invalid(
-                line,
-                Some(Field::Song),
-                format!("{} is not valid UTF-8", show_value(song)),
-            );
-        }
-        self.table.add(song, date, plays);
-        Ok(())
-    }
-
-    fn invalid(&mut self, line: u64, field: Option<Field>, reason: String) -> Result<(), Stop> {
-        self.shared.record_invalid(LocatedInvalid {
-            block: self.block,
-            line,
-            field,
-            reason,
-        });
-        if self.shared.config.skip_invalid {
-            Ok(())
-        } else {
-            Err(Stop)
-        }
     }
 }
 
@@ -197,6 +164,8 @@ pub(crate) fn run(
             })
             .collect();
         drop(block_rx);
+        // Only the workers give buffers back: should they all be gone, `take` gets none.
+        drop(pool_tx);
         let send = |block: Block| !shared.stopped() && block_tx.send(block).is_ok();
         let header = match (map, stream.take()) {
             (Some(map), _) => produce_mapped(map, block_bytes, control, send),
@@ -223,28 +192,18 @@ pub(crate) fn run(
             .collect();
         (header, tables)
     });
-    drop(pool_tx);
 
     if control.is_cancelled() {
         return Err(Error::Cancelled);
     }
-    if let Some(error) = shared
-        .fatal
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    {
+    if let Some(error) = shared.fatal.lock_ok().take() {
         return Err(error);
     }
     let header = header?;
     if tables.len() != threads {
         return Err(Error::Threads("a worker thread panicked".into()));
     }
-    let block_lines = shared
-        .block_lines
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let block_lines = shared.block_lines.lock_ok().clone();
     let locate = |invalid: &LocatedInvalid| InvalidRow {
         line: 1
             + header.newlines
@@ -253,21 +212,15 @@ pub(crate) fn run(
         field: invalid.field,
         reason: invalid.reason.clone(),
     };
-    if let Some(first) = shared
-        .first_invalid
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-    {
+    if let Some(first) = shared.first_invalid.lock_ok().as_ref() {
         return Err(Error::Invalid(locate(first)));
     }
-    let mut samples =
-        std::mem::take(&mut *shared.samples.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut samples = std::mem::take(&mut *shared.samples.lock_ok());
     samples.sort_by_key(LocatedInvalid::key);
     samples.truncate(config.max_reported_invalid);
 
     control.progress().set_phase(Phase::Merge);
-    let spills = std::mem::take(&mut *shared.spills.lock().unwrap_or_else(|p| p.into_inner()));
+    let spills = std::mem::take(&mut *shared.spills.lock_ok());
     let spilled_runs = spills.len() as u64;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -306,221 +259,4 @@ pub(crate) fn run(
         elapsed_seconds: 0.0,
         invalid_samples: samples.iter().map(|s| locate(s).to_string()).collect(),
     })
-}
-
-/// A worker: parses blocks into its table until the blocks run out.
-fn worker(
-    blocks: crossbeam_channel::Receiver<Block>,
-    pool: crossbeam_channel::Sender<Vec<u8>>,
-    map: Option<&Mmap>,
-    shared: &Shared<'_>,
-    input_bytes: &AtomicU64,
-    rows: &AtomicU64,
-) -> ShardedTable {
-    let flush_at = (shared.table_budget / 6).clamp(1 << 14, 128 << 20);
-    let mut table = ShardedTable::new(flush_at);
-    let mut parser = Parser::default();
-    for block in blocks {
-        let len = block.data.len();
-        if !shared.stopped() && block.index <= shared.first_bad_block.load(Ordering::Relaxed) {
-            let data: &[u8] = match (&block.data, map) {
-                (BlockData::Mapped { start, end }, Some(map)) => &map[*start..*end],
-                (BlockData::Owned(buf), _) => buf,
-                (BlockData::Mapped { .. }, None) => &[],
-            };
-            let mut sink = TableSink {
-                table: &mut table,
-                shared,
-                block: block.index,
-            };
-            if block.oversized {
-                // The input cannot be resynchronised after this record: an error in any mode.
-                shared.record_invalid_always(LocatedInvalid {
-                    block: block.index,
-                    line: 0,
-                    field: None,
-                    reason: format!(
-                        "a record longer than {} MiB, or a double quote that is never closed",
-                        MAX_RECORD_BYTES >> 20
-                    ),
-                });
-            } else if let Ok(stats) = parser.parse_block(data, &mut sink) {
-                shared.set_block_lines(block.index, stats.lines);
-                rows.fetch_add(stats.rows, Ordering::Relaxed);
-                input_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                shared.control.progress().add_read(len as u64, stats.rows);
-            }
-            if table.wants_flush() && !shared.stopped() {
-                flush_and_spill(&mut table, shared);
-            }
-        }
-        match block.data {
-            BlockData::Mapped { start, end } => release(map, start, end),
-            BlockData::Owned(buf) => {
-                let _ = pool.try_send(buf);
-            }
-        }
-    }
-    if !shared.stopped() {
-        flush_and_spill(&mut table, shared);
-    }
-    table
-}
-
-/// Adds the buffered rows to the table, spilling sorted runs whenever the table outgrows
-/// the worker's share of the memory budget.
-fn flush_and_spill(table: &mut ShardedTable, shared: &Shared<'_>) {
-    loop {
-        let done = match table.flush_within(shared.table_budget) {
-            Ok(done) => done,
-            Err(overflow) => return shared.fail(overflow.into()),
-        };
-        if table.heap_bytes() > shared.table_budget {
-            shared.control.progress().set_phase(Phase::Spill);
-            let full = table.take_tables();
-            match spill(&full.sorted_songs(), &shared.temp_dir) {
-                Ok(file) => shared
-                    .spills
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(file),
-                Err(error) => return shared.fail(error),
-            }
-            drop(full);
-            return_free_memory();
-            shared.control.progress().set_phase(Phase::Read);
-        }
-        if done {
-            return;
-        }
-    }
-}
-
-/// Gives freed heap pages back to the system after a spill, so that resident memory tracks
-/// the budget rather than the allocator's high-water mark.
-fn return_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory held by glibc's allocator.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Drops the mapped pages of a finished block from this process (they stay in the page
-/// cache), so that resident memory does not grow with the input.
-fn release(map: Option<&Mmap>, start: usize, end: usize) {
-    if let Some(map) = map {
-        // SAFETY: the map is read-only and file-backed: after MADV_DONTNEED a later access
-        // reads the same bytes from the file again, so no live slice can observe a change.
-        let _ = unsafe {
-            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
-        };
-    }
-}
-
-/// Merges the workers' tables in parallel: the song space is cut into ranges at pivots
-/// taken from the largest table, and each range is merged and formatted on its own.
-fn merge_in_memory(
-    pool: &rayon::ThreadPool,
-    tables: &[ShardedTable],
-    write: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Error>,
-) -> Result<u64, Error> {
-    let orders: Vec<Vec<SongRef<'_>>> =
-        pool.install(|| tables.par_iter().map(ShardedTable::sorted_songs).collect());
-    let Some(largest) = (0..tables.len()).max_by_key(|&t| orders[t].len()) else {
-        return Ok(0);
-    };
-    let total: usize = orders.iter().map(Vec::len).sum();
-    let parts = (total / 16_384).clamp(1, 4096);
-    let pivot_order = &orders[largest];
-    let pivots: Vec<&[u8]> = (1..parts)
-        .map(|j| pivot_order[j * pivot_order.len() / parts].name)
-        .collect();
-    let bounds: Vec<Vec<usize>> = orders
-        .iter()
-        .map(|order| {
-            let mut b = vec![0];
-            b.extend(
-                pivots
-                    .iter()
-                    .map(|p| order.partition_point(|s| s.name < *p)),
-            );
-            b.push(order.len());
-            b
-        })
-        .collect();
-    let window = pool.current_num_threads() * 2;
-    let mut groups = 0;
-    for first in (0..parts).step_by(window) {
-        let merged: Vec<Result<(Vec<u8>, u64), Error>> = pool.install(|| {
-            (first..(first + window).min(parts))
-                .into_par_iter()
-                .map(|part| {
-                    let mut runs: Vec<TableRun<'_>> = orders
-                        .iter()
-                        .zip(&bounds)
-                        .map(|(order, b)| TableRun::new(&order[b[part]..b[part + 1]]))
-                        .collect();
-                    let mut buf = Vec::new();
-                    let groups = merge_runs(&mut runs, &mut buf, usize::MAX, &mut |_| Ok(()))?;
-                    Ok((buf, groups))
-                })
-                .collect()
-        });
-        for result in merged {
-            let (mut buf, count) = result?;
-            groups += count;
-            write(&mut buf)?;
-        }
-    }
-    Ok(groups)
-}
-
-/// Merges spilled runs and the tables left in memory in one k-way merge.
-fn merge_with_spills(
-    pool: &rayon::ThreadPool,
-    tables: &[ShardedTable],
-    spills: Vec<File>,
-    temp_dir: &Path,
-    write: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Error>,
-) -> Result<u64, Error> {
-    let orders: Vec<Vec<SongRef<'_>>> =
-        pool.install(|| tables.par_iter().map(ShardedTable::sorted_songs).collect());
-    let mut files = spills;
-    while files.len() > MAX_FAN_IN {
-        // Too many runs to read at once (buffers, file descriptors): merge groups of them
-        // into longer runs first, in parallel.
-        let mut groups = Vec::new();
-        while files.len() >= MAX_FAN_IN {
-            groups.push(files.split_off(files.len() - MAX_FAN_IN));
-        }
-        let merged: Vec<Result<File, Error>> = pool.install(|| {
-            groups
-                .into_par_iter()
-                .map(|group| {
-                    let mut runs = group
-                        .into_iter()
-                        .map(|file| DiskRun::open(file, temp_dir))
-                        .collect::<Result<Vec<_>, Error>>()?;
-                    let mut writer = SpillWriter::create(temp_dir)?;
-                    merge_songs(&mut runs, &mut |(name, days)| writer.write(name, days))?;
-                    writer.finish()
-                })
-                .collect()
-        });
-        for file in merged {
-            files.push(file?);
-        }
-    }
-    let mut runs: Vec<AnyRun<'_>> = Vec::new();
-    for file in files {
-        runs.push(AnyRun::Disk(DiskRun::open(file, temp_dir)?));
-    }
-    for order in orders.iter().filter(|order| !order.is_empty()) {
-        runs.push(AnyRun::Table(TableRun::new(order)));
-    }
-    let mut buf = Vec::with_capacity(OUTPUT_CHUNK * 2);
-    let groups = merge_runs(&mut runs, &mut buf, OUTPUT_CHUNK, write)?;
-    write(&mut buf)?;
-    Ok(groups)
 }

@@ -196,21 +196,24 @@ pub(crate) fn produce_stream(
 
 /// Reads until `buf` holds `target` bytes or the input ends; returns whether it ended.
 fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>, target: usize) -> std::io::Result<bool> {
-    while buf.len() < target {
-        let start = buf.len();
-        buf.resize(target, 0);
-        match reader.read(&mut buf[start..]) {
-            Ok(0) => {
-                buf.truncate(start);
-                return Ok(true);
-            }
-            Ok(n) => buf.truncate(start + n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(start),
-            Err(e) => {
-                buf.truncate(start);
-                return Err(e);
-            }
-        }
+    let mut filled = buf.len();
+    if filled >= target {
+        return Ok(false);
     }
-    Ok(false)
+    buf.resize(target, 0);
+    let result = loop {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break Ok(true),
+            Ok(n) => {
+                filled += n;
+                if filled == target {
+                    break Ok(false);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    buf.truncate(filled);
+    result
 }

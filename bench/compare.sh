@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# Side-by-side comparison of `processor aggregate` with DuckDB and Polars on generated files:
+# wall time and peak RSS (median of RUNS runs each), time ratios, and a byte-for-byte check of
+# the processor's output against DuckDB's (and Polars').
+#
+#   bench/compare.sh [SCENARIO...]        SCENARIO: skewed wide huge tricky all (default: skewed wide tricky)
+#
+# Environment:
+#   SIZE=100M    data size for every chosen scenario (default: skewed 1G, wide 1G, huge 10G, tricky 20M)
+#   RUNS=3       runs per tool (default 3; huge 1)
+#   TOOLS="processor duckdb polars"   tools to run (default all; huge: processor only)
+#   KEEP_OUTPUTS=1   keep the result CSVs in bench/data/out/
+#   PYTHON=python3   interpreter for the venv
+#
+# Installs into bench/.venv (pinned in bench/requirements.txt), builds release binaries, writes
+# data into bench/data/ and results into bench/results/<UTC time>/.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH_DIR")
+DATA=$BENCH_DIR/data
+VENV=$BENCH_DIR/.venv
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+PROCESSOR=$TARGET/release/processor
+GENERATE=$TARGET/release/generate
+PY=$VENV/bin/python
+TOOLS_PY=$BENCH_DIR/tools.py
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+# Bytes of a size such as 256M or 10G (binary units, as the processor reads them).
+size_bytes() {
+    local text=$1 number unit
+    number=${text%%[!0-9]*}
+    unit=${text#"$number"}
+    [[ -n $number ]] || die "invalid size: $text"
+    case ${unit^^} in
+        '' | B) echo "$number" ;;
+        K | KB | KIB) echo $((number << 10)) ;;
+        M | MB | MIB) echo $((number << 20)) ;;
+        G | GB | GIB) echo $((number << 30)) ;;
+        *) die "invalid size: $text" ;;
+    esac
+}
+
+ensure_time() {
+    [[ -x /usr/bin/time ]] && return
+    say "GNU time is missing: installing the Debian package 'time' to measure peak RSS"
+    if ! apt-get install -y -q time >/dev/null 2>&1; then
+        apt-get update -q >/dev/null && apt-get install -y -q time >/dev/null ||
+            die "cannot install 'time'; install it (apt-get install time) and run again"
+    fi
+}
+
+ensure_venv() {
+    if [[ ! -x $PY ]]; then
+        say "creating $VENV"
+        "${PYTHON:-python3}" -m venv "$VENV" || die "cannot create a venv (is python3-venv installed?)"
+    fi
+    say "installing DuckDB and Polars (bench/requirements.txt) into the venv"
+    "$PY" -m pip install -q --disable-pip-version-check -r "$BENCH_DIR/requirements.txt" ||
+        die "pip install failed"
+}
+
+build() {
+    say "building processor and generate (release)"
+    (cd "$ROOT" &&
+        cargo build -q --release -p processor --no-default-features --bin processor &&
+        cargo build -q --release -p fixtures --bin generate) || die "cargo build failed"
+}
+
+# Sets SIZE_OF, GEN_ARGS, LIMIT (memory limit for all tools, empty for none), SCENARIO_RUNS,
+# SCENARIO_TOOLS for scenario $1.
+scenario() {
+    LIMIT=""
+    SCENARIO_RUNS=${RUNS:-3}
+    SCENARIO_TOOLS=${TOOLS:-processor duckdb polars}
+    case $1 in
+        skewed)
+            SIZE_OF=${SIZE:-1G}
+            GEN_ARGS=(--songs 100000 --days 30 --skew zipf)
+            ;;
+        wide)
+            SIZE_OF=${SIZE:-1G}
+            GEN_ARGS=(--songs 2000000 --days 365 --skew uniform)
+            LIMIT=256M
+            ;;
+        huge)
+            SIZE_OF=${SIZE:-10G}
+            GEN_ARGS=(--songs 2000000 --days 365 --skew uniform)
+            LIMIT=512M
+            SCENARIO_RUNS=${RUNS:-1}
+            SCENARIO_TOOLS=${TOOLS:-processor}
+            ;;
+        tricky)
+            SIZE_OF=${SIZE:-20M}
+            GEN_ARGS=(--songs 20000 --days 30 --skew zipf --tricky-names)
+            ;;
+        *) die "unknown scenario '$1' (skewed, wide, huge, tricky, all)" ;;
+    esac
+}
+
+# Generates bench/data/<scenario>-<size>.csv unless it exists with the same parameters.
+dataset() {
+    local name=$1 file params
+    file=$DATA/$name-$SIZE_OF.csv
+    params="--size $SIZE_OF ${GEN_ARGS[*]} --seed 42"
+    if [[ -f $file && -f $file.params && $(cat "$file.params") == "$params" ]]; then
+        say "using $file"
+    else
+        say "generating $file ($params)"
+        # shellcheck disable=SC2086
+        "$GENERATE" $params -o "$file" || die "generate failed"
+        echo "$params" >"$file.params"
+    fi
+    echo "$file"
+}
+
+# measure SCENARIO TOOL RUN COMMAND...: runs COMMAND under /usr/bin/time, appends a result line.
+measure() {
+    local scenario=$1 tool=$2 run=$3 seconds rss
+    shift 3
+    if ! /usr/bin/time -f '%e %M' -o "$WORK/time" "$@" >"$WORK/stdout" 2>"$WORK/stderr"; then
+        cat "$WORK/stderr" >&2
+        die "$tool failed on $scenario: $*"
+    fi
+    read -r seconds rss < <(tail -n 1 "$WORK/time")
+    printf '%s %s %s %s %s\n' "$scenario" "$tool" "$run" "$seconds" "$rss" >>"$RUNS_TSV"
+    printf '    %-22s run %s: %6.2f s, %6d MB\n' "$tool" "$run" "$seconds" $((rss / 1024)) >&2
+}
+
+# The commands of each tool; the output goes to $OUT/<scenario>.<tool>.csv.
+run_tool() {
+    local scenario=$1 tool=$2 run=$3 input=$4 out=$OUT/$1.$2.csv
+    local -a limit_args=()
+    case $tool in
+        processor)
+            [[ -n $LIMIT ]] && limit_args=(--memory-limit "$LIMIT" --temp-dir "$DATA/tmp")
+            measure "$scenario" "$tool" "$run" "$PROCESSOR" aggregate "$input" -o "$out" --quiet "${limit_args[@]}"
+            ;;
+        processor-spill)
+            measure "$scenario" "$tool" "$run" "$PROCESSOR" aggregate "$input" -o "$out" --quiet \
+                --memory-limit 1M --temp-dir "$DATA/tmp"
+            ;;
+        duckdb)
+            [[ -n $LIMIT ]] && limit_args=(--memory-limit "${LIMIT%[MG]}${LIMIT: -1}iB" --temp-dir "$DATA/tmp/duckdb")
+            measure "$scenario" "$tool" "$run" "$PY" "$TOOLS_PY" duckdb "$input" "$out" "${limit_args[@]}"
+            ;;
+        polars)
+            [[ -n $LIMIT ]] && limit_args=(--streaming)
+            measure "$scenario" "$tool" "$run" "$PY" "$TOOLS_PY" polars "$input" "$out" "${limit_args[@]}"
+            ;;
+        *) die "unknown tool '$tool' (processor, duckdb, polars)" ;;
+    esac
+}
+
+# Compares the processor's output with the others'; records the verdicts in checks.txt.
+check_outputs() {
+    local scenario=$1 tool reference=$OUT/$1.processor.csv
+    shift
+    for tool in "$@"; do
+        [[ $tool == processor ]] && continue
+        if cmp -s "$reference" "$OUT/$scenario.$tool.csv"; then
+            echo "$scenario: processor output is byte-identical to $tool's" | tee -a "$CHECKS"
+        else
+            {
+                echo "$scenario: processor output DIFFERS from $tool's"
+                "$PY" "$TOOLS_PY" first-diff "$reference" "$OUT/$scenario.$tool.csv" || true
+            } | tee -a "$CHECKS"
+            FAILED=1
+        fi
+    done
+}
+
+# Checks the processor's peak RSS against the memory limit plus 64 MB.
+check_rss() {
+    local scenario=$1 limit_kb max_kb
+    limit_kb=$(($(size_bytes "$LIMIT") / 1024 + 64 * 1024))
+    max_kb=$(awk -v s="$scenario" '$1 == s && $2 == "processor" && $5 > m { m = $5 } END { print m + 0 }' "$RUNS_TSV")
+    if ((max_kb <= limit_kb)); then
+        echo "$scenario: processor peak RSS $((max_kb / 1024)) MB within --memory-limit $LIMIT + 64 MB" | tee -a "$CHECKS"
+    else
+        echo "$scenario: processor peak RSS $((max_kb / 1024)) MB EXCEEDS --memory-limit $LIMIT + 64 MB" | tee -a "$CHECKS"
+        FAILED=1
+    fi
+}
+
+main() {
+    local -a scenarios=()
+    local arg
+    for arg in "$@"; do
+        case $arg in
+            -h | --help) usage; exit 0 ;;
+            all) scenarios+=(skewed wide huge tricky) ;;
+            *) scenarios+=("$arg") ;;
+        esac
+    done
+    ((${#scenarios[@]})) || scenarios=(skewed wide tricky)
+    for arg in "${scenarios[@]}"; do scenario "$arg"; done # validate names early
+
+    ensure_time
+    ensure_venv
+    build
+    mkdir -p "$DATA/tmp/duckdb" "$DATA/out"
+    RESULTS=$BENCH_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)
+    mkdir -p "$RESULTS"
+    RUNS_TSV=$RESULTS/runs.tsv
+    CHECKS=$RESULTS/checks.txt
+    OUT=$DATA/out
+    WORK=$(mktemp -d)
+    trap 'rm -rf "$WORK"' EXIT
+    : >"$RUNS_TSV"
+    : >"$CHECKS"
+    FAILED=0
+    {
+        echo "date: $(date -u)"
+        echo "machine: $(nproc) cores, $(awk '/MemTotal/ { print int($2 / 1024) " MB" }' /proc/meminfo)"
+        echo "processor: $("$PROCESSOR" --version)"
+        echo "duckdb: $("$PY" -c 'import duckdb; print(duckdb.__version__)')"
+        echo "polars: $("$PY" -c 'import polars; print(polars.__version__)')"
+    } >"$RESULTS/system.txt"
+
+    local scenario input tool run
+    for scenario in "${scenarios[@]}"; do
+        scenario "$scenario"
+        local -a tools
+        read -r -a tools <<<"$SCENARIO_TOOLS"
+        [[ $scenario == tricky && " ${tools[*]} " == *" processor "* ]] && tools+=(processor-spill)
+        input=$(dataset "$scenario")
+        say "$scenario: $(du -h "$input" | cut -f1), ${SCENARIO_RUNS} run(s) of: ${tools[*]}${LIMIT:+, memory limit $LIMIT}"
+        # Rounds interleave the tools so that a slow phase of the machine hits them all.
+        for ((run = 1; run <= SCENARIO_RUNS; run++)); do
+            for tool in "${tools[@]}"; do
+                run_tool "$scenario" "$tool" "$run" "$input"
+            done
+        done
+        if [[ " ${tools[*]} " == *" processor "* ]]; then
+            check_outputs "$scenario" "${tools[@]}"
+            [[ -n $LIMIT ]] && check_rss "$scenario"
+        fi
+        [[ ${KEEP_OUTPUTS:-0} == 1 ]] || rm -f "$OUT/$scenario".*.csv
+    done
+
+    "$PY" "$TOOLS_PY" table "$RUNS_TSV" | tee "$RESULTS/table.txt"
+    echo
+    cat "$CHECKS"
+    say "results in $RESULTS"
+    return "$FAILED"
+}
+
+main "$@"

@@ -1,0 +1,699 @@
+//! The `processor aggregate` command line: outputs, exit codes (0, 2 usage, 65 invalid input,
+//! 74 I/O, 130 interrupted), messages on stderr, the summary file, and that a failed run leaves
+//! no output and no temporary file behind.
+
+mod golden_cases;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use fixtures::{Length, Skew, Spec};
+
+const HEADER: &str = "Song,Date,Number of Plays\n";
+const EXIT_INVALID_INPUT: i32 = 65;
+const EXIT_USAGE: i32 = 2;
+const EXIT_IO: i32 = 74;
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// Runs `processor aggregate ARGS`, feeding `stdin` when given.
+fn aggregate<S: AsRef<OsStr>>(args: &[S], stdin: Option<&[u8]>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_processor"));
+    command
+        .arg("aggregate")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("the processor binary starts");
+    let feeder = stdin.map(|data| {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            // The process may stop reading early (an error); a broken pipe is expected then.
+            let _ = pipe.write_all(&data);
+        })
+    });
+    let output = child.wait_with_output().expect("the processor binary runs");
+    if let Some(feeder) = feeder {
+        feeder.join().expect("the stdin feeder finishes");
+    }
+    output
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Directory entries, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("readable directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temporary directory")
+}
+
+/// The expected result computed independently: the csv crate, a BTreeMap and its writer.
+fn reference(data: &[u8]) -> Vec<u8> {
+    let mut reader = csv::Reader::from_reader(data);
+    let mut sums: BTreeMap<(Vec<u8>, Vec<u8>), u64> = BTreeMap::new();
+    for record in reader.byte_records() {
+        let record = record.expect("generated data is valid CSV");
+        let plays: u64 = std::str::from_utf8(&record[2])
+            .expect("digits")
+            .parse()
+            .expect("a count");
+        *sums
+            .entry((record[0].to_vec(), record[1].to_vec()))
+            .or_default() += plays;
+    }
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    writer
+        .write_record(["Song", "Date", "Number of Plays"])
+        .expect("write");
+    for ((song, date), plays) in sums {
+        writer
+            .write_record([&song[..], &date[..], plays.to_string().as_bytes()])
+            .expect("write");
+    }
+    writer.into_inner().expect("flush")
+}
+
+/// Generated rows with tricky names, written to `dir/input.csv`.
+fn generated_input(dir: &Path, rows: u64, tricky_names: bool) -> (PathBuf, Vec<u8>) {
+    let data = fixtures::generate(Spec {
+        length: Length::Rows(rows),
+        songs: 5_000,
+        days: 10,
+        skew: Skew::Zipf,
+        tricky_names,
+        ..Spec::default()
+    })
+    .expect("a valid spec");
+    let path = dir.join("input.csv");
+    std::fs::write(&path, &data).expect("write the input");
+    (path, data)
+}
+
+#[test]
+fn valid_golden_cases_file_to_file() {
+    for case in golden_cases::valid() {
+        let golden_cases::Expected::Output(expected) = &case.expected else {
+            unreachable!()
+        };
+        let dir = temp_dir();
+        let out = dir.path().join("out.csv");
+        let output = aggregate(
+            &[case.input.as_os_str(), "-o".as_ref(), out.as_os_str()],
+            None,
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            case.name,
+            stderr(&output)
+        );
+        let written = std::fs::read(&out).expect("the output file");
+        assert!(
+            &written == expected,
+            "{}: {}",
+            case.name,
+            golden_cases::first_difference(&written, expected)
+        );
+        assert_eq!(entries(dir.path()), ["out.csv"], "{}", case.name);
+        assert!(output.stdout.is_empty(), "{}", case.name);
+        // No progress bar or chatter when stderr is not a terminal.
+        assert_eq!(stderr(&output), "", "{}", case.name);
+    }
+}
+
+#[test]
+fn valid_golden_cases_stdin_to_stdout() {
+    for case in golden_cases::valid() {
+        let golden_cases::Expected::Output(expected) = &case.expected else {
+            unreachable!()
+        };
+        let input = std::fs::read(&case.input).expect("golden input");
+        let output = aggregate(&["-", "-o", "-"], Some(&input));
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            case.name,
+            stderr(&output)
+        );
+        assert!(
+            &output.stdout == expected,
+            "{}: {}",
+            case.name,
+            golden_cases::first_difference(&output.stdout, expected)
+        );
+    }
+}
+
+#[test]
+fn invalid_golden_cases_exit_65_with_the_message_and_no_output() {
+    for case in golden_cases::invalid() {
+        let message = case.error().expect("a message");
+        let dir = temp_dir();
+        let out = dir.path().join("out.csv");
+        let output = aggregate(
+            &[case.input.as_os_str(), "-o".as_ref(), out.as_os_str()],
+            None,
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(EXIT_INVALID_INPUT),
+            "{}",
+            case.name
+        );
+        let expected_line = format!("error: {message}");
+        assert!(
+            stderr(&output).lines().any(|line| line == expected_line),
+            "{}: stderr {:?}, expected the line {expected_line:?}",
+            case.name,
+            stderr(&output)
+        );
+        assert_eq!(entries(dir.path()), Vec::<String>::new(), "{}", case.name);
+
+        if golden_cases::skippable_line(message).is_some() {
+            let skipped = aggregate(
+                &[
+                    case.input.as_os_str(),
+                    "-o".as_ref(),
+                    out.as_os_str(),
+                    "--skip-invalid".as_ref(),
+                ],
+                None,
+            );
+            let reason = message.trim_start_matches("invalid input: ");
+            assert_eq!(skipped.status.code(), Some(0), "{} (skip)", case.name);
+            assert!(
+                stderr(&skipped).contains(reason),
+                "{} (skip): {}",
+                case.name,
+                stderr(&skipped)
+            );
+            assert_eq!(entries(dir.path()), ["out.csv"], "{} (skip)", case.name);
+            std::fs::remove_file(&out).expect("remove the output");
+        }
+
+        let input = std::fs::read(&case.input).expect("golden input");
+        let piped = aggregate(&["-", "-o", "-"], Some(&input));
+        assert_eq!(
+            piped.status.code(),
+            Some(EXIT_INVALID_INPUT),
+            "{} (stdin)",
+            case.name
+        );
+        assert!(
+            stderr(&piped).contains(&expected_line),
+            "{} (stdin)",
+            case.name
+        );
+        assert!(
+            piped.stdout.is_empty(),
+            "{}: partial output on stdout",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn a_failed_run_keeps_an_existing_output_file() {
+    let dir = temp_dir();
+    let out = dir.path().join("out.csv");
+    std::fs::write(&out, "previous result\n").expect("write");
+    let input = fixtures::golden_dir().join("invalid/plays_negative.csv");
+    let output = aggregate(&[input.as_os_str(), "-o".as_ref(), out.as_os_str()], None);
+    assert_eq!(output.status.code(), Some(EXIT_INVALID_INPUT));
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("read"),
+        "previous result\n"
+    );
+    assert_eq!(entries(dir.path()), ["out.csv"]);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = temp_dir();
+    let out = dir.path().join("out.csv");
+    let out = out.to_str().expect("UTF-8 path");
+    let seed = fixtures::golden_dir().join("seed/input.csv");
+    let seed = seed.to_str().expect("UTF-8 path");
+    let cases: [&[&str]; 6] = [
+        &[],
+        &[seed],
+        &[seed, "-o", out, "--no-such-flag"],
+        &[seed, "-o", out, "--memory-limit", "12Q"],
+        &[seed, "-o", out, "--memory-limit", "0"],
+        &[seed, "-o", out, "--threads", "many"],
+    ];
+    for args in cases {
+        let output = aggregate(args, None);
+        assert_eq!(
+            output.status.code(),
+            Some(EXIT_USAGE),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains("error:"),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert_eq!(entries(dir.path()), Vec::<String>::new(), "{args:?}");
+    }
+}
+
+#[test]
+fn unreadable_input_exits_74() {
+    let dir = temp_dir();
+    let out = dir.path().join("out.csv");
+    let missing = dir.path().join("missing.csv");
+    for input in [missing.as_path(), dir.path()] {
+        let output = aggregate(&[input.as_os_str(), "-o".as_ref(), out.as_os_str()], None);
+        assert_eq!(output.status.code(), Some(EXIT_IO), "{}", stderr(&output));
+        let text = stderr(&output);
+        assert!(
+            text.starts_with("error: cannot read") && text.contains(&*input.to_string_lossy()),
+            "{text}"
+        );
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn unwritable_output_exits_74() {
+    let dir = temp_dir();
+    let out = dir.path().join("no-such-dir").join("out.csv");
+    let input = fixtures::golden_dir().join("seed/input.csv");
+    let output = aggregate(&[input.as_os_str(), "-o".as_ref(), out.as_os_str()], None);
+    assert_eq!(output.status.code(), Some(EXIT_IO), "{}", stderr(&output));
+    assert!(
+        stderr(&output).starts_with("error: cannot write"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(entries(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn header_only_input_gives_header_only_output() {
+    let dir = temp_dir();
+    let input = dir.path().join("in.csv");
+    let out = dir.path().join("out.csv");
+    std::fs::write(&input, HEADER).expect("write");
+    let output = aggregate(&[input.as_os_str(), "-o".as_ref(), out.as_os_str()], None);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(std::fs::read_to_string(&out).expect("read"), HEADER);
+}
+
+#[test]
+fn summary_of_a_clean_run() {
+    let dir = temp_dir();
+    let input = fixtures::golden_dir().join("seed/input.csv");
+    let out = dir.path().join("out.csv");
+    let summary = dir.path().join("summary.json");
+    let output = aggregate(
+        &[
+            input.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--summary".as_ref(),
+            summary.as_os_str(),
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary).expect("the summary file")).expect("JSON");
+    let input_len = std::fs::metadata(&input).expect("metadata").len();
+    let output_len = std::fs::metadata(&out).expect("metadata").len();
+    assert_eq!(json["rows_read"], 7, "{json}");
+    assert_eq!(json["rows_skipped"], 0, "{json}");
+    assert_eq!(json["groups_written"], 4, "{json}");
+    assert_eq!(json["input_bytes"], input_len, "{json}");
+    assert_eq!(json["output_bytes"], output_len, "{json}");
+    assert_eq!(json["invalid_samples"], serde_json::json!([]), "{json}");
+    assert!(
+        json["elapsed_seconds"].as_f64().is_some_and(|s| s >= 0.0),
+        "{json}"
+    );
+}
+
+#[test]
+fn skip_invalid_counts_reports_and_summarizes() {
+    let dir = temp_dir();
+    let input = dir.path().join("in.csv");
+    let out = dir.path().join("out.csv");
+    let summary = dir.path().join("summary.json");
+    std::fs::write(
+        &input,
+        "Song,Date,Number of Plays\nB,2020-01-01,5\nA,2020-01-01,x\nB,2020-01-01,1\nA,2021-02-29,3\nA,2020-01-02,2\n",
+    )
+    .expect("write");
+    let output = aggregate(
+        &[
+            input.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--skip-invalid".as_ref(),
+            "--summary".as_ref(),
+            summary.as_os_str(),
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("read"),
+        "Song,Date,Number of Plays\nA,2020-01-02,2\nB,2020-01-01,6\n"
+    );
+    let first = r#"line 3, field "Number of Plays": "x" is not a non-negative integer"#;
+    let second = r#"line 5, field "Date": "2021-02-29" is not a real calendar date"#;
+    let text = stderr(&output);
+    assert!(text.contains("skipped 2 invalid rows"), "{text}");
+    assert!(text.contains(first) && text.contains(second), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary).expect("the summary file")).expect("JSON");
+    assert_eq!(json["rows_read"], 5, "{json}");
+    assert_eq!(json["rows_skipped"], 2, "{json}");
+    assert_eq!(json["groups_written"], 2, "{json}");
+    assert_eq!(
+        json["invalid_samples"],
+        serde_json::json!([first, second]),
+        "{json}"
+    );
+}
+
+#[test]
+fn generated_data_gives_the_reference_result_in_every_mode() {
+    let dir = temp_dir();
+    let spill = dir.path().join("spill");
+    std::fs::create_dir(&spill).expect("mkdir");
+    // About 10 MB: more than one block of the stream reader, so records (some with quoted
+    // line breaks) straddle block boundaries.
+    let rows = 300_000;
+    let (input, data) = generated_input(dir.path(), rows, true);
+    let expected = reference(&data);
+    let modes: [&[&str]; 3] = [
+        &[],
+        &["--memory-limit", "256K", "--threads", "1"],
+        &["--memory-limit", "1M", "--threads", "2"],
+    ];
+    for mode in modes {
+        let out = dir.path().join("out.csv");
+        let summary = dir.path().join("summary.json");
+        let mut args = vec![
+            input.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--temp-dir".as_ref(),
+            spill.as_os_str(),
+            "--summary".as_ref(),
+            summary.as_os_str(),
+        ];
+        args.extend(mode.iter().map(OsStr::new));
+        let output = aggregate(&args, None);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{mode:?}: {}",
+            stderr(&output)
+        );
+        let written = std::fs::read(&out).expect("the output");
+        assert!(
+            written == expected,
+            "{mode:?}: {}",
+            golden_cases::first_difference(&written, &expected)
+        );
+        assert_eq!(
+            entries(&spill),
+            Vec::<String>::new(),
+            "{mode:?}: spill files left"
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&summary).expect("summary")).expect("JSON");
+        assert_eq!(json["rows_read"], rows, "{mode:?}");
+        if !mode.is_empty() {
+            assert!(
+                json["spilled_runs"].as_u64().is_some_and(|runs| runs > 0),
+                "{mode:?}: a {} byte input in a small memory budget must spill: {json}",
+                data.len()
+            );
+        }
+    }
+    let piped = aggregate(&["-", "-o", "-", "--memory-limit", "64K"], Some(&data));
+    assert_eq!(piped.status.code(), Some(0), "{}", stderr(&piped));
+    assert!(
+        piped.stdout == expected,
+        "stdin: {}",
+        golden_cases::first_difference(&piped.stdout, &expected)
+    );
+}
+
+#[test]
+fn quoted_line_breaks_that_look_like_records_are_not_record_starts() {
+    let dir = temp_dir();
+    let input = dir.path().join("input.csv");
+    // Quoted songs whose lines look like records (and like quoted fields), repeated over
+    // ~12 MB so that any block or chunk boundary lands inside such a field.
+    let mut data = HEADER.as_bytes().to_vec();
+    for i in 0..300_000u64 {
+        let row = match i % 3 {
+            0 => format!("\"Evil {i}\nFake {i},2020-01-01,5\nTail\",2020-01-02,{i}\n"),
+            1 => format!(
+                "\"Start\n\"\"Quoted,\"\" {}\n\"\",2020-01-01,7\nX\",2020-01-03,1\n",
+                i % 50
+            ),
+            _ => format!("Plain {},2020-01-0{},2\n", i % 100, i % 9 + 1),
+        };
+        data.extend_from_slice(row.as_bytes());
+    }
+    std::fs::write(&input, &data).expect("write");
+    let expected = reference(&data);
+    for threads in ["1", "2"] {
+        let out = dir.path().join(format!("out-{threads}.csv"));
+        let output = aggregate(
+            &[
+                input.as_os_str(),
+                "-o".as_ref(),
+                out.as_os_str(),
+                "--threads".as_ref(),
+                threads.as_ref(),
+            ],
+            None,
+        );
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let written = std::fs::read(&out).expect("the output");
+        assert!(
+            written == expected,
+            "--threads {threads}: {}",
+            golden_cases::first_difference(&written, &expected)
+        );
+    }
+    let piped = aggregate(&["-", "-o", "-"], Some(&data));
+    assert_eq!(piped.status.code(), Some(0), "{}", stderr(&piped));
+    assert!(
+        piped.stdout == expected,
+        "stdin: {}",
+        golden_cases::first_difference(&piped.stdout, &expected)
+    );
+}
+
+/// `rows` plain rows `Song <i % 1000>,2020-01-01,<i % 7>`.
+fn plain_rows(rows: u64) -> String {
+    (0..rows)
+        .map(|i| format!("Song {},2020-01-01,{}\n", i % 1000, i % 7))
+        .collect()
+}
+
+#[test]
+fn an_unclosed_quote_deep_in_a_large_file_is_reported_at_its_line() {
+    let dir = temp_dir();
+    let input = dir.path().join("input.csv");
+    let rows = plain_rows(200_000);
+    let data = format!("{HEADER}{rows}\"Unclosed,2020-01-01,5\n{rows}");
+    std::fs::write(&input, &data).expect("write");
+    let out = dir.path().join("out.csv");
+    let message = "error: invalid input: line 200002, field \"Song\": \"\\\"Unclosed,2020-01-01,5\" has an opening double quote that is never closed";
+    for threads in ["1", "2"] {
+        let output = aggregate(
+            &[
+                input.as_os_str(),
+                "-o".as_ref(),
+                out.as_os_str(),
+                "--threads".as_ref(),
+                threads.as_ref(),
+            ],
+            None,
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(EXIT_INVALID_INPUT),
+            "{}",
+            stderr(&output)
+        );
+        assert!(stderr(&output).contains(message), "{}", stderr(&output));
+        assert!(!out.exists());
+    }
+    let piped = aggregate(&["-", "-o", "-"], Some(data.as_bytes()));
+    assert_eq!(
+        piped.status.code(),
+        Some(EXIT_INVALID_INPUT),
+        "{}",
+        stderr(&piped)
+    );
+    assert!(stderr(&piped).contains(message), "{}", stderr(&piped));
+    assert!(piped.stdout.is_empty());
+}
+
+#[test]
+fn a_song_name_of_two_mib_is_aggregated() {
+    let dir = temp_dir();
+    let input = dir.path().join("input.csv");
+    let rows = plain_rows(200_000);
+    let long_name = "x".repeat(2 << 20);
+    let data =
+        format!("{HEADER}{rows}{long_name},2020-01-01,1\n{rows}\"{long_name}\",2020-01-01,2\n");
+    std::fs::write(&input, &data).expect("write");
+    let expected = reference(data.as_bytes());
+    let out = dir.path().join("out.csv");
+    for threads in ["1", "2"] {
+        let output = aggregate(
+            &[
+                input.as_os_str(),
+                "-o".as_ref(),
+                out.as_os_str(),
+                "--threads".as_ref(),
+                threads.as_ref(),
+            ],
+            None,
+        );
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let written = std::fs::read(&out).expect("the output");
+        assert!(
+            written == expected,
+            "{}",
+            golden_cases::first_difference(&written, &expected)
+        );
+    }
+    let piped = aggregate(&["-", "-o", "-"], Some(data.as_bytes()));
+    assert_eq!(piped.status.code(), Some(0), "{}", stderr(&piped));
+    assert!(piped.stdout == expected, "stdin: output differs");
+}
+
+#[test]
+fn an_error_after_spilling_removes_the_spilled_runs() {
+    let dir = temp_dir();
+    let spill = dir.path().join("spill");
+    std::fs::create_dir(&spill).expect("mkdir");
+    let rows = 60_000;
+    let (input, mut data) = generated_input(dir.path(), rows, false);
+    data.extend_from_slice(b"Late Song,2020-01-01,-3\n");
+    std::fs::write(&input, &data).expect("write");
+    let out = dir.path().join("out.csv");
+    let output = aggregate(
+        &[
+            input.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--temp-dir".as_ref(),
+            spill.as_os_str(),
+            "--memory-limit".as_ref(),
+            "64K".as_ref(),
+        ],
+        None,
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_INVALID_INPUT),
+        "{}",
+        stderr(&output)
+    );
+    let line = rows + 2;
+    assert!(
+        stderr(&output).contains(&format!(
+            "error: invalid input: line {line}, field \"Number of Plays\": \"-3\" is not a non-negative integer"
+        )),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!out.exists());
+    assert_eq!(entries(&spill), Vec::<String>::new());
+    assert_eq!(entries(dir.path()), ["input.csv", "spill"]);
+}
+
+#[test]
+fn ctrl_c_exits_130_without_output() {
+    let dir = temp_dir();
+    let spill = dir.path().join("spill");
+    std::fs::create_dir(&spill).expect("mkdir");
+    let out = dir.path().join("out.csv");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_processor"))
+        .args(["aggregate", "-", "--memory-limit", "64K", "--temp-dir"])
+        .arg(&spill)
+        .arg("-o")
+        .arg(&out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the processor binary starts");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let block = fixtures::generate(Spec {
+        length: Length::Rows(50_000),
+        ..Spec::default()
+    })
+    .expect("a valid spec");
+    let rows = &block[HEADER.len()..];
+    // More than a pipe buffer: once written, the process is reading, so its handler is set.
+    stdin
+        .write_all(&block)
+        .expect("the process reads its input");
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    // Keep feeding (bounded) until the process notices and stops reading.
+    let mut stopped = false;
+    for _ in 0..2_000 {
+        if stdin.write_all(rows).is_err() {
+            stopped = true;
+            break;
+        }
+    }
+    drop(stdin);
+    let output = child.wait_with_output().expect("the process ends");
+    assert!(stopped, "the process kept reading after Ctrl-C");
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_INTERRUPTED),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("error: cancelled"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!out.exists());
+    assert_eq!(entries(dir.path()), ["spill"]);
+    assert_eq!(entries(&spill), Vec::<String>::new());
+}
