@@ -18,14 +18,10 @@ pub(crate) enum Days {
     One(PackedDate, u64),
     /// Few dates: unsorted pairs, searched linearly.
     Small(Vec<(PackedDate, u64)>),
-    /// Many dates in a compact range: sums indexed by `date - base`, with a presence bitmap
-    /// (a present sum may be 0). One allocation: `words` bitmap words, then `span` sums.
-    Dense {
-        base: PackedDate,
-        span: u32,
-        count: u32,
-        data: Vec<u64>,
-    },
+    /// Many dates in a compact range: slots indexed by `date - base` holding `sum + 1` as
+    /// u32 (0: no such date), so one small slot tells presence and sum. A sum that outgrows
+    /// u32 moves the song to `Map`.
+    Dense { base: PackedDate, slots: Vec<u32> },
     /// Many scattered dates.
     Map(hashbrown::HashMap<PackedDate, u64, foldhash::fast::FixedState>),
 }
@@ -73,29 +69,17 @@ impl Days {
                 self.add(date, plays)?;
                 Ok(self.heap_bytes() as isize - before as isize)
             }
-            Days::Dense {
-                base,
-                span,
-                count,
-                data,
-            } => {
-                let i = date.wrapping_sub(*base) as usize;
-                if i < *span as usize {
-                    let words = (*span as usize).div_ceil(64);
-                    let (word, bit) = (i / 64, 1u64 << (i % 64));
-                    let sum = words + i;
-                    if data[word] & bit != 0 {
-                        data[sum] = data[sum].checked_add(plays).ok_or(Overflow)?;
-                    } else {
-                        data[word] |= bit;
-                        data[sum] = plays;
-                        *count += 1;
+            Days::Dense { base, slots } => {
+                if let Some(slot) = slots.get_mut(date.wrapping_sub(*base) as usize) {
+                    // `sum + 1 + plays`, with the +1 already in a used slot.
+                    let updated = u64::from(*slot) + plays + u64::from(*slot == 0);
+                    if let Ok(updated) = u32::try_from(updated) {
+                        *slot = updated;
+                        return Ok(0);
                     }
-                    return Ok(0);
                 }
                 let before = self.heap_bytes();
-                self.widen_or_scatter(date);
-                self.add(date, plays)?;
+                self.widen_or_scatter(date, plays)?;
                 Ok(self.heap_bytes() as isize - before as isize)
             }
             Days::Map(map) => {
@@ -112,7 +96,7 @@ impl Days {
         match self {
             Days::One(..) => 0,
             Days::Small(list) => list.capacity() * size_of::<(PackedDate, u64)>() + MALLOC_OVERHEAD,
-            Days::Dense { data, .. } => data.capacity() * 8 + MALLOC_OVERHEAD,
+            Days::Dense { slots, .. } => slots.capacity() * 4 + MALLOC_OVERHEAD,
             Days::Map(map) => {
                 // hashbrown allocates a power of two of buckets, at most 7/8 of them usable.
                 map.capacity() * 8 / 7 * (size_of::<(PackedDate, u64)>() + 1) + MALLOC_OVERHEAD
@@ -129,16 +113,10 @@ impl Days {
                 out.extend_from_slice(list);
                 out[start..].sort_unstable_by_key(|entry| entry.0);
             }
-            Days::Dense {
-                base, span, data, ..
-            } => {
-                let (present, sums) = data.split_at((*span as usize).div_ceil(64));
-                for (word_index, &word) in present.iter().enumerate() {
-                    let mut bits = word;
-                    while bits != 0 {
-                        let i = word_index * 64 + bits.trailing_zeros() as usize;
-                        out.push((*base + i as PackedDate, sums[i]));
-                        bits &= bits - 1;
+            Days::Dense { base, slots } => {
+                for (i, &slot) in slots.iter().enumerate() {
+                    if slot != 0 {
+                        out.push((*base + i as PackedDate, u64::from(slot) - 1));
                     }
                 }
             }
@@ -161,32 +139,16 @@ impl Days {
         *self = Self::from_sorted(&entries);
     }
 
-    /// Makes room for `date` outside the dense range, or turns scattered dates into a map.
-    fn widen_or_scatter(&mut self, date: PackedDate) {
+    /// Adds `plays` to `date` where the dense array cannot take it: out of its range (widen
+    /// it, or use a map when the dates are scattered) or a sum beyond u32.
+    fn widen_or_scatter(&mut self, date: PackedDate, plays: u64) -> Result<(), Overflow> {
         let mut entries = self.entries();
-        entries.push((date, 0));
-        entries.sort_unstable_by_key(|entry| entry.0);
-        // The new date is re-added by the caller; keep its slot empty.
-        let mut rebuilt = Self::from_sorted(&entries);
-        rebuilt.remove_zero_placeholder(date);
-        *self = rebuilt;
-    }
-
-    fn remove_zero_placeholder(&mut self, date: PackedDate) {
-        match self {
-            Days::One(..) => *self = Days::new(),
-            Days::Small(list) => list.retain(|entry| entry.0 != date),
-            Days::Dense {
-                base, count, data, ..
-            } => {
-                let i = (date - *base) as usize;
-                data[i / 64] &= !(1u64 << (i % 64));
-                *count -= 1;
-            }
-            Days::Map(map) => {
-                map.remove(&date);
-            }
+        match entries.binary_search_by_key(&date, |entry| entry.0) {
+            Ok(i) => entries[i].1 = entries[i].1.checked_add(plays).ok_or(Overflow)?,
+            Err(i) => entries.insert(i, (date, plays)),
         }
+        *self = Self::from_sorted(&entries);
+        Ok(())
     }
 
     /// Chooses the layout for these sorted entries (more than `SMALL_MAX` or about to be).
@@ -195,24 +157,17 @@ impl Days {
             return Days::new();
         };
         let span = (last.0 - first.0) as usize + 1;
-        if span <= entries.len() * 4 + DENSE_SLACK {
+        let fits_u32 = entries.iter().all(|entry| entry.1 < u64::from(u32::MAX));
+        if fits_u32 && span <= entries.len() * 4 + DENSE_SLACK {
             // Leave room on both sides so that neighbouring dates rarely force a rebuild.
             let margin = (span / 4).min(first.0 as usize);
             let base = first.0 - margin as PackedDate;
-            let len = span + 2 * margin;
-            let words = len.div_ceil(64);
-            let mut data = vec![0u64; words + len];
+            let mut slots = vec![0u32; span + 2 * margin];
             for &(date, sum) in entries {
-                let i = (date - base) as usize;
-                data[words + i] = sum;
-                data[i / 64] |= 1 << (i % 64);
+                // `fits_u32` checked `sum + 1` fits.
+                slots[(date - base) as usize] = sum as u32 + 1;
             }
-            Days::Dense {
-                base,
-                span: len as u32,
-                count: entries.len() as u32,
-                data,
-            }
+            Days::Dense { base, slots }
         } else {
             let mut map = hashbrown::HashMap::with_capacity_and_hasher(
                 entries.len() * 2,
@@ -268,6 +223,17 @@ mod tests {
         check(&(0..100).map(|i| (i * 10_000, 2)).collect::<Vec<_>>());
         // small dates near zero
         check(&(0..50).map(|i| (i, 1)).collect::<Vec<_>>());
+        // dense sums growing past u32 move to a map
+        check(
+            &(0..100)
+                .map(|i| (200 + i % 20, u64::from(u32::MAX) / 3))
+                .collect::<Vec<_>>(),
+        );
+        // huge single plays into a dense song
+        let mut dates: Vec<(PackedDate, u64)> = (0..40).map(|i| (i, 1)).collect();
+        dates.push((3, u64::MAX - 10));
+        dates.push((41, u64::from(u32::MAX)));
+        check(&dates);
     }
 
     #[test]
