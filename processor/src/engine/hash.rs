@@ -12,18 +12,20 @@ fn mix(a: u64, b: u64) -> u64 {
     (product as u64) ^ ((product >> 64) as u64)
 }
 
+/// The little-endian u64 at `bytes[at..at + 8]`.
 #[inline]
-fn word(bytes: &[u8], at: usize) -> u64 {
+pub(crate) fn u64_at(bytes: &[u8], at: usize) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&bytes[at..at + 8]);
     u64::from_le_bytes(w)
 }
 
+/// The little-endian u32 at `bytes[at..at + 4]`.
 #[inline]
-fn half(bytes: &[u8], at: usize) -> u64 {
+pub(crate) fn u32_at(bytes: &[u8], at: usize) -> u32 {
     let mut w = [0u8; 4];
     w.copy_from_slice(&bytes[at..at + 4]);
-    u64::from(u32::from_le_bytes(w))
+    u32::from_le_bytes(w)
 }
 
 /// Hashes a byte string.
@@ -34,12 +36,15 @@ pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
         let mut acc = K2;
         let mut at = 8;
         while at + 8 < len {
-            acc = mix(acc ^ word(bytes, at), K1);
+            acc = mix(acc ^ u64_at(bytes, at), K1);
             at += 8;
         }
-        (word(bytes, 0) ^ acc, word(bytes, len - 8))
+        (u64_at(bytes, 0) ^ acc, u64_at(bytes, len - 8))
     } else if len >= 4 {
-        (half(bytes, 0), half(bytes, len - 4))
+        (
+            u64::from(u32_at(bytes, 0)),
+            u64::from(u32_at(bytes, len - 4)),
+        )
     } else if len > 0 {
         let first = u64::from(bytes[0]);
         let mid = u64::from(bytes[len / 2]);

@@ -44,13 +44,25 @@ pub fn aggregate(
     config: &Config,
     control: &Control,
 ) -> Result<Summary, Error> {
-    let dir = match output.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
     let write_err = |source| Error::Write {
         path: output.to_path_buf(),
         source,
+    };
+    let mut temp = partial_file_beside(output).map_err(write_err)?;
+    let summary = aggregate_to_writer(input, temp.as_file_mut(), config, control)?;
+    temp.as_file().sync_all().map_err(write_err)?;
+    temp.persist(output).map_err(|e| write_err(e.error))?;
+    Ok(summary)
+}
+
+/// A temporary file in `output`'s directory (`.NAME.XXXX.partial`), to be renamed onto
+/// `output` once complete, so that `output` never exists half-written. It is removed when
+/// dropped unpersisted, and gets the permissions of any new file (0666 less the umask), not
+/// the owner-only mode of temporary files.
+pub fn partial_file_beside(output: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let dir = match output.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
     };
     let name = output
         .file_name()
@@ -59,15 +71,9 @@ pub fn aggregate(
     let prefix = format!(".{name}.");
     let mut builder = tempfile::Builder::new();
     builder.prefix(&prefix).suffix(".partial");
-    // The result gets the permissions of any new file (0666 less the umask), not the
-    // owner-only mode of temporary files.
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let mut temp = builder.tempfile_in(dir).map_err(write_err)?;
-    let summary = aggregate_to_writer(input, temp.as_file_mut(), config, control)?;
-    temp.as_file().sync_all().map_err(write_err)?;
-    temp.persist(output).map_err(|e| write_err(e.error))?;
-    Ok(summary)
+    builder.tempfile_in(dir)
 }
 
 /// Aggregates `input` and writes the result CSV to `out`. On error, what was written so far

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use super::hash::{u32_at, u64_at};
 use super::table::{SongRef, name_key};
 use super::validate::PackedDate;
 use crate::Error;
@@ -181,10 +182,7 @@ impl DiskRun {
         let mut entry = [0u8; 12];
         for _ in 0..count {
             self.reader.read_exact(&mut entry)?;
-            let (date, sum) = entry.split_at(4);
-            let date = u32::from_le_bytes(date.try_into().unwrap_or_default());
-            let sum = u64::from_le_bytes(sum.try_into().unwrap_or_default());
-            self.days.push((date, sum));
+            self.days.push((u32_at(&entry, 0), u64_at(&entry, 4)));
         }
         Ok(true)
     }

@@ -3,7 +3,7 @@
 //! to that shard's table in one go, so the random accesses of the hash lookups stay within
 //! a table small enough for the CPU caches instead of missing to memory on every row.
 
-use super::hash::hash_bytes;
+use super::hash::{hash_bytes, u32_at, u64_at};
 use super::table::{SongRef, SongTable, SumOverflow};
 use super::validate::{PackedDate, date_string};
 
@@ -132,20 +132,6 @@ impl ShardedTable {
         songs.sort_unstable_by(SongRef::cmp_name);
         songs
     }
-}
-
-#[inline]
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(word)
-}
-
-#[inline]
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    let mut word = [0u8; 4];
-    word.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(word)
 }
 
 #[cfg(test)]

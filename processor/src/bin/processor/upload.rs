@@ -144,23 +144,10 @@ fn default_output(input: &Path) -> PathBuf {
 
 /// A temporary file beside `output`, renamed onto it once the download is complete.
 fn partial_file(output: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
-    let dir = match output.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let prefix = format!(".{name}.");
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".partial");
-    // A result file like any other (temporary files are private by default); umask applies.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    builder
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))
+    processor::partial_file_beside(output).with_context(|| {
+        let dir = output.parent().unwrap_or(Path::new("."));
+        format!("cannot write in {}", dir.display())
+    })
 }
 
 fn bytes_bar(show: bool, label: &'static str) -> ProgressBar {
