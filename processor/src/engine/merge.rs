@@ -12,8 +12,9 @@ use super::table::SongRef;
 use super::validate::{PackedDate, date_string};
 use crate::Error;
 
-/// Most spilled runs merged at once; more are first merged in groups.
-const MAX_FAN_IN: usize = 64;
+/// Most spilled runs merged at once; more are first merged in groups (few in unit tests, so
+/// that they exercise the grouping).
+const MAX_FAN_IN: usize = if cfg!(test) { 8 } else { 64 };
 /// Output is flushed to the writer in pieces of about this size.
 const OUTPUT_CHUNK: usize = 1 << 20;
 
