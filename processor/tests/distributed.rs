@@ -2,7 +2,8 @@
 //! manager in-process, `processor worker` as a child process, both on one storage directory.
 //! Through the HTTP API and through the `processor upload` client: the seed example ends DONE
 //! with the expected download, invalid CSV ends FAILED with the engine's message, and the
-//! worker goes on after a bad task and after a message that is not a task.
+//! worker goes on after a bad task and after a message that is not a task. On MariaDB with
+//! authentication: the worker reports with WORKER_TOKEN, the clients send an API_TOKEN.
 #![cfg(feature = "service")]
 
 #[path = "../../task-manager/tests/common/mod.rs"]
@@ -24,6 +25,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use processor::{Config, Control, Input};
 use reqwest::StatusCode;
+use task_manager::Tokens;
 use uuid::Uuid;
 use worker_process::WorkerProcess;
 
@@ -31,22 +33,35 @@ use worker_process::WorkerProcess;
 /// its reconnection backoff starts at 1 s).
 const RECONNECT_DEADLINE: Duration = Duration::from_secs(120);
 
+/// The tokens of a task manager with authentication on.
+struct Credentials {
+    /// One of its API_TOKEN list, for the clients.
+    api: &'static str,
+    /// Its WORKER_TOKEN, for the worker.
+    worker: &'static str,
+}
+
+const CREDENTIALS: Credentials = Credentials {
+    api: "client-token",
+    worker: "worker-token",
+};
+
 #[tokio::test(flavor = "multi_thread")]
 async fn distributed_on_sqlite() {
-    round_trip(DbKind::Sqlite).await;
+    round_trip(DbKind::Sqlite, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn distributed_on_mariadb() {
-    round_trip(DbKind::MariaDb).await;
+async fn distributed_on_mariadb_with_tokens() {
+    round_trip(DbKind::MariaDb, Some(&CREDENTIALS)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn distributed_on_postgres() {
-    round_trip(DbKind::Postgres).await;
+    round_trip(DbKind::Postgres, None).await;
 }
 
-async fn round_trip(kind: DbKind) {
+async fn round_trip(kind: DbKind, credentials: Option<&Credentials>) {
     let amqp_url = common::server_url(common::AMQP_URL);
     let queue = format!("processor_test_{}", Uuid::new_v4().simple());
     let broker = connect_broker(&amqp_url).await;
@@ -54,18 +69,32 @@ async fn round_trip(kind: DbKind) {
         queue: queue.clone(),
         database: None,
     };
-    let tm = common::start_server_with(kind, |settings| {
+    let mut tm = common::start_server_with(kind, |settings| {
         settings.amqp_url = Some(amqp_url.clone());
         settings.queue_name = queue.clone();
+        if let Some(credentials) = credentials {
+            settings.api_tokens = Tokens::parse(&format!("another-token,{}", credentials.api));
+            settings.worker_tokens = Tokens::parse(credentials.worker);
+        }
     })
     .await;
+    let api_token = credentials.map(|c| c.api);
+    if let Some(token) = api_token {
+        tm.client = common::client_with_token(token);
+    }
     if kind != DbKind::Sqlite {
         cleanup.database = Some(tm.db.url.clone());
     }
     // Cancelled while no worker runs: the worker must skip it.
     let cancelled = tm.upload("cancelled.csv", SEED_INPUT).await;
     cancel(&tm, cancelled).await;
-    let worker = WorkerProcess::start(&amqp_url, &queue, &tm.base_url, &tm.storage_dir());
+    let worker = WorkerProcess::start(
+        &amqp_url,
+        &queue,
+        &tm.base_url,
+        credentials.map(|c| c.worker),
+        &tm.storage_dir(),
+    );
 
     seed_is_aggregated(&tm, &worker).await;
     worker_comes_back_after_losing_its_queue(&broker, &queue, &worker).await;
@@ -74,8 +103,11 @@ async fn round_trip(kind: DbKind) {
     publish_raw(&broker, &queue, b"this is not a task").await;
     invalid_csv_fails_with_the_engine_message(&tm, &worker).await;
     // The worker goes on after the failed task.
-    upload_client_downloads_the_result(&tm, &worker).await;
-    upload_client_reports_failure(&tm).await;
+    upload_client_downloads_the_result(&tm, api_token, &worker).await;
+    upload_client_reports_failure(&tm, api_token).await;
+    if credentials.is_some() {
+        upload_client_without_the_token_is_refused(&tm).await;
+    }
 
     worker.stop_gracefully();
     every_message_was_settled(&broker, &queue).await;
@@ -198,12 +230,16 @@ async fn every_message_was_settled(broker: &Connection, queue: &str) {
     let _ = channel.close(200, "checked".into()).await;
 }
 
-async fn upload_client_downloads_the_result(tm: &TestServer, worker: &WorkerProcess) {
+async fn upload_client_downloads_the_result(
+    tm: &TestServer,
+    api_token: Option<&str>,
+    worker: &WorkerProcess,
+) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let input = dir.path().join("plays.csv");
     std::fs::write(&input, SEED_INPUT).expect("write the input");
 
-    let output = run_upload_client(&tm.base_url, &input).await;
+    let output = run_upload_client(&tm.base_url, api_token, &input).await;
     assert!(
         output.status.success(),
         "processor upload failed: {}\n{}",
@@ -217,12 +253,12 @@ async fn upload_client_downloads_the_result(tm: &TestServer, worker: &WorkerProc
     assert_eq!(written, SEED_OUTPUT);
 }
 
-async fn upload_client_reports_failure(tm: &TestServer) {
+async fn upload_client_reports_failure(tm: &TestServer, api_token: Option<&str>) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let input = dir.path().join("bad.csv");
     std::fs::write(&input, INVALID_INPUT).expect("write the input");
 
-    let output = run_upload_client(&tm.base_url, &input).await;
+    let output = run_upload_client(&tm.base_url, api_token, &input).await;
     assert!(!output.status.success(), "the client must fail on FAILED");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("FAILED"), "{stderr}");
@@ -233,9 +269,26 @@ async fn upload_client_reports_failure(tm: &TestServer) {
     );
 }
 
-/// Runs `processor upload INPUT --url BASE --quiet` to completion.
-async fn run_upload_client(base_url: &str, input: &Path) -> Output {
+async fn upload_client_without_the_token_is_refused(tm: &TestServer) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let input = dir.path().join("plays.csv");
+    std::fs::write(&input, SEED_INPUT).expect("write the input");
+
+    let output = run_upload_client(&tm.base_url, None, &input).await;
+    assert!(!output.status.success(), "uploaded without a token");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(!dir.path().join("plays_aggregated.csv").exists());
+}
+
+/// Runs `processor upload INPUT --url BASE --quiet` to completion, with `API_TOKEN` set to
+/// `api_token` (unset when `None`).
+async fn run_upload_client(base_url: &str, api_token: Option<&str>, input: &Path) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_processor"));
+    match api_token {
+        Some(token) => command.env("API_TOKEN", token),
+        None => command.env_remove("API_TOKEN"),
+    };
     command
         .arg("upload")
         .arg(input)

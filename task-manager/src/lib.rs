@@ -18,6 +18,10 @@ mod server;
 mod settings;
 mod storage;
 mod store;
+mod tokens;
 
 pub use server::{Server, start};
-pub use settings::{DEFAULT_PORT, DEFAULT_STORAGE_DIR, Settings, default_database_url};
+pub use settings::{
+    DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_PORT, DEFAULT_STORAGE_DIR, Settings, default_database_url,
+};
+pub use tokens::Tokens;

@@ -28,14 +28,16 @@ pub struct Server {
 /// Creates the storage directories, migrates the database, connects the queue (or starts
 /// the embedded runners), binds the port and serves in the background.
 pub async fn start(settings: Settings) -> anyhow::Result<Server> {
+    settings.check_tokens()?;
     let storage = Storage::open(&settings.storage_dir)
         .with_context(|| format!("storage directory {}", settings.storage_dir.display()))?;
     let store = Store::connect(&settings.database_url)
         .await
         .with_context(|| format!("database {}", redact(&settings.database_url)))?;
-    let listener = tokio::net::TcpListener::bind((settings.bind, settings.port))
+    let bind = listen_ip(&settings);
+    let listener = tokio::net::TcpListener::bind((bind, settings.port))
         .await
-        .with_context(|| format!("cannot listen on {}:{}", settings.bind, settings.port))?;
+        .with_context(|| format!("cannot listen on {bind}:{}", settings.port))?;
     let addr = listener.local_addr()?;
     let queue = match &settings.amqp_url {
         Some(url) => TaskQueue::Amqp(Box::new(
@@ -57,6 +59,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         storage,
         queue,
         public_url: settings.public_url.clone(),
+        authentication: settings.authentication(),
+        api_tokens: settings.api_tokens.clone(),
+        worker_tokens: settings.worker_tokens.clone(),
+        max_upload_bytes: settings.max_upload_bytes,
         fallback_base_url: base_url(addr),
     });
     let stop = CancellationToken::new();
@@ -112,6 +118,33 @@ impl Server {
     }
 }
 
+/// The address to listen on: `BIND`, but without any token only 127.0.0.1 (or `BIND` when it
+/// is a loopback address), unless `ALLOW_INSECURE_BIND` allows it. Warns when no token is set.
+fn listen_ip(settings: &Settings) -> IpAddr {
+    let bind = settings.bind;
+    if settings.authentication() {
+        return bind;
+    }
+    if bind.is_loopback() {
+        tracing::warn!(
+            "no API_TOKEN or WORKER_TOKEN set: authentication is off; listening on {bind} only"
+        );
+        bind
+    } else if settings.allow_insecure_bind {
+        tracing::warn!(
+            "no API_TOKEN or WORKER_TOKEN set: authentication is off, and ALLOW_INSECURE_BIND=1 \
+             opens {bind} to anyone who can reach it"
+        );
+        bind
+    } else {
+        tracing::warn!(
+            "no API_TOKEN or WORKER_TOKEN set: authentication is off, so listening on 127.0.0.1 \
+             only instead of {bind}; set the tokens (or BIND with ALLOW_INSECURE_BIND=1)"
+        );
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    }
+}
+
 fn base_url(addr: SocketAddr) -> String {
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -150,6 +183,21 @@ mod tests {
             redact("sqlite://local_storage/tasks.db"),
             "sqlite://local_storage/tasks.db"
         );
+    }
+
+    #[test]
+    fn without_tokens_only_loopback_unless_allowed() {
+        let mut settings = Settings::new("unused");
+        assert_eq!(listen_ip(&settings), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        settings.bind = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        assert_eq!(listen_ip(&settings), IpAddr::V6(Ipv6Addr::LOCALHOST));
+        settings.bind = "10.1.2.3".parse().unwrap();
+        assert_eq!(listen_ip(&settings), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        settings.allow_insecure_bind = true;
+        assert_eq!(listen_ip(&settings), settings.bind);
+        settings.allow_insecure_bind = false;
+        settings.api_tokens = crate::Tokens::parse("token");
+        assert_eq!(listen_ip(&settings), settings.bind);
     }
 
     #[test]

@@ -5,12 +5,25 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use crate::tokens::Tokens;
+
 /// Everything the task manager needs to run. Build it with [`Settings::from_env`] or
 /// [`Settings::new`] and adjust the fields.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Address to listen on (`BIND`, default `0.0.0.0`).
+    /// Address to listen on (`BIND`, default `0.0.0.0`). Without any token configured the
+    /// server listens on 127.0.0.1 instead, unless `allow_insecure_bind`.
     pub bind: IpAddr,
+    /// Listen on `bind` even without tokens (`ALLOW_INSECURE_BIND=1`, only together with an
+    /// explicit `BIND`).
+    pub allow_insecure_bind: bool,
+    /// Tokens of the `/v1` API (`API_TOKEN`, comma-separated); none: no authentication.
+    pub api_tokens: Tokens,
+    /// Tokens of the workers' callbacks (`WORKER_TOKEN`, comma-separated); clients' API
+    /// tokens are not accepted there.
+    pub worker_tokens: Tokens,
+    /// Largest upload accepted, in bytes (`MAX_UPLOAD_BYTES`, e.g. `50G`; default 50 GiB).
+    pub max_upload_bytes: u64,
     /// Port to listen on (`PORT`, default 5000; 0 picks a free port).
     pub port: u16,
     /// Root of `raw_data/` and `processed_data/` (`STORAGE_DIR`, default `local_storage`).
@@ -37,6 +50,8 @@ pub struct Settings {
 pub const DEFAULT_STORAGE_DIR: &str = "local_storage";
 /// Default HTTP port.
 pub const DEFAULT_PORT: u16 = 5000;
+/// Default largest upload: 50 GiB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 << 30;
 
 impl Settings {
     /// Defaults for everything, with the given storage root and its SQLite database.
@@ -45,6 +60,10 @@ impl Settings {
         let engine = processor::Config::default();
         Settings {
             bind: IpAddr::from([0, 0, 0, 0]),
+            allow_insecure_bind: false,
+            api_tokens: Tokens::default(),
+            worker_tokens: Tokens::default(),
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             port: DEFAULT_PORT,
             database_url: default_database_url(&storage_dir),
             storage_dir,
@@ -70,6 +89,17 @@ impl Settings {
             Settings::new(var("STORAGE_DIR").unwrap_or_else(|| DEFAULT_STORAGE_DIR.to_string()));
         if let Some(bind) = var("BIND") {
             settings.bind = parse_var("BIND", &bind)?;
+            settings.allow_insecure_bind = match var("ALLOW_INSECURE_BIND").as_deref() {
+                None | Some("0") => false,
+                Some("1") => true,
+                Some(other) => bail!("invalid ALLOW_INSECURE_BIND={other:?}: expected 1 or 0"),
+            };
+        }
+        settings.api_tokens = Tokens::parse(&var("API_TOKEN").unwrap_or_default());
+        settings.worker_tokens = Tokens::parse(&var("WORKER_TOKEN").unwrap_or_default());
+        if let Some(limit) = var("MAX_UPLOAD_BYTES") {
+            settings.max_upload_bytes = processor::parse_size(&limit)
+                .map_err(|e| anyhow::anyhow!("MAX_UPLOAD_BYTES: {e}"))?;
         }
         if let Some(port) = var("PORT") {
             settings.port = parse_var("PORT", &port)?;
@@ -96,6 +126,25 @@ impl Settings {
             settings.engine_threads = parse_var("ENGINE_THREADS", &threads)?;
         }
         Ok(settings)
+    }
+
+    /// Whether any token is configured, which turns authentication on.
+    pub fn authentication(&self) -> bool {
+        !self.api_tokens.is_empty() || !self.worker_tokens.is_empty()
+    }
+
+    /// Refuses token settings that would lock out the clients or the workers.
+    pub fn check_tokens(&self) -> anyhow::Result<()> {
+        if self.api_tokens.is_empty() && !self.worker_tokens.is_empty() {
+            bail!("WORKER_TOKEN is set without API_TOKEN: every /v1 request would be refused");
+        }
+        if self.worker_tokens.is_empty() && !self.api_tokens.is_empty() && self.amqp_url.is_some() {
+            bail!(
+                "API_TOKEN is set without WORKER_TOKEN: the workers' callbacks would be refused; \
+                 set WORKER_TOKEN here and on the workers"
+            );
+        }
+        Ok(())
     }
 
     /// The engine configuration of embedded mode.
@@ -151,6 +200,47 @@ mod tests {
         assert_eq!(settings.amqp_url, None);
         assert_eq!(settings.queue_name, task_protocol::DEFAULT_QUEUE_NAME);
         assert_eq!(settings.embedded_workers, 1);
+        assert!(!settings.authentication());
+        assert!(!settings.allow_insecure_bind);
+        assert_eq!(settings.max_upload_bytes, 50 << 30);
+    }
+
+    #[test]
+    fn security_values_are_read() {
+        let settings = from(&[
+            ("API_TOKEN", "a, b"),
+            ("WORKER_TOKEN", "w"),
+            ("MAX_UPLOAD_BYTES", "10M"),
+            ("BIND", "0.0.0.0"),
+            ("ALLOW_INSECURE_BIND", "1"),
+        ])
+        .unwrap();
+        assert!(settings.api_tokens.accepts(b"a") && settings.api_tokens.accepts(b"b"));
+        assert!(settings.worker_tokens.accepts(b"w") && !settings.worker_tokens.accepts(b"a"));
+        assert_eq!(settings.max_upload_bytes, 10 << 20);
+        assert!(settings.allow_insecure_bind);
+        assert!(settings.authentication());
+        settings.check_tokens().unwrap();
+        // Only together with an explicit BIND.
+        assert!(
+            !from(&[("ALLOW_INSECURE_BIND", "1")])
+                .unwrap()
+                .allow_insecure_bind
+        );
+        assert!(from(&[("BIND", "0.0.0.0"), ("ALLOW_INSECURE_BIND", "yes please")]).is_err());
+        assert!(from(&[("MAX_UPLOAD_BYTES", "huge")]).is_err());
+    }
+
+    #[test]
+    fn token_settings_that_lock_someone_out_are_refused() {
+        let worker_only = from(&[("WORKER_TOKEN", "w")]).unwrap();
+        assert!(worker_only.check_tokens().is_err());
+        let queue_without_worker_token =
+            from(&[("API_TOKEN", "a"), ("AMQP_URL", "amqp://localhost")]).unwrap();
+        let err = queue_without_worker_token.check_tokens().unwrap_err();
+        assert!(err.to_string().contains("WORKER_TOKEN"), "{err}");
+        // Embedded mode has no workers.
+        from(&[("API_TOKEN", "a")]).unwrap().check_tokens().unwrap();
     }
 
     #[test]

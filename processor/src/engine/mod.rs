@@ -22,6 +22,7 @@ use std::path::Path;
 use std::time::Instant;
 
 pub(crate) use shards::Overflowed;
+pub use source::check_header;
 
 use crate::{Config, Control, Error, Phase, Summary};
 

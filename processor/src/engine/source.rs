@@ -58,6 +58,19 @@ fn header_of(data: &[u8], at_end: bool) -> Result<Option<(usize, HeaderEnd)>, Er
         .map(|end| (skip, end)))
 }
 
+/// Checks the start of an input (e.g. the first bytes of an upload): `Ok(Some(n))` when it
+/// opens with the header `Song,Date,Number of Plays` (after an optional BOM), `n` being the
+/// bytes of BOM and header line; `Ok(None)` when `start` is too short to tell and more bytes
+/// are needed (`at_end` false: `start` is not the whole input); otherwise the error the
+/// engine would report (wrong header, empty input, header over 1 MiB).
+pub fn check_header(start: &[u8], at_end: bool) -> Result<Option<usize>, Error> {
+    match header_of(start, at_end)? {
+        Some((skip, end)) => Ok(Some(skip + end.end)),
+        None if start.len() >= MAX_RECORD_BYTES => Err(header_too_long()),
+        None => Ok(None),
+    }
+}
+
 fn header_too_long() -> Error {
     Error::Invalid(InvalidRow {
         line: 1,
@@ -216,4 +229,23 @@ fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>, target: usize) -> std::io::Res
     };
     buf.truncate(filled);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_header;
+
+    #[test]
+    fn header_checks() {
+        let header = check_header(b"Song,Date,Number of Plays\n", false);
+        assert_eq!(header.ok(), Some(Some(26)));
+        let bom = check_header(b"\xEF\xBB\xBFSong,Date,Number of Plays\r\nA", false);
+        assert_eq!(bom.ok(), Some(Some(30)));
+        assert_eq!(check_header(b"Song,Date,Num", false).ok(), Some(None));
+        let whole = check_header(b"Song,Date,Number of Plays", true);
+        assert_eq!(whole.ok(), Some(Some(25)));
+        let err = check_header(b"song,day\n", false).expect_err("wrong header");
+        assert!(err.to_string().contains("song,day"), "{err}");
+        assert!(check_header(b"", true).is_err());
+    }
 }

@@ -16,12 +16,24 @@ pub struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Starts a worker on `queue` that reports to `task_manager_url` and shares `storage_dir`.
-    pub fn start(amqp_url: &str, queue: &str, task_manager_url: &str, storage_dir: &Path) -> Self {
+    /// Starts a worker on `queue` that reports to `task_manager_url` (with `worker_token`,
+    /// when given) and shares `storage_dir`.
+    pub fn start(
+        amqp_url: &str,
+        queue: &str,
+        task_manager_url: &str,
+        worker_token: Option<&str>,
+        storage_dir: &Path,
+    ) -> Self {
         let log_dir = tempfile::tempdir().expect("temporary directory");
         let log = log_dir.path().join("worker.log");
         let log_file = File::create(&log).expect("worker log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_processor"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_processor"));
+        match worker_token {
+            Some(token) => command.env("WORKER_TOKEN", token),
+            None => command.env_remove("WORKER_TOKEN"),
+        };
+        let child = command
             .arg("worker")
             .env("AMQP_URL", amqp_url)
             .env("QUEUE_NAME", queue)

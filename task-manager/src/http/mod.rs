@@ -1,5 +1,6 @@
 //! The HTTP API (axum on hyper): routes, shared state and the task id extractor.
 
+mod auth;
 mod download;
 mod error;
 mod events;
@@ -15,6 +16,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
 use uuid::Uuid;
@@ -22,6 +24,7 @@ use uuid::Uuid;
 use crate::queue::TaskQueue;
 use crate::storage::Storage;
 use crate::store::Store;
+use crate::tokens::Tokens;
 pub use error::ApiError;
 
 /// What the handlers share.
@@ -33,6 +36,14 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// Base URL used when a request has no usable `Host` header.
     pub fallback_base_url: String,
+    /// Whether requests must carry a token (any token is configured).
+    pub authentication: bool,
+    /// Tokens accepted on `/v1` (`API_TOKEN`).
+    pub api_tokens: Tokens,
+    /// Tokens accepted on the workers' callbacks (`WORKER_TOKEN`).
+    pub worker_tokens: Tokens,
+    /// Largest upload accepted, in bytes.
+    pub max_upload_bytes: u64,
 }
 
 impl AppState {
@@ -46,7 +57,7 @@ type SharedState = Arc<AppState>;
 
 /// All routes of the service.
 pub fn router(state: SharedState) -> Router {
-    Router::new()
+    let api = Router::new()
         .route(
             "/v1/data_processor/upload",
             post(upload::upload).layer(DefaultBodyLimit::disable()),
@@ -61,10 +72,19 @@ pub fn router(state: SharedState) -> Router {
             "/v1/tasks/{task_id}",
             get(tasks::status).delete(tasks::cancel),
         )
+        .route_layer(from_fn_with_state(state.clone(), auth::require_api_token));
+    let callbacks = Router::new()
         .route(
             "/internal/v1/tasks/{task_id}/events",
             post(events::post_event),
         )
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            auth::require_worker_token,
+        ));
+    Router::new()
+        .merge(api)
+        .merge(callbacks)
         .route("/health", get(health::health))
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)

@@ -2,6 +2,9 @@
 //! constant memory (temporary file, then rename), records the task and queues it.
 //!
 //! Accepts multipart/form-data with a field `file`, or a raw body with a CSV content type.
+//! While the bytes arrive, the upload is refused with 413 as soon as it passes
+//! `MAX_UPLOAD_BYTES`, and with 400 when its first line is not the header
+//! `Song,Date,Number of Plays`; a refused upload leaves no file and records no task.
 //! When the task cannot be queued, the answer is 503, the task is marked FAILED with the
 //! reason and its upload is removed: the client uploads again later.
 
@@ -63,6 +66,7 @@ pub async fn upload(
         .try_clone()
         .map_err(|e| ApiError::storage("cannot store the upload", e))?;
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
+    let limit = state.max_upload_bytes;
 
     let (bytes, filename) = if essence == "multipart/form-data" {
         let mut multipart = Multipart::from_request(request, &state)
@@ -78,12 +82,12 @@ pub async fn upload(
                 })?;
             if field.name() == Some("file") {
                 let filename = field.file_name().and_then(sanitize_filename);
-                break (copy(field, &mut writer).await?, filename);
+                break (copy(field, &mut writer, limit).await?, filename);
             }
         }
     } else if RAW_TYPES.contains(&essence.as_str()) {
         let body = request.into_body().into_data_stream();
-        (copy(body, &mut writer).await?, None)
+        (copy(body, &mut writer, limit).await?, None)
     } else {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -129,24 +133,69 @@ pub async fn upload(
     ))
 }
 
-/// Writes a stream of chunks; returns the bytes written.
-async fn copy<S, E>(chunks: S, writer: &mut BufWriter<tokio::fs::File>) -> Result<u64, ApiError>
+/// Writes a stream of chunks; returns the bytes written. Fails with 413 as soon as more than
+/// `limit` bytes arrived, and with 400 when the input does not start with the CSV header.
+/// The beginning is held back until its header line is complete and checked.
+async fn copy<S, E>(
+    chunks: S,
+    writer: &mut BufWriter<tokio::fs::File>,
+    limit: u64,
+) -> Result<u64, ApiError>
 where
     S: Stream<Item = Result<Bytes, E>>,
     E: std::fmt::Display,
 {
     let mut chunks = std::pin::pin!(chunks);
     let mut bytes = 0u64;
+    let mut head = Some(Vec::new());
     while let Some(chunk) = chunks.next().await {
         let chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("the upload was interrupted: {e}")))?;
-        writer
-            .write_all(&chunk)
-            .await
-            .map_err(|e| ApiError::storage("cannot store the upload", e))?;
         bytes += chunk.len() as u64;
+        if bytes > limit {
+            return Err(too_large(limit));
+        }
+        let data = match &mut head {
+            Some(held) => {
+                held.extend_from_slice(&chunk);
+                if !header_checked(held, false)? {
+                    continue;
+                }
+                head.take().unwrap_or_default().into()
+            }
+            None => chunk,
+        };
+        write(writer, &data).await?;
+    }
+    if let Some(held) = head.filter(|held| !held.is_empty()) {
+        header_checked(&held, true)?;
+        write(writer, &held).await?;
     }
     Ok(bytes)
+}
+
+/// Whether `head` holds the whole header line, which is right; 400 when it is wrong.
+fn header_checked(head: &[u8], at_end: bool) -> Result<bool, ApiError> {
+    match processor::check_header(head, at_end) {
+        Ok(checked) => Ok(checked.is_some()),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "the upload is not a play-count CSV: {e}"
+        ))),
+    }
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the upload is larger than the server's limit of {limit} bytes (MAX_UPLOAD_BYTES)"),
+    )
+}
+
+async fn write(writer: &mut BufWriter<tokio::fs::File>, data: &[u8]) -> Result<(), ApiError> {
+    writer
+        .write_all(data)
+        .await
+        .map_err(|e| ApiError::storage("cannot store the upload", e))
 }
 
 async fn remove(path: &std::path::Path) {

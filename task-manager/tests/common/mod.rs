@@ -195,6 +195,19 @@ impl TestServer {
     }
 }
 
+/// A client that sends `Authorization: Bearer <token>` with every request.
+pub fn client_with_token(token: &str) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {token}")
+        .parse()
+        .expect("token header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("HTTP client")
+}
+
 /// Uploads `content` as multipart field `file` named `filename`; asserts 202 and returns
 /// the task id.
 pub async fn upload(client: &Client, base_url: &str, filename: &str, content: &str) -> Uuid {

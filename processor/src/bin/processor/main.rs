@@ -3,6 +3,8 @@
 
 mod aggregate;
 #[cfg(feature = "service")]
+mod bearer;
+#[cfg(feature = "service")]
 mod upload;
 #[cfg(feature = "service")]
 mod worker;

@@ -34,6 +34,10 @@ pub struct UploadArgs {
         default_value = "http://127.0.0.1:5000"
     )]
     url: String,
+    /// Token of the task manager's API (its API_TOKEN; of a comma-separated list, the
+    /// first). Prefer the environment variable: arguments show in process lists.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// No progress bars.
     #[arg(short, long)]
     quiet: bool,
@@ -63,7 +67,7 @@ async fn upload_and_fetch(args: UploadArgs) -> anyhow::Result<()> {
     // Created first, so that an unwritable destination fails before a long upload.
     let partial = partial_file(&output)?;
     let show = !args.quiet && std::io::stderr().is_terminal();
-    let api = Api::new(&args.url)?;
+    let api = Api::new(&args.url, args.token.as_deref())?;
 
     let bar = bytes_bar(show, "upload");
     let task_id = api.upload(&args.file, &bar).await?;

@@ -40,6 +40,10 @@ pub struct WorkerArgs {
         default_value = "http://127.0.0.1:5000"
     )]
     task_manager_url: String,
+    /// Token for the callbacks: the task manager's WORKER_TOKEN (of a comma-separated list,
+    /// the first). Prefer the environment variable: arguments show in process lists.
+    #[arg(long, env = "WORKER_TOKEN", hide_env_values = true)]
+    worker_token: Option<String>,
     /// Shared storage root; the task messages' paths are relative to it.
     #[arg(long, env = "STORAGE_DIR", default_value = "local_storage")]
     storage_dir: PathBuf,
@@ -92,7 +96,7 @@ async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
             temp_dir: args.temp_dir,
             ..Config::default()
         },
-        callbacks: Callbacks::new(&args.task_manager_url)?,
+        callbacks: Callbacks::new(&args.task_manager_url, args.worker_token.as_deref())?,
         progress_every: PROGRESS_EVERY,
         abort,
     };

@@ -50,8 +50,10 @@ pub enum StatusError {
 }
 
 impl Api {
-    pub fn new(base_url: &str) -> anyhow::Result<Self> {
+    /// A client of the task manager at `base_url`, sending `token` (its `API_TOKEN`) when given.
+    pub fn new(base_url: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
+            .default_headers(crate::bearer::headers(token)?)
             .connect_timeout(Duration::from_secs(10))
             .build()
             .context("cannot build the HTTP client")?;

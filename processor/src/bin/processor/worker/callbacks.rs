@@ -1,5 +1,6 @@
 //! Reports to the task manager: `POST <base>/internal/v1/tasks/{id}/events`, retried with
-//! exponential backoff on connection errors and 5xx answers, never on other 4xx answers.
+//! exponential backoff on connection errors, 5xx answers and refused tokens (401, 403: a
+//! configuration to fix, the task must not be lost meanwhile), never on other 4xx answers.
 
 use std::time::{Duration, Instant};
 
@@ -46,9 +47,11 @@ enum Attempt {
 }
 
 impl Callbacks {
-    /// A client for the task manager at `base_url` (e.g. `http://127.0.0.1:5000`).
-    pub fn new(base_url: &str) -> anyhow::Result<Self> {
+    /// A client for the task manager at `base_url` (e.g. `http://127.0.0.1:5000`), sending
+    /// `token` (its `WORKER_TOKEN`) when given.
+    pub fn new(base_url: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
+            .default_headers(crate::bearer::headers(token)?)
             .connect_timeout(Duration::from_secs(5))
             .build()?;
         Ok(Callbacks {
@@ -131,7 +134,11 @@ impl Callbacks {
         let retryable = status.is_server_error()
             || status == StatusCode::TOO_MANY_REQUESTS
             || status == StatusCode::REQUEST_TIMEOUT;
-        if retryable {
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            Attempt::Retryable(format!(
+                "POST {url}: HTTP {status}: {body} (is WORKER_TOKEN the task manager's?)"
+            ))
+        } else if retryable {
             Attempt::Retryable(format!("POST {url}: HTTP {status}: {body}"))
         } else {
             Attempt::Refused(CallbackError::Refused { status, body })
