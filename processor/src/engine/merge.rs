@@ -10,6 +10,7 @@ use super::run::{AnyRun, DiskRun, Run, SongDays, SpillWriter, TableRun};
 use super::shards::ShardedTable;
 use super::table::SongRef;
 use super::validate::{PackedDate, date_string};
+use super::writer::WriteBuf;
 use crate::Error;
 
 /// Most spilled runs merged at once; more are first merged in groups (few in unit tests, so
@@ -112,7 +113,7 @@ pub(crate) fn merge_runs<R: Run>(
 pub(crate) fn merge_in_memory(
     pool: &rayon::ThreadPool,
     tables: &[ShardedTable],
-    write: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Error>,
+    write: WriteBuf<'_>,
 ) -> Result<u64, Error> {
     let orders: Vec<Vec<SongRef<'_>>> =
         pool.install(|| tables.par_iter().map(ShardedTable::sorted_songs).collect());
@@ -171,7 +172,7 @@ pub(crate) fn merge_with_spills(
     tables: &[ShardedTable],
     spills: Vec<File>,
     temp_dir: &Path,
-    write: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Error>,
+    write: WriteBuf<'_>,
 ) -> Result<u64, Error> {
     let orders: Vec<Vec<SongRef<'_>>> =
         pool.install(|| tables.par_iter().map(ShardedTable::sorted_songs).collect());

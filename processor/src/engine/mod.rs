@@ -15,6 +15,7 @@ mod table;
 mod tests;
 pub(crate) mod validate;
 mod worker;
+mod writer;
 
 use std::fs::File;
 use std::io::{Read, Write};

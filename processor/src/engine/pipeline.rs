@@ -15,6 +15,7 @@ use super::output::write_header;
 use super::shards::ShardedTable;
 use super::source::{Block, MAX_RECORD_BYTES, produce_mapped, produce_stream};
 use super::worker::worker;
+use super::writer::with_writer_thread;
 use crate::error::{Field, InvalidRow};
 use crate::{Config, Control, Error, Phase, Summary};
 
@@ -226,29 +227,19 @@ pub(crate) fn run(
         .num_threads(threads)
         .build()
         .map_err(|e| Error::Threads(e.to_string()))?;
-    let write_err = |source| Error::Write {
-        path: PathBuf::from("<output>"),
-        source,
-    };
-    let mut output_bytes = 0u64;
-    let mut write = |buf: &mut Vec<u8>| -> Result<(), Error> {
-        if control.is_cancelled() {
-            return Err(Error::Cancelled);
+    let (groups, output_bytes) = with_writer_thread(out, control, |write| {
+        let mut head = Vec::new();
+        write_header(&mut head).map_err(|source| Error::Write {
+            path: PathBuf::from("<output>"),
+            source,
+        })?;
+        write(&mut head)?;
+        if spills.is_empty() {
+            merge_in_memory(&pool, &tables, write)
+        } else {
+            merge_with_spills(&pool, &tables, spills, &shared.temp_dir, write)
         }
-        out.write_all(buf).map_err(write_err)?;
-        output_bytes += buf.len() as u64;
-        buf.clear();
-        Ok(())
-    };
-    let mut head = Vec::new();
-    write_header(&mut head).map_err(write_err)?;
-    write(&mut head)?;
-    let groups = if spills.is_empty() {
-        merge_in_memory(&pool, &tables, &mut write)?
-    } else {
-        merge_with_spills(&pool, &tables, spills, &shared.temp_dir, &mut write)?
-    };
-    out.flush().map_err(write_err)?;
+    })?;
     Ok(Summary {
         rows_read: rows.load(Ordering::Relaxed),
         input_bytes: header.bytes as u64 + input_bytes.load(Ordering::Relaxed),
