@@ -4,13 +4,13 @@
 
 mod golden_cases;
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use fixtures::{Length, Skew, Spec};
+use golden_cases::entries;
 
 const HEADER: &str = "Song,Date,Number of Plays\n";
 const EXIT_INVALID_INPUT: i32 = 65;
@@ -51,46 +51,69 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Directory entries, sorted.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("readable directory")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temporary directory")
 }
 
-/// The expected result computed independently: the csv crate, a BTreeMap and its writer.
-fn reference(data: &[u8]) -> Vec<u8> {
-    let mut reader = csv::Reader::from_reader(data);
-    let mut sums: BTreeMap<(Vec<u8>, Vec<u8>), u64> = BTreeMap::new();
-    for record in reader.byte_records() {
-        let record = record.expect("generated data is valid CSV");
-        let plays: u64 = std::str::from_utf8(&record[2])
-            .expect("digits")
-            .parse()
-            .expect("a count");
-        *sums
-            .entry((record[0].to_vec(), record[1].to_vec()))
-            .or_default() += plays;
-    }
-    let mut writer = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
-    writer
-        .write_record(["Song", "Date", "Number of Plays"])
-        .expect("write");
-    for ((song, date), plays) in sums {
-        writer
-            .write_record([&song[..], &date[..], plays.to_string().as_bytes()])
-            .expect("write");
-    }
-    writer.into_inner().expect("flush")
+/// Runs `processor aggregate INPUT -o OUT`.
+fn aggregate_file(input: &Path, out: &Path) -> Output {
+    aggregate(&[input.as_os_str(), "-o".as_ref(), out.as_os_str()], None)
+}
+
+/// Asserts that the run succeeded (`context` says which run).
+fn assert_success(output: &Output, context: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{context}: {}",
+        stderr(output)
+    );
+}
+
+/// Runs `processor aggregate INPUT -o OUT --threads THREADS`.
+fn aggregate_with_threads(input: &Path, out: &Path, threads: &str) -> Output {
+    aggregate(
+        &[
+            input.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--threads".as_ref(),
+            threads.as_ref(),
+        ],
+        None,
+    )
+}
+
+/// Asserts that `written` is `expected`, showing the first difference (after `context`).
+fn assert_output(written: &[u8], expected: &[u8], context: &str) {
+    assert!(
+        written == expected,
+        "{context}: {}",
+        golden_cases::first_difference(written, expected)
+    );
+}
+
+/// Runs `processor aggregate - -o - ARGS` on `data` piped in; asserts success and `expected`
+/// on stdout.
+fn assert_piped_output(args: &[&str], data: &[u8], expected: &[u8]) {
+    let piped = aggregate(&[&["-", "-o", "-"], args].concat(), Some(data));
+    assert_success(&piped, "stdin");
+    assert_output(&piped.stdout, expected, "stdin");
+}
+
+/// Asserts that the run exited with `code` and printed `message` on stderr.
+fn assert_error(output: &Output, code: i32, message: &str, context: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{context}: {}",
+        stderr(output)
+    );
+    assert!(
+        stderr(output).contains(message),
+        "{context}: {}",
+        stderr(output)
+    );
 }
 
 /// Generated rows with tricky names, written to `dir/input.csv`.
@@ -117,24 +140,10 @@ fn valid_golden_cases_file_to_file() {
         };
         let dir = temp_dir();
         let out = dir.path().join("out.csv");
-        let output = aggregate(
-            &[case.input.as_os_str(), "-o".as_ref(), out.as_os_str()],
-            None,
-        );
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{}: {}",
-            case.name,
-            stderr(&output)
-        );
+        let output = aggregate_file(&case.input, &out);
+        assert_success(&output, &case.name);
         let written = std::fs::read(&out).expect("the output file");
-        assert!(
-            &written == expected,
-            "{}: {}",
-            case.name,
-            golden_cases::first_difference(&written, expected)
-        );
+        assert_output(&written, expected, &case.name);
         assert_eq!(entries(dir.path()), ["out.csv"], "{}", case.name);
         assert!(output.stdout.is_empty(), "{}", case.name);
         // No progress bar or chatter when stderr is not a terminal.
@@ -150,19 +159,8 @@ fn valid_golden_cases_stdin_to_stdout() {
         };
         let input = std::fs::read(&case.input).expect("golden input");
         let output = aggregate(&["-", "-o", "-"], Some(&input));
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{}: {}",
-            case.name,
-            stderr(&output)
-        );
-        assert!(
-            &output.stdout == expected,
-            "{}: {}",
-            case.name,
-            golden_cases::first_difference(&output.stdout, expected)
-        );
+        assert_success(&output, &case.name);
+        assert_output(&output.stdout, expected, &case.name);
     }
 }
 
@@ -172,10 +170,7 @@ fn invalid_golden_cases_exit_65_with_the_message_and_no_output() {
         let message = case.error().expect("a message");
         let dir = temp_dir();
         let out = dir.path().join("out.csv");
-        let output = aggregate(
-            &[case.input.as_os_str(), "-o".as_ref(), out.as_os_str()],
-            None,
-        );
+        let output = aggregate_file(&case.input, &out);
         assert_eq!(
             output.status.code(),
             Some(EXIT_INVALID_INPUT),
@@ -202,7 +197,7 @@ fn invalid_golden_cases_exit_65_with_the_message_and_no_output() {
                 None,
             );
             let reason = message.trim_start_matches("invalid input: ");
-            assert_eq!(skipped.status.code(), Some(0), "{} (skip)", case.name);
+            assert_success(&skipped, &format!("{} (skip)", case.name));
             assert!(
                 stderr(&skipped).contains(reason),
                 "{} (skip): {}",
@@ -240,7 +235,7 @@ fn a_failed_run_keeps_an_existing_output_file() {
     let out = dir.path().join("out.csv");
     std::fs::write(&out, "previous result\n").expect("write");
     let input = fixtures::golden_dir().join("invalid/plays_negative.csv");
-    let output = aggregate(&[input.as_os_str(), "-o".as_ref(), out.as_os_str()], None);
+    let output = aggregate_file(&input, &out);
     assert_eq!(output.status.code(), Some(EXIT_INVALID_INPUT));
     assert_eq!(
         std::fs::read_to_string(&out).expect("read"),
@@ -266,17 +261,7 @@ fn usage_errors_exit_2() {
     ];
     for args in cases {
         let output = aggregate(args, None);
-        assert_eq!(
-            output.status.code(),
-            Some(EXIT_USAGE),
-            "{args:?}: {}",
-            stderr(&output)
-        );
-        assert!(
-            stderr(&output).contains("error:"),
-            "{args:?}: {}",
-            stderr(&output)
-        );
+        assert_error(&output, EXIT_USAGE, "error:", &format!("{args:?}"));
         assert_eq!(entries(dir.path()), Vec::<String>::new(), "{args:?}");
     }
 }
@@ -287,7 +272,7 @@ fn unreadable_input_exits_74() {
     let out = dir.path().join("out.csv");
     let missing = dir.path().join("missing.csv");
     for input in [missing.as_path(), dir.path()] {
-        let output = aggregate(&[input.as_os_str(), "-o".as_ref(), out.as_os_str()], None);
+        let output = aggregate_file(input, &out);
         assert_eq!(output.status.code(), Some(EXIT_IO), "{}", stderr(&output));
         let text = stderr(&output);
         assert!(
@@ -303,7 +288,7 @@ fn unwritable_output_exits_74() {
     let dir = temp_dir();
     let out = dir.path().join("no-such-dir").join("out.csv");
     let input = fixtures::golden_dir().join("seed/input.csv");
-    let output = aggregate(&[input.as_os_str(), "-o".as_ref(), out.as_os_str()], None);
+    let output = aggregate_file(&input, &out);
     assert_eq!(output.status.code(), Some(EXIT_IO), "{}", stderr(&output));
     assert!(
         stderr(&output).starts_with("error: cannot write"),
@@ -319,8 +304,8 @@ fn header_only_input_gives_header_only_output() {
     let input = dir.path().join("in.csv");
     let out = dir.path().join("out.csv");
     std::fs::write(&input, HEADER).expect("write");
-    let output = aggregate(&[input.as_os_str(), "-o".as_ref(), out.as_os_str()], None);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let output = aggregate_file(&input, &out);
+    assert_success(&output, "file");
     assert_eq!(std::fs::read_to_string(&out).expect("read"), HEADER);
 }
 
@@ -340,7 +325,7 @@ fn summary_of_a_clean_run() {
         ],
         None,
     );
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_success(&output, "file");
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&summary).expect("the summary file")).expect("JSON");
     let input_len = std::fs::metadata(&input).expect("metadata").len();
@@ -379,7 +364,7 @@ fn skip_invalid_counts_reports_and_summarizes() {
         ],
         None,
     );
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_success(&output, "file");
     assert_eq!(
         std::fs::read_to_string(&out).expect("read"),
         "Song,Date,Number of Plays\nA,2020-01-02,2\nB,2020-01-01,6\n"
@@ -410,7 +395,7 @@ fn generated_data_gives_the_reference_result_in_every_mode() {
     // line breaks) straddle block boundaries.
     let rows = 300_000;
     let (input, data) = generated_input(dir.path(), rows, true);
-    let expected = reference(&data);
+    let expected = fixtures::reference::aggregate(&data);
     let modes: [&[&str]; 3] = [
         &[],
         &["--memory-limit", "256K", "--threads", "1"],
@@ -430,18 +415,9 @@ fn generated_data_gives_the_reference_result_in_every_mode() {
         ];
         args.extend(mode.iter().map(OsStr::new));
         let output = aggregate(&args, None);
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{mode:?}: {}",
-            stderr(&output)
-        );
+        assert_success(&output, &format!("{mode:?}"));
         let written = std::fs::read(&out).expect("the output");
-        assert!(
-            written == expected,
-            "{mode:?}: {}",
-            golden_cases::first_difference(&written, &expected)
-        );
+        assert_output(&written, &expected, &format!("{mode:?}"));
         assert_eq!(
             entries(&spill),
             Vec::<String>::new(),
@@ -458,13 +434,7 @@ fn generated_data_gives_the_reference_result_in_every_mode() {
             );
         }
     }
-    let piped = aggregate(&["-", "-o", "-", "--memory-limit", "64K"], Some(&data));
-    assert_eq!(piped.status.code(), Some(0), "{}", stderr(&piped));
-    assert!(
-        piped.stdout == expected,
-        "stdin: {}",
-        golden_cases::first_difference(&piped.stdout, &expected)
-    );
+    assert_piped_output(&["--memory-limit", "64K"], &data, &expected);
 }
 
 #[test]
@@ -486,34 +456,15 @@ fn quoted_line_breaks_that_look_like_records_are_not_record_starts() {
         data.extend_from_slice(row.as_bytes());
     }
     std::fs::write(&input, &data).expect("write");
-    let expected = reference(&data);
+    let expected = fixtures::reference::aggregate(&data);
     for threads in ["1", "2"] {
         let out = dir.path().join(format!("out-{threads}.csv"));
-        let output = aggregate(
-            &[
-                input.as_os_str(),
-                "-o".as_ref(),
-                out.as_os_str(),
-                "--threads".as_ref(),
-                threads.as_ref(),
-            ],
-            None,
-        );
-        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let output = aggregate_with_threads(&input, &out, threads);
+        assert_success(&output, &format!("--threads {threads}"));
         let written = std::fs::read(&out).expect("the output");
-        assert!(
-            written == expected,
-            "--threads {threads}: {}",
-            golden_cases::first_difference(&written, &expected)
-        );
+        assert_output(&written, &expected, &format!("--threads {threads}"));
     }
-    let piped = aggregate(&["-", "-o", "-"], Some(&data));
-    assert_eq!(piped.status.code(), Some(0), "{}", stderr(&piped));
-    assert!(
-        piped.stdout == expected,
-        "stdin: {}",
-        golden_cases::first_difference(&piped.stdout, &expected)
-    );
+    assert_piped_output(&[], &data, &expected);
 }
 
 /// `rows` plain rows `Song <i % 1000>,2020-01-01,<i % 7>`.
@@ -533,33 +484,17 @@ fn an_unclosed_quote_deep_in_a_large_file_is_reported_at_its_line() {
     let out = dir.path().join("out.csv");
     let message = "error: invalid input: line 200002, field \"Song\": \"\\\"Unclosed,2020-01-01,5\" has an opening double quote that is never closed";
     for threads in ["1", "2"] {
-        let output = aggregate(
-            &[
-                input.as_os_str(),
-                "-o".as_ref(),
-                out.as_os_str(),
-                "--threads".as_ref(),
-                threads.as_ref(),
-            ],
-            None,
+        let output = aggregate_with_threads(&input, &out, threads);
+        assert_error(
+            &output,
+            EXIT_INVALID_INPUT,
+            message,
+            &format!("--threads {threads}"),
         );
-        assert_eq!(
-            output.status.code(),
-            Some(EXIT_INVALID_INPUT),
-            "{}",
-            stderr(&output)
-        );
-        assert!(stderr(&output).contains(message), "{}", stderr(&output));
         assert!(!out.exists());
     }
     let piped = aggregate(&["-", "-o", "-"], Some(data.as_bytes()));
-    assert_eq!(
-        piped.status.code(),
-        Some(EXIT_INVALID_INPUT),
-        "{}",
-        stderr(&piped)
-    );
-    assert!(stderr(&piped).contains(message), "{}", stderr(&piped));
+    assert_error(&piped, EXIT_INVALID_INPUT, message, "stdin");
     assert!(piped.stdout.is_empty());
 }
 
@@ -572,30 +507,15 @@ fn a_song_name_of_two_mib_is_aggregated() {
     let data =
         format!("{HEADER}{rows}{long_name},2020-01-01,1\n{rows}\"{long_name}\",2020-01-01,2\n");
     std::fs::write(&input, &data).expect("write");
-    let expected = reference(data.as_bytes());
+    let expected = fixtures::reference::aggregate(data.as_bytes());
     let out = dir.path().join("out.csv");
     for threads in ["1", "2"] {
-        let output = aggregate(
-            &[
-                input.as_os_str(),
-                "-o".as_ref(),
-                out.as_os_str(),
-                "--threads".as_ref(),
-                threads.as_ref(),
-            ],
-            None,
-        );
-        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let output = aggregate_with_threads(&input, &out, threads);
+        assert_success(&output, &format!("--threads {threads}"));
         let written = std::fs::read(&out).expect("the output");
-        assert!(
-            written == expected,
-            "{}",
-            golden_cases::first_difference(&written, &expected)
-        );
+        assert_output(&written, &expected, &format!("--threads {threads}"));
     }
-    let piped = aggregate(&["-", "-o", "-"], Some(data.as_bytes()));
-    assert_eq!(piped.status.code(), Some(0), "{}", stderr(&piped));
-    assert!(piped.stdout == expected, "stdin: output differs");
+    assert_piped_output(&[], data.as_bytes(), &expected);
 }
 
 #[test]
@@ -620,19 +540,14 @@ fn an_error_after_spilling_removes_the_spilled_runs() {
         ],
         None,
     );
-    assert_eq!(
-        output.status.code(),
-        Some(EXIT_INVALID_INPUT),
-        "{}",
-        stderr(&output)
-    );
     let line = rows + 2;
-    assert!(
-        stderr(&output).contains(&format!(
+    assert_error(
+        &output,
+        EXIT_INVALID_INPUT,
+        &format!(
             "error: invalid input: line {line}, field \"Number of Plays\": \"-3\" is not a non-negative integer"
-        )),
-        "{}",
-        stderr(&output)
+        ),
+        "file",
     );
     assert!(!out.exists());
     assert_eq!(entries(&spill), Vec::<String>::new());
@@ -682,17 +597,7 @@ fn ctrl_c_exits_130_without_output() {
     drop(stdin);
     let output = child.wait_with_output().expect("the process ends");
     assert!(stopped, "the process kept reading after Ctrl-C");
-    assert_eq!(
-        output.status.code(),
-        Some(EXIT_INTERRUPTED),
-        "{}",
-        stderr(&output)
-    );
-    assert!(
-        stderr(&output).contains("error: cancelled"),
-        "{}",
-        stderr(&output)
-    );
+    assert_error(&output, EXIT_INTERRUPTED, "error: cancelled", "Ctrl-C");
     assert!(!out.exists());
     assert_eq!(entries(dir.path()), ["spill"]);
     assert_eq!(entries(&spill), Vec::<String>::new());

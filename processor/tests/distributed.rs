@@ -22,7 +22,7 @@ use cleanup::CleanupOnPanic;
 use common::{DbKind, INVALID_INPUT, SEED_INPUT, SEED_OUTPUT, TestServer};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection};
 use processor::{Config, Control, Input};
 use reqwest::StatusCode;
 use task_manager::Tokens;
@@ -64,7 +64,7 @@ async fn distributed_on_postgres() {
 async fn round_trip(kind: DbKind, credentials: Option<&Credentials>) {
     let amqp_url = common::server_url(common::AMQP_URL);
     let queue = format!("processor_test_{}", Uuid::new_v4().simple());
-    let broker = connect_broker(&amqp_url).await;
+    let broker = common::amqp_connect().await;
     let mut cleanup = CleanupOnPanic {
         queue: queue.clone(),
         database: None,
@@ -154,11 +154,9 @@ async fn worker_comes_back_after_losing_its_queue(
     }
 }
 
-/// Consumers of `queue`, `None` while it does not exist.
-async fn consumers(broker: &Connection, queue: &str) -> Option<u32> {
-    // A passive declaration of a missing queue closes its channel: one channel per check.
-    let channel = broker.create_channel().await.expect("AMQP channel");
-    let declared = channel
+/// Declares `queue` passively: its counts, or an error (closing `channel`) when it is missing.
+async fn declare_passively(channel: &lapin::Channel, queue: &str) -> lapin::Result<lapin::Queue> {
+    channel
         .queue_declare(
             queue.into(),
             QueueDeclareOptions {
@@ -168,7 +166,13 @@ async fn consumers(broker: &Connection, queue: &str) -> Option<u32> {
             FieldTable::default(),
         )
         .await
-        .ok()?;
+}
+
+/// Consumers of `queue`, `None` while it does not exist.
+async fn consumers(broker: &Connection, queue: &str) -> Option<u32> {
+    // A passive declaration of a missing queue closes its channel: one channel per check.
+    let channel = broker.create_channel().await.expect("AMQP channel");
+    let declared = declare_passively(&channel, queue).await.ok()?;
     let _ = channel.close(200, "checked".into()).await;
     Some(declared.consumer_count())
 }
@@ -192,13 +196,7 @@ async fn invalid_csv_fails_with_the_engine_message(tm: &TestServer, worker: &Wor
 }
 
 async fn cancel(tm: &TestServer, id: Uuid) {
-    let response = tm
-        .client
-        .delete(tm.url(&format!("/v1/tasks/{id}")))
-        .send()
-        .await
-        .expect("cancel request");
-    let (code, body) = common::json_of(response).await;
+    let (code, body) = tm.cancel(id).await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "CANCELLED", "{body}");
 }
@@ -215,15 +213,7 @@ async fn cancelled_task_was_skipped(tm: &TestServer, id: Uuid) {
 /// After the worker stopped, the queue is empty: every message was acknowledged or rejected.
 async fn every_message_was_settled(broker: &Connection, queue: &str) {
     let channel = broker.create_channel().await.expect("AMQP channel");
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let declared = declare_passively(&channel, queue)
         .await
         .expect("the test queue exists");
     assert_eq!(declared.message_count(), 0, "messages left on {queue}");
@@ -313,17 +303,6 @@ fn engine_error(input: &str) -> String {
     )
     .expect_err("the input is invalid");
     err.to_string()
-}
-
-async fn connect_broker(url: &str) -> Connection {
-    Connection::connect(url, ConnectionProperties::default())
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "RabbitMQ is unreachable at {url}: {e}\nThis test needs the real server; \
-                 start it with: rabbitmq-server -detached"
-            )
-        })
 }
 
 /// Publishes `payload` as is on `queue`, through the default exchange.

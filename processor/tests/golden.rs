@@ -6,9 +6,8 @@ mod golden_cases;
 
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
 
-use golden_cases::{Case, Expected, first_difference, skippable_line};
+use golden_cases::{Case, Expected, entries, first_difference, skippable_line};
 use processor::{Config, Control, Error, Input, Summary};
 
 /// How a case is fed to the engine.
@@ -143,15 +142,6 @@ fn run(case: &Case, mode: Mode, skip_invalid: bool) -> Result<(Vec<u8>, Summary)
         case.name
     );
     result
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("readable directory")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

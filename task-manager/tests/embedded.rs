@@ -28,7 +28,7 @@ async fn raw_csv_body_is_accepted() {
         .unwrap();
     let (code, body) = json_of(response).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{body}");
-    let id = Uuid::parse_str(body["task_id"].as_str().unwrap()).unwrap();
+    let id = task_id_of(&body);
     assert_eq!(server.wait_finished(id).await["status"], "DONE");
     let response = server.download(id).await;
     assert_eq!(attachment_filename(&response), format!("{id}.csv"));
@@ -42,16 +42,9 @@ async fn multipart_file_after_other_fields_with_a_hostile_name() {
     let form = Form::new()
         .text("comment", "uploaded by a test")
         .part("file", file_part("../../my plays\";x=.csv", SEED_INPUT));
-    let response = server
-        .client
-        .post(server.url("/v1/data_processor/upload"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = json_of(response).await;
+    let (code, body) = server.upload_form(form).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{body}");
-    let id = Uuid::parse_str(body["task_id"].as_str().unwrap()).unwrap();
+    let id = task_id_of(&body);
     let status = server.wait_finished(id).await;
     assert_eq!(status["status"], "DONE", "{status}");
     assert_eq!(status["filename"], "my_plays__x_.csv");
@@ -61,12 +54,7 @@ async fn multipart_file_after_other_fields_with_a_hostile_name() {
         "my_plays__x__aggregated.csv"
     );
     assert_eq!(response.text().await.unwrap(), SEED_OUTPUT);
-    let mut stored: Vec<String> = std::fs::read_dir(server.storage_dir().join("raw_data"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    stored.sort();
-    assert_eq!(stored, vec![format!("{id}.csv")]);
+    assert_eq!(server.raw_data_files(), vec![format!("{id}.csv")]);
     server.stop().await;
 }
 
@@ -125,30 +113,12 @@ async fn bad_uploads_and_routes_get_json_errors() {
         assert_eq!(code, expected, "{what}: {body}");
         assert!(body["error"].is_string(), "{what}: {body}");
     }
-    let (_, list) = json_of(
-        server
-            .client
-            .get(server.url("/v1/tasks"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, list) = server.get_json("/v1/tasks").await;
     assert_eq!(list["count"], 0, "a rejected upload made a task: {list}");
-    let leftovers = std::fs::read_dir(server.storage_dir().join("raw_data"))
-        .unwrap()
-        .count();
+    let leftovers = server.raw_data_files().len();
     assert_eq!(leftovers, 0, "a rejected upload left a file");
 
-    let (code, health) = json_of(
-        server
-            .client
-            .get(server.url("/health"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, health) = server.get_json("/health").await;
     assert_eq!(code, StatusCode::OK, "{health}");
     assert_eq!(health["mode"], "embedded");
     server.stop().await;
@@ -209,15 +179,7 @@ async fn cancelling_a_running_task_stops_it() {
             _ => panic!("the big task should still be running: {status}"),
         }
     }
-    let (code, body) = json_of(
-        server
-            .client
-            .delete(server.url(&format!("/v1/tasks/{big}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, body) = server.cancel(big).await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "CANCELLED");
 

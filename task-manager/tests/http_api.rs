@@ -39,15 +39,7 @@ async fn seed_example(kind: DbKind) {
     assert_eq!(attachment_filename(&response), "plays_aggregated.csv");
     assert_eq!(response.text().await.unwrap(), SEED_OUTPUT);
 
-    let (code, task) = json_of(
-        server
-            .client
-            .get(server.url(&format!("/v1/tasks/{id}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, task) = server.get_json(&format!("/v1/tasks/{id}")).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(task["status"], "DONE");
     assert_eq!(task["created_at"], status["created_at"]);
@@ -98,15 +90,7 @@ async fn unknown_and_malformed_ids(kind: DbKind) {
             "{path}: {body}"
         );
     }
-    let (code, _) = json_of(
-        server
-            .client
-            .delete(server.url(&format!("/v1/tasks/{unknown}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, _) = server.cancel(unknown).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 
     for path in [
@@ -179,15 +163,7 @@ async fn list_pagination(kind: DbKind) {
         "page_size=1000",
         "page=-1",
     ] {
-        let (code, body) = json_of(
-            server
-                .client
-                .get(server.url(&format!("/v1/tasks?{bad}")))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (code, body) = server.get_json(&format!("/v1/tasks?{bad}")).await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}: {body}");
         assert!(body["error"].is_string(), "{bad}: {body}");
     }
@@ -255,15 +231,7 @@ async fn cancel_queued_task(kind: DbKind) {
     let url = server.url(&task_protocol::events_path(done));
     let (_, ack) = json_of(server.client.post(&url).json(&finish).send().await.unwrap()).await;
     assert_eq!(ack["status"], "FAILED");
-    let (code, body) = json_of(
-        server
-            .client
-            .delete(server.url(&format!("/v1/tasks/{done}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, body) = server.cancel(done).await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["status"], "FAILED");
 

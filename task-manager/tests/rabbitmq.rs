@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use task_protocol::{TaskMessage, events_path};
@@ -20,12 +20,7 @@ struct Broker {
 
 impl Broker {
     async fn connect() -> Broker {
-        let url = server_url(AMQP_URL);
-        let connection = Connection::connect(&url, ConnectionProperties::default())
-            .await
-            .unwrap_or_else(|e| {
-                panic!("RabbitMQ is unreachable at {url}: {e}\nStart it with: rabbitmq-server -detached")
-            });
+        let connection = amqp_connect().await;
         let channel = connection.create_channel().await.expect("AMQP channel");
         Broker {
             connection,
@@ -42,6 +37,20 @@ impl Broker {
             .expect("basic.get")
             .expect("a message on the queue")
             .delivery
+    }
+
+    /// Takes the next message of the queue as a [`TaskMessage`].
+    async fn take_message(&self) -> TaskMessage {
+        serde_json::from_slice(&self.take().await.data).expect("TaskMessage JSON")
+    }
+
+    /// Starts a task manager that publishes on this broker's queue.
+    async fn start_server(&self) -> TestServer {
+        start_server_with(DbKind::Sqlite, |settings| {
+            settings.amqp_url = Some(server_url(AMQP_URL));
+            settings.queue_name = self.queue.clone();
+        })
+        .await
     }
 
     async fn delete_queue(self) {
@@ -69,11 +78,7 @@ async fn post_event(server: &TestServer, id: Uuid, event: Value) -> (StatusCode,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_publishes_and_worker_events_drive_the_task() {
     let broker = Broker::connect().await;
-    let server = start_server_with(DbKind::Sqlite, |settings| {
-        settings.amqp_url = Some(server_url(AMQP_URL));
-        settings.queue_name = broker.queue.clone();
-    })
-    .await;
+    let server = broker.start_server().await;
 
     let id = server.upload("plays.csv", SEED_INPUT).await;
     let delivery = broker.take().await;
@@ -138,17 +143,9 @@ async fn upload_publishes_and_worker_events_drive_the_task() {
 
     // Cancelled before a worker started: the worker learns it from the ack.
     let second = server.upload("second.csv", SEED_INPUT).await;
-    let message: TaskMessage = serde_json::from_slice(&broker.take().await.data).unwrap();
+    let message = broker.take_message().await;
     assert_eq!(message.task_id, second);
-    let (code, body) = json_of(
-        server
-            .client
-            .delete(server.url(&format!("/v1/tasks/{second}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, body) = server.cancel(second).await;
     assert_eq!(code, StatusCode::OK, "{body}");
     let (_, ack) = post_event(&server, second, json!({"event": "started"})).await;
     assert_eq!(ack["status"], "CANCELLED");
@@ -160,15 +157,7 @@ async fn upload_publishes_and_worker_events_drive_the_task() {
     assert!(code.is_client_error(), "{code}: {body}");
     assert!(body["error"].is_string(), "{body}");
 
-    let (code, health) = json_of(
-        server
-            .client
-            .get(server.url("/health"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, health) = server.get_json("/health").await;
     assert_eq!(code, StatusCode::OK, "{health}");
     assert_eq!(health["queue"], "ok");
     assert_eq!(health["mode"], "rabbitmq");
@@ -185,14 +174,9 @@ async fn unreachable_broker_answers_503_and_fails_the_task() {
     })
     .await;
     let part = reqwest::multipart::Part::bytes(SEED_INPUT.as_bytes().to_vec()).file_name("p.csv");
-    let response = server
-        .client
-        .post(server.url("/v1/data_processor/upload"))
-        .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = json_of(response).await;
+    let (code, body) = server
+        .upload_form(reqwest::multipart::Form::new().part("file", part))
+        .await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(
         body["error"]
@@ -202,15 +186,7 @@ async fn unreachable_broker_answers_503_and_fails_the_task() {
         "{body}"
     );
 
-    let (_, list) = json_of(
-        server
-            .client
-            .get(server.url("/v1/tasks"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, list) = server.get_json("/v1/tasks").await;
     assert_eq!(list["count"], 1, "{list}");
     let task = &list["results"][0];
     assert_eq!(task["status"], "FAILED", "{task}");
@@ -218,15 +194,7 @@ async fn unreachable_broker_answers_503_and_fails_the_task() {
     let raw = server.storage_dir().join(format!("raw_data/{id}.csv"));
     assert!(!raw.exists(), "the upload of an unqueued task was kept");
 
-    let (code, health) = json_of(
-        server
-            .client
-            .get(server.url("/health"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, health) = server.get_json("/health").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{health}");
     assert_eq!(health["database"], "ok");
     assert_ne!(health["queue"], "ok");
@@ -259,13 +227,9 @@ fn connections_of(queue: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_is_reopened() {
     let broker = Broker::connect().await;
-    let server = start_server_with(DbKind::Sqlite, |settings| {
-        settings.amqp_url = Some(server_url(AMQP_URL));
-        settings.queue_name = broker.queue.clone();
-    })
-    .await;
+    let server = broker.start_server().await;
     let first = server.upload("plays.csv", SEED_INPUT).await;
-    let message: TaskMessage = serde_json::from_slice(&broker.take().await.data).unwrap();
+    let message = broker.take_message().await;
     assert_eq!(message.task_id, first);
 
     let connections = connections_of(&broker.queue);
@@ -273,22 +237,14 @@ async fn a_lost_connection_is_reopened() {
     let closed = connections[0].clone();
     rabbitmqctl(&["close_connection", &closed, "closed by a test"]);
     let second = server.upload("plays.csv", SEED_INPUT).await;
-    let message: TaskMessage = serde_json::from_slice(&broker.take().await.data).unwrap();
+    let message = broker.take_message().await;
     assert_eq!(message.task_id, second);
     let connections = connections_of(&broker.queue);
     assert!(
         connections.iter().any(|pid| *pid != closed),
         "no new connection: {connections:?}"
     );
-    let (code, health) = json_of(
-        server
-            .client
-            .get(server.url("/health"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, health) = server.get_json("/health").await;
     assert_eq!(code, StatusCode::OK, "{health}");
 
     broker.delete_queue().await;

@@ -86,23 +86,24 @@ async fn assert_unauthorized(what: &str, request: RequestBuilder) {
     );
 }
 
-fn raw_data_files(server: &TestServer) -> Vec<String> {
-    std::fs::read_dir(server.storage_dir().join("raw_data"))
-        .expect("raw_data")
-        .map(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect()
-}
-
 async fn task_count(client: &Client, server: &TestServer) -> u64 {
     let (code, list) = json_of(client.get(server.url("/v1/tasks")).send().await.unwrap()).await;
     assert_eq!(code, StatusCode::OK, "{list}");
     list["count"].as_u64().expect("count")
+}
+
+/// Asserts that no task was recorded and no upload was stored.
+async fn assert_nothing_recorded(server: &TestServer) {
+    assert_eq!(
+        task_count(&server.client, server).await,
+        0,
+        "a task was recorded"
+    );
+    assert_eq!(
+        server.raw_data_files(),
+        Vec::<String>::new(),
+        "a file was left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +140,7 @@ async fn v1_needs_one_of_the_api_tokens() {
 
     // Nothing was recorded, stored or cancelled by the refused requests.
     assert_eq!(task_count(&second, &server).await, 1);
-    assert_eq!(raw_data_files(&server), vec![format!("{id}.csv")]);
+    assert_eq!(server.raw_data_files(), vec![format!("{id}.csv")]);
     assert_eq!(server_status(&first, &server, id).await, "DONE");
 
     // Each right request goes through, whichever token.
@@ -273,16 +274,7 @@ async fn uploads_over_the_size_limit_are_refused() {
         .expect("upload request");
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
-    assert_eq!(
-        task_count(&server.client, &server).await,
-        0,
-        "a task was recorded"
-    );
-    assert_eq!(
-        raw_data_files(&server),
-        Vec::<String>::new(),
-        "a file was left"
-    );
+    assert_nothing_recorded(&server).await;
 
     // Up to the limit is fine.
     let id = server.upload("plays.csv", SEED_INPUT).await;
@@ -343,16 +335,7 @@ async fn uploads_without_the_csv_header_are_refused() {
             );
         }
     }
-    assert_eq!(
-        task_count(&server.client, &server).await,
-        0,
-        "a task was recorded"
-    );
-    assert_eq!(
-        raw_data_files(&server),
-        Vec::<String>::new(),
-        "a file was left"
-    );
+    assert_nothing_recorded(&server).await;
 
     // A BOM, quoted header fields and CRLF are a right header.
     let id = server

@@ -1,41 +1,11 @@
 //! Property tests: the engine equals a naive reference (csv crate + BTreeMap) on random
 //! inputs, through both input kinds, with and without forced spilling.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 
 use proptest::prelude::*;
 
 use crate::{Config, Control, Input, aggregate_to_writer};
-
-/// Reference: parse with the csv crate, sum in a BTreeMap keyed by (song bytes, date text),
-/// write with the csv crate's minimal quoting.
-fn reference(input: &[u8]) -> Vec<u8> {
-    let mut reader = csv::ReaderBuilder::new().from_reader(input);
-    let mut sums: BTreeMap<(Vec<u8>, Vec<u8>), u64> = BTreeMap::new();
-    for record in reader.byte_records() {
-        let record = record.expect("reference input is valid");
-        let plays: u64 = std::str::from_utf8(&record[2])
-            .expect("ascii")
-            .parse()
-            .expect("number");
-        *sums
-            .entry((record[0].to_vec(), record[1].to_vec()))
-            .or_insert(0) += plays;
-    }
-    let mut writer = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
-    writer
-        .write_record(["Song", "Date", "Number of Plays"])
-        .expect("write");
-    for ((song, date), plays) in sums {
-        writer
-            .write_record([&song[..], &date[..], plays.to_string().as_bytes()])
-            .expect("write");
-    }
-    writer.into_inner().expect("flush")
-}
 
 fn run_engine(input: &[u8], config: &Config, as_file: bool) -> Vec<u8> {
     let mut out = Vec::new();
@@ -126,7 +96,7 @@ proptest! {
         block in prop_oneof![Just(64usize), Just(1000), Just(4 << 20)],
     ) {
         let input = render(&rows, crlf, quote_all, final_newline || rows.is_empty());
-        let expected = reference(&input);
+        let expected = fixtures::reference::aggregate(&input);
         let config = Config {
             threads,
             memory_limit: if spill { 1 } else { 1 << 30 },
@@ -168,7 +138,7 @@ fn forced_spills_are_counted_and_merged() {
     // More runs than one merge reads at once: exercises the intermediate merges too.
     assert!(summary.spilled_runs > 64, "{summary:?}");
     assert_eq!(summary.rows_read, 20000);
-    assert_eq!(out, reference(&input));
+    assert_eq!(out, fixtures::reference::aggregate(&input));
     assert_eq!(
         summary.groups_written as usize,
         out.iter().filter(|&&b| b == b'\n').count() - 1

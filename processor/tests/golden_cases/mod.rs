@@ -119,3 +119,13 @@ pub fn first_difference(actual: &[u8], expected: &[u8]) -> String {
     }
     "no difference".into()
 }
+
+/// Directory entries, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("readable directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}

@@ -168,6 +168,22 @@ impl TestServer {
         self.storage.path().to_path_buf()
     }
 
+    /// The names of the files in `raw_data/` (the stored uploads), sorted.
+    pub fn raw_data_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.storage_dir().join("raw_data"))
+            .expect("raw_data")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Uploads `content` as multipart field `file`; asserts 202 and returns the task id.
     pub async fn upload(&self, filename: &str, content: &str) -> Uuid {
         upload(&self.client, &self.base_url, filename, content).await
@@ -186,6 +202,43 @@ impl TestServer {
     /// `GET` the download endpoint.
     pub async fn download(&self, id: Uuid) -> Response {
         download(&self.client, &self.base_url, id).await
+    }
+
+    /// `GET path`: the code and JSON body of the answer.
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        json_of(
+            self.client
+                .get(self.url(path))
+                .send()
+                .await
+                .expect("GET request"),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/tasks/{id}` (cancel a task): the code and JSON body of the answer.
+    pub async fn cancel(&self, id: impl std::fmt::Display) -> (StatusCode, Value) {
+        json_of(
+            self.client
+                .delete(self.url(&format!("/v1/tasks/{id}")))
+                .send()
+                .await
+                .expect("DELETE request"),
+        )
+        .await
+    }
+
+    /// Posts `form` to the upload endpoint: the code and JSON body of the answer.
+    pub async fn upload_form(&self, form: reqwest::multipart::Form) -> (StatusCode, Value) {
+        json_of(
+            self.client
+                .post(self.url("/v1/data_processor/upload"))
+                .multipart(form)
+                .send()
+                .await
+                .expect("upload request"),
+        )
+        .await
     }
 
     /// Stops the server and drops its database.
@@ -226,10 +279,7 @@ pub async fn upload(client: &Client, base_url: &str, filename: &str, content: &s
     let body: Value = response.json().await.expect("upload answer is JSON");
     assert_eq!(code, StatusCode::ACCEPTED, "upload answered {body}");
     assert_eq!(body["status"], "RECEIVED", "{body}");
-    body["task_id"]
-        .as_str()
-        .and_then(|id| Uuid::parse_str(id).ok())
-        .unwrap_or_else(|| panic!("no task_id in {body}"))
+    task_id_of(&body)
 }
 
 /// The status JSON of a task (asserting 200).
@@ -305,16 +355,30 @@ pub async fn json_of(response: Response) -> (StatusCode, Value) {
     (code, body)
 }
 
-/// Deletes a RabbitMQ queue made for a test.
-pub async fn delete_queue(queue: &str) {
+/// The id of the task in an upload answer.
+pub fn task_id_of(body: &Value) -> Uuid {
+    body["task_id"]
+        .as_str()
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .unwrap_or_else(|| panic!("no task_id in {body}"))
+}
+
+/// A connection to the test's RabbitMQ; panics with how to start it when unreachable.
+pub async fn amqp_connect() -> lapin::Connection {
     let url = server_url(AMQP_URL);
-    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+    lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
         .await
         .unwrap_or_else(|e| {
             panic!(
-                "RabbitMQ is unreachable at {url}: {e}\nStart it with: rabbitmq-server -detached"
+                "RabbitMQ is unreachable at {url}: {e}\nThis test needs the real server; \
+                 start it with: rabbitmq-server -detached"
             )
-        });
+        })
+}
+
+/// Deletes a RabbitMQ queue made for a test.
+pub async fn delete_queue(queue: &str) {
+    let connection = amqp_connect().await;
     let channel = connection.create_channel().await.expect("AMQP channel");
     channel
         .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
