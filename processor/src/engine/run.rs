@@ -13,7 +13,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::hash::{u32_at, u64_at};
-use super::table::{SongRef, name_key};
+use super::table::{NameKey, SongRef, name_key};
 use super::validate::PackedDate;
 use crate::Error;
 
@@ -24,8 +24,8 @@ pub(crate) type SongDays<'a> = (&'a [u8], &'a [(PackedDate, u64)]);
 pub(crate) trait Run {
     /// The current song and its dates, or `None` at the end.
     fn current(&self) -> Option<SongDays<'_>>;
-    /// [`name_key`] of the current song's name (0 at the end).
-    fn key(&self) -> u128;
+    /// [`name_key`] of the current song's name (zero at the end).
+    fn key(&self) -> NameKey;
     /// Moves to the next song.
     fn advance(&mut self) -> Result<(), Error>;
 }
@@ -62,8 +62,8 @@ impl Run for TableRun<'_> {
         Some((song.name, &self.days))
     }
 
-    fn key(&self) -> u128 {
-        self.order.get(self.pos).map_or(0, SongRef::key)
+    fn key(&self) -> NameKey {
+        self.order.get(self.pos).map_or((0, 0), SongRef::key)
     }
 
     fn advance(&mut self) -> Result<(), Error> {
@@ -146,7 +146,7 @@ fn write_song(out: &mut impl Write, name: &[u8], days: &[(PackedDate, u64)]) -> 
 pub(crate) struct DiskRun {
     reader: BufReader<File>,
     name: Vec<u8>,
-    key: u128,
+    key: NameKey,
     days: Vec<(PackedDate, u64)>,
     done: bool,
     dir: PathBuf,
@@ -157,7 +157,7 @@ impl DiskRun {
         let mut run = DiskRun {
             reader: BufReader::with_capacity(1 << 16, file),
             name: Vec::new(),
-            key: 0,
+            key: (0, 0),
             days: Vec::new(),
             done: false,
             dir: dir.to_path_buf(),
@@ -193,7 +193,7 @@ impl Run for DiskRun {
         (!self.done).then_some((&self.name[..], &self.days[..]))
     }
 
-    fn key(&self) -> u128 {
+    fn key(&self) -> NameKey {
         self.key
     }
 
@@ -222,7 +222,7 @@ impl Run for AnyRun<'_> {
         }
     }
 
-    fn key(&self) -> u128 {
+    fn key(&self) -> NameKey {
         match self {
             AnyRun::Table(run) => run.key(),
             AnyRun::Disk(run) => run.key(),

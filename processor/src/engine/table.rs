@@ -15,9 +15,8 @@ pub(crate) struct SumOverflow;
 /// A song of a table with its name resolved.
 #[derive(Clone, Copy)]
 pub(crate) struct SongRef<'a> {
-    /// The name's first 16 bytes, big endian, zero padded: comparing keys orders most names
-    /// without touching their bytes.
-    key: u128,
+    /// See [`name_key`].
+    key: NameKey,
     pub name: &'a [u8],
     song: &'a Song,
 }
@@ -32,7 +31,7 @@ impl<'a> SongRef<'a> {
     }
 
     /// See [`name_key`].
-    pub(crate) fn key(&self) -> u128 {
+    pub(crate) fn key(&self) -> NameKey {
         self.key
     }
 
@@ -50,14 +49,20 @@ impl<'a> SongRef<'a> {
     }
 }
 
-/// A name's first 16 bytes, big endian, zero padded: names with different keys compare as
-/// their keys do, so most comparisons need not touch the names.
+/// A name's first 24 bytes as big-endian words, zero padded: names with different keys
+/// compare as their keys do, so most comparisons need not touch the names.
+pub(crate) type NameKey = (u128, u64);
+
+/// The [`NameKey`] of `name`.
 #[inline]
-pub(crate) fn name_key(name: &[u8]) -> u128 {
-    let mut prefix = [0u8; 16];
-    let len = name.len().min(16);
+pub(crate) fn name_key(name: &[u8]) -> NameKey {
+    let mut prefix = [0u8; 24];
+    let len = name.len().min(24);
     prefix[..len].copy_from_slice(&name[..len]);
-    u128::from_be_bytes(prefix)
+    let (high, low) = prefix.split_at(16);
+    let high: [u8; 16] = high.try_into().unwrap_or_default();
+    let low: [u8; 8] = low.try_into().unwrap_or_default();
+    (u128::from_be_bytes(high), u64::from_be_bytes(low))
 }
 
 /// Names up to this length live in the slot itself.
