@@ -82,6 +82,25 @@ impl TaskMessage {
     }
 }
 
+/// Declares the task queue as every party must: RabbitMQ refuses a second declaration with
+/// other options, so the task manager and the workers both call this one.
+#[cfg(feature = "amqp")]
+pub async fn declare_task_queue(
+    channel: &lapin::Channel,
+    name: &str,
+) -> lapin::Result<lapin::Queue> {
+    channel
+        .queue_declare(
+            name.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+}
+
 /// Storage-relative path of a task's uploaded input.
 pub fn raw_data_path(task_id: Uuid) -> String {
     format!("raw_data/{task_id}.csv")

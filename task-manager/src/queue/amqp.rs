@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use task_protocol::TaskMessage;
 use tokio::sync::Mutex;
@@ -176,17 +175,7 @@ impl AmqpPublisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        // Declared exactly as the workers declare it: durable, no arguments.
-        channel
-            .queue_declare(
-                self.queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        task_protocol::declare_task_queue(&channel, &self.queue).await?;
         Ok((connection, channel))
     }
 

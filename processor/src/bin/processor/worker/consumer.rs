@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions, QueueDeclareOptions,
+    BasicRejectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
@@ -114,15 +114,7 @@ impl Consumer {
             .await
             .context("cannot connect to RabbitMQ")?;
         let channel = connection.create_channel().await?;
-        channel
-            .queue_declare(
-                settings.queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        task_protocol::declare_task_queue(&channel, &settings.queue)
             .await
             .with_context(|| format!("cannot declare the queue {:?}", settings.queue))?;
         channel
