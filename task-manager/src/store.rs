@@ -6,6 +6,8 @@
 //! terminal status (DONE, FAILED, CANCELLED) is never left, whatever the order of concurrent
 //! events.
 
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
@@ -13,6 +15,8 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::query::Query;
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row};
 use task_protocol::{TaskStatus, WorkerEvent};
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 use uuid::Uuid;
 
 /// Longest error message kept (the column is `VARCHAR(4000)`).
@@ -94,6 +98,8 @@ pub struct TaskPage {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Woken whenever a task's status may have changed (see [`Store::changed`]).
+    changes: Arc<Notify>,
 }
 
 const COLUMNS: &str = "id, status, original_filename, created_at, updated_at, input_bytes, \
@@ -121,7 +127,11 @@ impl Store {
                 .await?;
         }
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            changes: Arc::default(),
+        })
     }
 
     /// Closes the pool, waiting for the connections in use.
@@ -281,6 +291,7 @@ impl Store {
                 .bind(truncate(error, MAX_ERROR_CHARS)),
         };
         query.bind(id.to_string()).execute(&self.pool).await?;
+        self.changes.notify_waiters();
         self.status(id).await
     }
 
@@ -304,7 +315,17 @@ impl Store {
         .bind(id.to_string())
         .execute(&self.pool)
         .await?;
+        self.changes.notify_waiters();
         self.get(id).await
+    }
+
+    /// Resolves at the next status change of any task made through this store (in this
+    /// process): a waiter creates it, reads the status, then awaits it, and misses nothing.
+    pub fn changed(&self) -> Pin<Box<OwnedNotified>> {
+        let mut notified = Box::pin(self.changes.clone().notified_owned());
+        // Registered now, not at the first poll: a change between here and the await counts.
+        notified.as_mut().enable();
+        notified
     }
 
     fn query(&self, sql: &'static str) -> Query<'static, Any, AnyArguments> {

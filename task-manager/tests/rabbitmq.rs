@@ -250,3 +250,55 @@ async fn a_lost_connection_is_reopened() {
     broker.delete_queue().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_with_wait_answers_as_soon_as_the_task_finishes() {
+    let broker = Broker::connect().await;
+    let server = broker.start_server().await;
+    let id = server.upload("plays.csv", SEED_INPUT).await;
+    let status_path = format!("/v1/tasks/status/{id}");
+
+    // Unfinished: held until the time is up, then the current status.
+    let (code, body) = server.get_json(&format!("{status_path}?wait=0.2")).await;
+    assert_eq!(
+        (code, body["status"].clone()),
+        (StatusCode::OK, json!("RECEIVED"))
+    );
+    for bad in ["61", "-1", "soon"] {
+        let (code, body) = server.get_json(&format!("{status_path}?wait={bad}")).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "wait={bad}: {body}");
+    }
+
+    // A long wait ends with the task, not with its deadline.
+    let waiting = {
+        let client = server.client.clone();
+        let url = server.url(&format!("{status_path}?wait=60"));
+        tokio::spawn(async move { json_of(client.get(url).send().await.expect("status")).await })
+    };
+    let (_, ack) = post_event(&server, id, json!({"event": "started"})).await;
+    assert_eq!(ack["status"], "PROCESSING");
+    std::fs::write(
+        server
+            .storage_dir()
+            .join(TaskMessage::for_task(id).output_path),
+        SEED_OUTPUT,
+    )
+    .unwrap();
+    let done = json!({"event": "done", "rows": 7, "groups": 4, "output_bytes": SEED_OUTPUT.len()});
+    post_event(&server, id, done).await;
+    let (code, body) = tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+        .await
+        .expect("the waiting request did not end with the task")
+        .expect("status task");
+    assert_eq!(
+        (code, body["status"].clone()),
+        (StatusCode::OK, json!("DONE"))
+    );
+
+    // Finished: at once, whatever the wait.
+    let (_, body) = server.get_json(&format!("{status_path}?wait=60")).await;
+    assert_eq!(body["status"], "DONE");
+
+    broker.delete_queue().await;
+    server.stop().await;
+}

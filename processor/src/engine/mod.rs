@@ -24,6 +24,7 @@ use std::time::Instant;
 
 pub(crate) use shards::Overflowed;
 pub use source::check_header;
+pub use worker::return_free_memory;
 
 use crate::{Config, Control, Error, Phase, Summary};
 

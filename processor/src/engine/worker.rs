@@ -134,9 +134,10 @@ fn flush_and_spill(table: &mut ShardedTable, shared: &Shared<'_>) {
     }
 }
 
-/// Gives freed heap pages back to the system after a spill, so that resident memory tracks
-/// the budget rather than the allocator's high-water mark.
-fn return_free_memory() {
+/// Gives freed heap pages back to the system (after a spill; after a run in long-lived
+/// processes), so that resident memory tracks the budget rather than the allocator's
+/// high-water mark.
+pub fn return_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory held by glibc's allocator.
     unsafe {

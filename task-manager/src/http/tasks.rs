@@ -6,6 +6,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use task_protocol::TaskStatus;
+use tokio::time::{Duration, Instant};
 
 use super::view::TaskView;
 use super::{ApiError, SharedState, TaskId};
@@ -15,18 +16,61 @@ const DEFAULT_PAGE_SIZE: u64 = 20;
 /// Largest `page_size`.
 const MAX_PAGE_SIZE: u64 = 100;
 
-/// `GET /v1/tasks/status/{task_id}` and `GET /v1/tasks/{task_id}`: the task.
+/// Longest `wait` of a status request.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Query of the status endpoints.
+#[derive(Debug, Deserialize)]
+pub struct StatusQuery {
+    /// Seconds to hold the answer while the task is unfinished (long polling): the answer
+    /// comes as soon as the task is DONE, FAILED or CANCELLED, or when the time is up.
+    wait: Option<String>,
+}
+
+/// `GET /v1/tasks/status/{task_id}` and `GET /v1/tasks/{task_id}`: the task, at once or,
+/// with `?wait=SECONDS`, as soon as it is finished (at most that long).
 pub async fn status(
     State(state): State<SharedState>,
     TaskId(id): TaskId,
+    query: Result<Query<StatusQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<TaskView>, ApiError> {
-    let task = state
-        .store
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::task_not_found(id))?;
-    Ok(Json(TaskView::new(task, &state.base_url(&headers))))
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let deadline = Instant::now() + parse_wait(query.wait.as_deref())?;
+    loop {
+        // Created before reading, so that a change right after the read wakes us.
+        let changed = state.store.changed();
+        let task = state
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| ApiError::task_not_found(id))?;
+        if task.status.is_terminal() || Instant::now() >= deadline {
+            return Ok(Json(TaskView::new(task, &state.base_url(&headers))));
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// The `wait` of a status request: seconds from 0 to [`MAX_WAIT`], fractions allowed.
+fn parse_wait(text: Option<&str>) -> Result<Duration, ApiError> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(Duration::ZERO);
+    };
+    text.parse::<f64>()
+        .ok()
+        .filter(|seconds| (0.0..=MAX_WAIT.as_secs_f64()).contains(seconds))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid wait {:?}: expected seconds from 0 to {}",
+                text.chars().take(40).collect::<String>(),
+                MAX_WAIT.as_secs()
+            ))
+        })
 }
 
 /// `DELETE /v1/tasks/{task_id}`: cancels the task unless it is finished (409).
@@ -120,7 +164,7 @@ fn parse_number(name: &str, text: Option<&str>, default: u64, max: u64) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use super::parse_number;
+    use super::{Duration, parse_number, parse_wait};
 
     #[test]
     fn numbers() {
@@ -131,5 +175,17 @@ mod tests {
         assert!(parse_number("page", Some("11"), 1, 10).is_err());
         assert!(parse_number("page", Some("-1"), 1, 10).is_err());
         assert!(parse_number("page", Some("x"), 1, 10).is_err());
+    }
+
+    #[test]
+    fn waits() {
+        assert_eq!(parse_wait(None).unwrap(), Duration::ZERO);
+        assert_eq!(parse_wait(Some("")).unwrap(), Duration::ZERO);
+        assert_eq!(parse_wait(Some("2")).unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_wait(Some("0.5")).unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_wait(Some("60")).unwrap(), Duration::from_secs(60));
+        for bad in ["61", "-1", "x", "NaN", "inf"] {
+            assert!(parse_wait(Some(bad)).is_err(), "{bad}");
+        }
     }
 }

@@ -16,14 +16,13 @@ use axum::http::header::CONTENT_TYPE;
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use task_protocol::TaskStatus;
-use tokio::io::{AsyncWriteExt, BufWriter};
 use uuid::Uuid;
 
 use super::{ApiError, SharedState};
 use crate::storage::sanitize_filename;
+use spool::Spool;
 
-/// Write buffer between the network and the disk.
-const WRITE_BUFFER: usize = 1 << 20;
+mod spool;
 
 /// Content types accepted as a raw CSV body.
 const RAW_TYPES: [&str; 4] = [
@@ -65,7 +64,7 @@ pub async fn upload(
         .as_file()
         .try_clone()
         .map_err(|e| ApiError::storage("cannot store the upload", e))?;
-    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
+    let mut writer = Spool::new(file);
     let limit = state.max_upload_bytes;
 
     let (bytes, filename) = if essence == "multipart/form-data" {
@@ -103,10 +102,10 @@ pub async fn upload(
         ));
     }
 
-    let store_error = |e| ApiError::storage("cannot store the upload", e);
-    writer.flush().await.map_err(store_error)?;
-    writer.get_ref().sync_all().await.map_err(store_error)?;
-    drop(writer);
+    writer
+        .finish()
+        .await
+        .map_err(|e| ApiError::storage("cannot store the upload", e))?;
     let id = Uuid::new_v4();
     let input = state.storage.input_path(id);
     temp.persist(&input)
@@ -136,11 +135,7 @@ pub async fn upload(
 /// Writes a stream of chunks; returns the bytes written. Fails with 413 as soon as more than
 /// `limit` bytes arrived, and with 400 when the input does not start with the CSV header.
 /// The beginning is held back until its header line is complete and checked.
-async fn copy<S, E>(
-    chunks: S,
-    writer: &mut BufWriter<tokio::fs::File>,
-    limit: u64,
-) -> Result<u64, ApiError>
+async fn copy<S, E>(chunks: S, writer: &mut Spool, limit: u64) -> Result<u64, ApiError>
 where
     S: Stream<Item = Result<Bytes, E>>,
     E: std::fmt::Display,
@@ -165,11 +160,11 @@ where
             }
             None => chunk,
         };
-        write(writer, &data).await?;
+        write(writer, data).await?;
     }
     if let Some(held) = head.filter(|held| !held.is_empty()) {
         header_checked(&held, true)?;
-        write(writer, &held).await?;
+        write(writer, held.into()).await?;
     }
     Ok(bytes)
 }
@@ -191,9 +186,9 @@ fn too_large(limit: u64) -> ApiError {
     )
 }
 
-async fn write(writer: &mut BufWriter<tokio::fs::File>, data: &[u8]) -> Result<(), ApiError> {
+async fn write(writer: &mut Spool, data: Bytes) -> Result<(), ApiError> {
     writer
-        .write_all(data)
+        .write(data)
         .await
         .map_err(|e| ApiError::storage("cannot store the upload", e))
 }

@@ -168,7 +168,10 @@ impl Runner {
             let config = self.config.clone();
             let control = control.clone();
             tokio::task::spawn_blocking(move || {
-                processor::aggregate(Input::File(&input), &output, &config, &control)
+                let result = processor::aggregate(Input::File(&input), &output, &config, &control);
+                // This process lives on: give the run's memory back to the system.
+                processor::return_free_memory();
+                result
             })
         };
         let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);

@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use api::{Api, StatusError, TaskState};
 
-/// Interval between two status requests.
+/// Interval between two status requests. Each asks the server to hold its answer that long
+/// unless the task finishes (long polling), so the end is seen at once.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 /// Status requests failing in a row (task manager down) before the client gives up.
 const MAX_POLL_FAILURES: u32 = 60;
@@ -99,7 +100,8 @@ async fn upload_and_fetch(args: UploadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls the task's status every [`POLL_EVERY`] until it is DONE, FAILED or CANCELLED.
+/// Follows the task's status (one request per [`POLL_EVERY`] at most) until it is DONE,
+/// FAILED or CANCELLED.
 async fn follow(api: &Api, task_id: Uuid, show: bool) -> anyhow::Result<TaskState> {
     let bar = if show {
         ProgressBar::new(1000)
@@ -112,7 +114,8 @@ async fn follow(api: &Api, task_id: Uuid, show: bool) -> anyhow::Result<TaskStat
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut failures = 0;
     loop {
-        match api.status(task_id).await {
+        let next_poll = tokio::time::Instant::now() + POLL_EVERY;
+        match api.status(task_id, POLL_EVERY).await {
             Ok(state) => {
                 failures = 0;
                 bar.set_message(state.status.as_str());
@@ -134,7 +137,8 @@ async fn follow(api: &Api, task_id: Uuid, show: bool) -> anyhow::Result<TaskStat
                 bar.suspend(|| eprintln!("warning: {err:#}; retrying"));
             }
         }
-        tokio::time::sleep(POLL_EVERY).await;
+        // A server without long polling answers at once: keep the pace anyway.
+        tokio::time::sleep_until(next_poll).await;
     }
 }
 

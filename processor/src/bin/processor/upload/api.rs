@@ -99,13 +99,17 @@ impl Api {
         Ok(accepted.task_id)
     }
 
-    /// The task's current state.
-    pub async fn status(&self, task_id: Uuid) -> Result<TaskState, StatusError> {
-        let url = format!("{}/v1/tasks/status/{task_id}", self.base_url);
+    /// The task's state as soon as it is finished, or after `wait` at most.
+    pub async fn status(&self, task_id: Uuid, wait: Duration) -> Result<TaskState, StatusError> {
+        let url = format!(
+            "{}/v1/tasks/status/{task_id}?wait={}",
+            self.base_url,
+            wait.as_secs_f64()
+        );
         let response = self
             .http
             .get(&url)
-            .timeout(SHORT_REQUEST)
+            .timeout(SHORT_REQUEST + wait)
             .send()
             .await
             .with_context(|| format!("GET {url}"))

@@ -151,7 +151,10 @@ async fn run_engine(id: Uuid, input: PathBuf, output: PathBuf, ctx: &TaskContext
         let control = control.clone();
         let config = ctx.engine.clone();
         tokio::task::spawn_blocking(move || {
-            processor::aggregate(Input::File(&input), &output, &config, &control)
+            let result = processor::aggregate(Input::File(&input), &output, &config, &control);
+            // This process lives on: give the run's memory back to the system.
+            processor::return_free_memory();
+            result
         })
     };
     tokio::pin!(engine);

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# The service path against the CLI on the same file: upload + process + download with
+# `processor upload` through the task manager, divided by the wall time of `processor aggregate`
+# alone, and the task manager's peak RSS while it receives the upload.
+#
+#   bench/service.sh [MODE...]       MODE: embedded distributed (default: both)
+#
+#   embedded     the task manager on its embedded default (SQLite, engine in-process)
+#   distributed  the task manager on MariaDB + RabbitMQ with one `processor worker`
+#
+# Environment:
+#   SCENARIO=skewed  data set (see bench/compare.sh; default skewed, 1 GB)
+#   SIZE=100M        other data size
+#   RUNS=3           runs of each (rounds interleave the CLI and the service)
+#   AMQP_URL         default amqp://guest:guest@127.0.0.1:5672/%2f
+#   MARIADB_URL      server URL without database, default mysql://root@127.0.0.1:3306
+#                    (a database bench_service is created and dropped)
+#
+# Builds the release binaries, writes data into bench/data/ and results into
+# bench/results/service-<UTC time>/.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH_DIR")
+DATA=$BENCH_DIR/data
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+PROCESSOR=$TARGET/release/processor
+TASK_MANAGER=$TARGET/release/task-manager
+GENERATE=$TARGET/release/generate
+# shellcheck source=bench/common.sh
+source "$BENCH_DIR/common.sh"
+
+AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+MARIADB_URL=${MARIADB_URL:-mysql://root@127.0.0.1:3306}
+DATABASE=bench_service
+PIDS=()
+
+build() {
+    say "building processor, task-manager and generate (release)"
+    (cd "$ROOT" && cargo build -q --release -p processor -p task-manager -p fixtures) ||
+        die "cargo build failed"
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Starts the task manager (and a worker in distributed mode) for MODE; sets TM_PID and URL.
+start_service() {
+    local mode=$1 port storage=$WORK/$1
+    port=$(free_port)
+    URL=http://127.0.0.1:$port
+    mkdir -p "$storage"
+    local -a env=(PORT="$port" BIND=127.0.0.1 STORAGE_DIR="$storage" RUST_LOG=warn)
+    if [[ $mode == distributed ]]; then
+        mariadb -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS $DATABASE; CREATE DATABASE $DATABASE" ||
+            die "cannot reach MariaDB at $MARIADB_URL"
+        env+=(DATABASE_URL="$MARIADB_URL/$DATABASE" AMQP_URL="$AMQP_URL" QUEUE_NAME="bench_service_$$")
+    fi
+    # From the work directory: a developer's .env must not change the set-up.
+    (cd "$WORK" && exec env "${env[@]}" "$TASK_MANAGER" >"$WORK/$mode.tm.log" 2>&1) &
+    TM_PID=$!
+    PIDS+=("$TM_PID")
+    if [[ $mode == distributed ]]; then
+        (cd "$WORK" && exec env "${env[@]}" TASK_MANAGER_URL="$URL" "$PROCESSOR" worker \
+            >"$WORK/$mode.worker.log" 2>&1) &
+        PIDS+=("$!")
+    fi
+    for _ in $(seq 1 100); do
+        curl -fsS "$URL/health" >/dev/null 2>&1 && return
+        kill -0 "$TM_PID" 2>/dev/null || { cat "$WORK/$mode.tm.log" >&2; die "the task manager stopped"; }
+        sleep 0.1
+    done
+    die "the task manager did not come up (see $WORK/$mode.tm.log)"
+}
+
+stop_service() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+}
+
+# Resident KB of process $1 (0 when gone), without forking.
+rss_kb() {
+    local key value _
+    while read -r key value _; do
+        [[ $key == VmRSS: ]] && { echo "$value"; return; }
+    done <"/proc/$1/status" 2>/dev/null
+    echo 0
+}
+
+# seconds OUTPUT COMMAND...: runs COMMAND, prints its wall time in seconds.
+seconds() {
+    local start end
+    start=$(date +%s.%N)
+    "$@" >"$WORK/stdout" 2>"$WORK/stderr" || { cat "$WORK/stderr" >&2; die "failed: $*"; }
+    end=$(date +%s.%N)
+    echo "$end - $start" | bc -l
+}
+
+# Uploads INPUT through the service into OUTPUT; prints "seconds peak_rss_kb_during_upload".
+service_run() {
+    local input=$1 output=$2 start end peak=0 rss pid
+    : >"$WORK/upload.out"
+    start=$(date +%s.%N)
+    "$PROCESSOR" upload "$input" -o "$output" --url "$URL" --quiet >"$WORK/upload.out" 2>"$WORK/upload.err" &
+    pid=$!
+    # The client prints "task <id>" once the upload is accepted.
+    while kill -0 "$pid" 2>/dev/null && ! grep -q '^task ' "$WORK/upload.out"; do
+        rss=$(rss_kb "$TM_PID")
+        ((rss > peak)) && peak=$rss
+        sleep 0.02
+    done
+    wait "$pid" || { cat "$WORK/upload.err" >&2; die "processor upload failed"; }
+    end=$(date +%s.%N)
+    echo "$(echo "$end - $start" | bc -l) $peak"
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+main() {
+    local -a modes=()
+    local arg
+    for arg in "$@"; do
+        case $arg in
+            -h | --help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+            embedded | distributed) modes+=("$arg") ;;
+            *) die "unknown mode '$arg' (embedded, distributed)" ;;
+        esac
+    done
+    ((${#modes[@]})) || modes=(embedded distributed)
+    command -v bc >/dev/null || die "bc is missing (apt-get install bc)"
+    command -v curl >/dev/null || die "curl is missing (apt-get install curl)"
+
+    build
+    WORK=$(mktemp -d)
+    trap 'stop_service; rm -rf "$WORK"' EXIT
+    local name=${SCENARIO:-skewed} input
+    scenario "$name"
+    input=$(dataset "$name")
+    RESULTS=$BENCH_DIR/results/service-$(date -u +%Y%m%dT%H%M%SZ)
+    mkdir -p "$RESULTS"
+    local runs=${RUNS:-3} mode run cli service peak queue
+    say "$name: $(du -h "$input" | cut -f1), $runs run(s), modes: ${modes[*]}"
+    for mode in "${modes[@]}"; do
+        start_service "$mode"
+        : >"$WORK/cli" && : >"$WORK/service" && : >"$WORK/peak"
+        for ((run = 1; run <= runs; run++)); do
+            cli=$(seconds "$PROCESSOR" aggregate "$input" -o "$WORK/cli.csv" --quiet)
+            read -r service peak < <(service_run "$input" "$WORK/service.csv")
+            cmp -s "$WORK/cli.csv" "$WORK/service.csv" || die "$mode: the service's result differs from the CLI's"
+            printf '    %-12s run %s: CLI %6.2f s, service %6.2f s, task manager %4d MB during the upload\n' \
+                "$mode" "$run" "$cli" "$service" $((peak / 1024)) >&2
+            echo "$cli" >>"$WORK/cli" && echo "$service" >>"$WORK/service" && echo "$peak" >>"$WORK/peak"
+            rm -f "$WORK/cli.csv" "$WORK/service.csv"
+            rm -f "$WORK/$mode"/raw_data/*.csv "$WORK/$mode"/processed_data/*.csv
+        done
+        cli=$(median <"$WORK/cli")
+        service=$(median <"$WORK/service")
+        peak=$(sort -n "$WORK/peak" | tail -n 1)
+        printf '%s: CLI %.2f s, service %.2f s (%.2fx), task manager peak RSS during uploads %d MB\n' \
+            "$mode" "$cli" "$service" "$(echo "$service / $cli" | bc -l)" $((peak / 1024)) |
+            tee -a "$RESULTS/table.txt"
+        stop_service
+        if [[ $mode == distributed ]]; then
+            mariadb -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS $DATABASE" || true
+            for queue in "bench_service_$$" "bench_service_$$.dead"; do
+                rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
+            done
+        fi
+    done
+    say "results in $RESULTS"
+}
+
+main "$@"

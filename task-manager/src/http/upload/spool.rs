@@ -1,0 +1,136 @@
+//! Writes an upload to its file on a blocking thread, so the async threads only pass chunks
+//! along. Writeback to the disk starts while the bytes still arrive (every
+//! [`WRITEBACK_STEP`]), so that making the file durable at the end waits for the last
+//! stretch only, not for the whole upload.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+
+use axum::body::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Write buffer between the network and the disk.
+const WRITE_BUFFER: usize = 1 << 20;
+/// Chunks in flight between the network and the writer thread, at most.
+const CHUNKS_IN_FLIGHT: usize = 16;
+/// Bytes written between two requests to start writing back to the disk.
+const WRITEBACK_STEP: u64 = 32 << 20;
+
+/// An upload on its way to a file.
+pub struct Spool {
+    chunks: Option<mpsc::Sender<Bytes>>,
+    writer: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Spool {
+    /// Starts the writer thread for `file`.
+    pub fn new(file: File) -> Spool {
+        let (chunks, received) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let writer = tokio::task::spawn_blocking(move || write_all(file, received));
+        Spool {
+            chunks: Some(chunks),
+            writer: Some(writer),
+        }
+    }
+
+    /// Queues a chunk; fails with the writer's error once it has failed.
+    pub async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
+        if let Some(chunks) = &self.chunks
+            && chunks.send(chunk).await.is_ok()
+        {
+            return Ok(());
+        }
+        // The writer stopped: its error is the answer.
+        match self.finish().await {
+            Ok(()) => Err(io::Error::other("the upload writer stopped early")),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes what is queued and makes the file durable.
+    pub async fn finish(&mut self) -> io::Result<()> {
+        self.chunks = None;
+        let Some(writer) = self.writer.take() else {
+            return Err(io::Error::other("the upload writer has already stopped"));
+        };
+        writer
+            .await
+            .map_err(|e| io::Error::other(format!("the upload writer failed: {e}")))?
+    }
+}
+
+/// The writer thread: writes the chunks as they come, then syncs the file.
+fn write_all(file: File, mut chunks: mpsc::Receiver<Bytes>) -> io::Result<()> {
+    let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+    let mut written = 0u64;
+    let mut written_back = 0u64;
+    while let Some(chunk) = chunks.blocking_recv() {
+        out.write_all(&chunk)?;
+        written += chunk.len() as u64;
+        if written - written_back >= WRITEBACK_STEP {
+            out.flush()?;
+            start_writeback(out.get_ref(), written_back, written - written_back);
+            written_back = written;
+        }
+    }
+    out.flush()?;
+    out.get_ref().sync_all()
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` to the disk, without waiting.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a plain system call on an open descriptor; it only starts writeback.
+    let result = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if result != 0 {
+        // Only a hint: the final sync still makes the file durable.
+        tracing::debug!("sync_file_range failed: {}", io::Error::last_os_error());
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_every_chunk_in_order() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut spool = Spool::new(file.reopen().unwrap());
+        let mut expected = Vec::new();
+        for i in 0..1000u32 {
+            let chunk = Bytes::from(i.to_string().repeat(100));
+            expected.extend_from_slice(&chunk);
+            spool.write(chunk).await.unwrap();
+        }
+        spool.finish().await.unwrap();
+        assert_eq!(std::fs::read(file.path()).unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn a_write_error_reaches_the_sender() {
+        // Writing to a file opened read-only fails.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let read_only = File::open(file.path()).unwrap();
+        let mut spool = Spool::new(read_only);
+        let chunk = Bytes::from(vec![b'x'; 2 * WRITE_BUFFER]);
+        let mut failed = None;
+        for _ in 0..(CHUNKS_IN_FLIGHT + 4) {
+            if let Err(e) = spool.write(chunk.clone()).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        assert!(failed.is_some(), "no error reported while writing");
+        assert!(spool.finish().await.is_err(), "no error at the end");
+    }
+}
