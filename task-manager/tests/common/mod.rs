@@ -15,6 +15,8 @@ use serde_json::Value;
 use sqlx::Connection;
 use sqlx::migrate::MigrateDatabase;
 use task_manager::{Server, Settings};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use uuid::Uuid;
 
 /// The example of the task: unsorted input with several rows per (song, date).
@@ -361,6 +363,90 @@ pub fn task_id_of(body: &Value) -> Uuid {
         .as_str()
         .and_then(|id| Uuid::parse_str(id).ok())
         .unwrap_or_else(|| panic!("no task_id in {body}"))
+}
+
+/// Longest wait for the answer to a hand-written request (a guard against hangs).
+const RAW_ANSWER_DEADLINE: Duration = Duration::from_secs(120);
+
+/// `host:port` of a `http://host:port` base URL.
+pub fn host_of(base_url: &str) -> &str {
+    base_url.trim_start_matches("http://")
+}
+
+/// Opens a connection and writes the head of a `POST` of the upload endpoint (with
+/// `Connection: close`) and the first bytes of its body; the caller sends the rest, or not.
+pub async fn raw_upload(
+    base_url: &str,
+    content_type: &str,
+    content_length: usize,
+    first_bytes: &[u8],
+) -> TcpStream {
+    let host = host_of(base_url);
+    let mut stream = TcpStream::connect(host)
+        .await
+        .expect("connect to the server");
+    let head = format!(
+        "POST /v1/data_processor/upload HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {content_length}\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("send the head");
+    stream.write_all(first_bytes).await.expect("send the body");
+    stream.flush().await.expect("flush");
+    stream
+}
+
+/// The answer read from a hand-written request's connection until the server closes it: the
+/// code, the headers (lower-case names) and the JSON body; `None` when the server closed the
+/// connection without answering.
+pub async fn raw_answer(
+    mut connection: impl AsyncRead + Unpin,
+) -> Option<(u16, Vec<(String, String)>, Value)> {
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(RAW_ANSWER_DEADLINE, connection.read_to_end(&mut bytes))
+        .await
+        .expect("the server neither answered nor closed the connection");
+    if let Err(e) = read {
+        // A reset after the answer: keep what arrived.
+        assert!(
+            bytes.is_empty() || bytes.windows(4).any(|w| w == b"\r\n\r\n"),
+            "{e}"
+        );
+    }
+    if bytes.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("incomplete answer {text:?}"));
+    let mut lines = head.lines();
+    let code = lines
+        .next()
+        .and_then(|status| status.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let body = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("answer {code} is not JSON ({e}): {text:?}"));
+    Some((code, headers, body))
+}
+
+/// The number of tasks recorded (`GET /v1/tasks`, asserting 200).
+pub async fn task_count(client: &Client, base_url: &str) -> u64 {
+    let response = client
+        .get(format!("{base_url}/v1/tasks"))
+        .send()
+        .await
+        .expect("list request");
+    let (code, list) = json_of(response).await;
+    assert_eq!(code, StatusCode::OK, "{list}");
+    list["count"].as_u64().expect("count")
 }
 
 /// A connection to the test's RabbitMQ; panics with how to start it when unreachable.
