@@ -192,7 +192,10 @@ async fn outage_is_survived(kind: DbKind) {
     );
     let after = server.upload("after.csv", SEED_INPUT).await;
     assert_eq!(server.wait_finished(after).await["status"], "DONE");
-    assert_eq!(server.download(after).await.text().await.unwrap(), SEED_OUTPUT);
+    assert_eq!(
+        server.download(after).await.text().await.unwrap(),
+        SEED_OUTPUT
+    );
     assert_eq!(task_count(&server.client, &server.base_url).await, 2);
     server.stop().await;
 }

@@ -57,7 +57,10 @@ impl ChildServer {
         let client = Client::new();
         let started = Instant::now();
         loop {
-            if let Ok(response) = client.get(format!("{}/health", server.base_url)).send().await
+            if let Ok(response) = client
+                .get(format!("{}/health", server.base_url))
+                .send()
+                .await
                 && response.status().is_success()
             {
                 return server;
@@ -126,7 +129,9 @@ async fn stored_status(storage: &Path, id: Uuid) -> String {
     use sqlx::{Connection, Row};
     sqlx::any::install_default_drivers();
     let url = task_manager::default_database_url(storage);
-    let mut connection = sqlx::AnyConnection::connect(&url).await.expect("the database");
+    let mut connection = sqlx::AnyConnection::connect(&url)
+        .await
+        .expect("the database");
     let row = sqlx::query("SELECT status FROM tasks WHERE id = ?")
         .bind(id.to_string())
         .fetch_one(&mut connection)
@@ -169,7 +174,10 @@ async fn sigterm_finishes_the_upload_in_progress_then_exits() {
     let raw_data = storage.path().join("raw_data");
     let started = Instant::now();
     while std::fs::read_dir(&raw_data).unwrap().next().is_none() {
-        assert!(started.elapsed() < WAIT_DEADLINE, "the upload did not start");
+        assert!(
+            started.elapsed() < WAIT_DEADLINE,
+            "the upload did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -207,14 +215,15 @@ async fn tasks_left_by_a_killed_server_are_processed_after_a_restart() {
     .await;
     let client = Client::new();
     let (big, small) = (generated(1_500_000, 2), generated(1000, 3));
-    let upload_bytes = |input: &[u8]| {
-        String::from_utf8(input.to_vec()).expect("UTF-8 input")
-    };
+    let upload_bytes = |input: &[u8]| String::from_utf8(input.to_vec()).expect("UTF-8 input");
     let running = upload(&client, &child.base_url, "big.csv", &upload_bytes(&big)).await;
     let waiting = upload(&client, &child.base_url, "small.csv", &upload_bytes(&small)).await;
     let started = Instant::now();
     while status(&client, &child.base_url, running).await["status"] == "RECEIVED" {
-        assert!(started.elapsed() < WAIT_DEADLINE, "the big task did not start");
+        assert!(
+            started.elapsed() < WAIT_DEADLINE,
+            "the big task did not start"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     drop(child); // SIGKILL
