@@ -5,44 +5,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use common::*;
 use fixtures::{Length, Spec};
 use reqwest::StatusCode;
-
-/// A tmpfs of a few KiB mounted over a directory, unmounted when dropped.
-struct TinyDisk {
-    path: PathBuf,
-}
-
-impl TinyDisk {
-    fn mount(path: &Path) -> TinyDisk {
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-            .arg(path)
-            .output()
-            .expect("run mount");
-        assert!(
-            output.status.success(),
-            "this test mounts a tiny tmpfs to fill a disk and needs root: mount failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        TinyDisk {
-            path: path.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for TinyDisk {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount").arg(&self.path).status();
-        if !unmounted.is_ok_and(|status| status.success()) {
-            eprintln!("cannot unmount {}", self.path.display());
-        }
-    }
-}
 
 /// An input whose result is far larger than 64 KiB.
 fn many_groups() -> String {
@@ -53,34 +18,6 @@ fn many_groups() -> String {
     })
     .expect("a valid spec");
     String::from_utf8(input).expect("UTF-8 input")
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .map(|entry| entry.expect("entry").file_name().to_string_lossy().into())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Uploads `input`, expects the task FAILED with an error containing each of `expected`, and
-/// no result: the download answers 409 with the same error.
-async fn assert_fails(server: &TestServer, input: &str, expected: &[&str]) {
-    let id = server.upload("plays.csv", input).await;
-    let status = server.wait_finished(id).await;
-    assert_eq!(status["status"], "FAILED", "{status}");
-    let error = status["error"].as_str().unwrap_or_default();
-    for part in expected {
-        assert!(error.contains(part), "{part:?} not in {error:?}");
-    }
-    let (code, body) = json_of(server.download(id).await).await;
-    assert_eq!(code, StatusCode::CONFLICT, "{body}");
-    assert!(
-        body["error"].as_str().unwrap_or_default().contains(error),
-        "{body}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,12 +33,12 @@ async fn unusable_result_or_spill_directory_fails_the_task() {
         let path = server.storage_dir().join(dir);
         std::fs::remove_dir(&path).unwrap();
         std::fs::write(&path, "a file where a directory should be").unwrap();
-        assert_fails(&server, &input, &[&path.display().to_string(), "directory"]).await;
+        assert_task_fails(&server, &input, &[&path.display().to_string(), "directory"]).await;
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
     }
     assert_eq!(
-        entries(&server.storage_dir().join("processed_data")),
+        dir_entries(&server.storage_dir().join("processed_data")),
         Vec::<String>::new()
     );
     // Usable again: the same input succeeds.
@@ -119,9 +56,9 @@ async fn a_full_disk_fails_the_task_or_refuses_the_upload() {
     let processed = server.storage_dir().join("processed_data");
     {
         let _disk = TinyDisk::mount(&processed);
-        assert_fails(&server, &input, &["No space left on device"]).await;
+        assert_task_fails(&server, &input, &["No space left on device"]).await;
         assert_eq!(
-            entries(&processed),
+            dir_entries(&processed),
             Vec::<String>::new(),
             "a partial result was left"
         );
@@ -148,7 +85,7 @@ async fn a_full_disk_fails_the_task_or_refuses_the_upload() {
             "{body}"
         );
         assert_eq!(
-            entries(&raw_data),
+            dir_entries(&raw_data),
             Vec::<String>::new(),
             "a partial upload was left"
         );

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use reqwest::{Client, Response, StatusCode};
@@ -447,6 +448,67 @@ pub async fn task_count(client: &Client, base_url: &str) -> u64 {
     let (code, list) = json_of(response).await;
     assert_eq!(code, StatusCode::OK, "{list}");
     list["count"].as_u64().expect("count")
+}
+
+/// A tmpfs of a few KiB mounted over a directory, unmounted when dropped.
+pub struct TinyDisk {
+    path: PathBuf,
+}
+
+impl TinyDisk {
+    pub fn mount(path: &Path) -> TinyDisk {
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "this test mounts a tiny tmpfs to fill a disk and needs root: mount failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        TinyDisk {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount").arg(&self.path).status();
+        if !unmounted.is_ok_and(|status| status.success()) {
+            eprintln!("cannot unmount {}", self.path.display());
+        }
+    }
+}
+
+/// The names in a directory (none when it cannot be read).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|entry| entry.expect("entry").file_name().to_string_lossy().into())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Uploads `input`, expects the task FAILED with an error containing each of `expected`, and
+/// no result: the download answers 409 with the same error.
+pub async fn assert_task_fails(server: &TestServer, input: &str, expected: &[&str]) {
+    let id = server.upload("plays.csv", input).await;
+    let status = server.wait_finished(id).await;
+    assert_eq!(status["status"], "FAILED", "{status}");
+    let error = status["error"].as_str().unwrap_or_default();
+    for part in expected {
+        assert!(error.contains(part), "{part:?} not in {error:?}");
+    }
+    let (code, body) = json_of(server.download(id).await).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains(error),
+        "{body}"
+    );
 }
 
 /// A connection to the test's RabbitMQ; panics with how to start it when unreachable.
