@@ -267,22 +267,43 @@ pub fn client_with_token(token: &str) -> Client {
 /// Uploads `content` as multipart field `file` named `filename`; asserts 202 and returns
 /// the task id.
 pub async fn upload(client: &Client, base_url: &str, filename: &str, content: &str) -> Uuid {
-    let part = reqwest::multipart::Part::bytes(content.as_bytes().to_vec())
-        .file_name(filename.to_string())
-        .mime_str("text/csv")
-        .expect("mime type");
-    let form = reqwest::multipart::Form::new().part("file", part);
-    let response = client
-        .post(format!("{base_url}/v1/data_processor/upload"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("upload request");
-    let code = response.status();
-    let body: Value = response.json().await.expect("upload answer is JSON");
-    assert_eq!(code, StatusCode::ACCEPTED, "upload answered {body}");
-    assert_eq!(body["status"], "RECEIVED", "{body}");
-    task_id_of(&body)
+    upload_bytes(client, base_url, filename, content.as_bytes()).await
+}
+
+/// Uploads `content` as multipart field `file` named `filename`, coming back after
+/// `Retry-After` while the server answers 503 (busy), as a client should; asserts 202 and
+/// returns the task id.
+pub async fn upload_bytes(client: &Client, base_url: &str, filename: &str, content: &[u8]) -> Uuid {
+    let started = std::time::Instant::now();
+    loop {
+        let part = reqwest::multipart::Part::bytes(content.to_vec())
+            .file_name(filename.to_string())
+            .mime_str("text/csv")
+            .expect("mime type");
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let response = client
+            .post(format!("{base_url}/v1/data_processor/upload"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload request");
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        let (code, body) = json_of(response).await;
+        if let (StatusCode::SERVICE_UNAVAILABLE, Some(seconds)) = (code, retry_after) {
+            assert!(
+                started.elapsed() < TASK_DEADLINE,
+                "{filename} still refused: {body}"
+            );
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            continue;
+        }
+        assert_eq!(code, StatusCode::ACCEPTED, "upload answered {body}");
+        assert_eq!(body["status"], "RECEIVED", "{body}");
+        return task_id_of(&body);
+    }
 }
 
 /// The status JSON of a task (asserting 200).
