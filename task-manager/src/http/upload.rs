@@ -84,7 +84,9 @@ pub async fn upload(
     }
     // Refused before reading the body when its announced length cannot fit.
     let framing = if multipart { MULTIPART_FRAMING } else { 0 };
-    if content_length(request.headers()).is_some_and(|length| length > limits.max_bytes + framing) {
+    if content_length(request.headers())
+        .is_some_and(|length| length > limits.max_bytes.saturating_add(framing))
+    {
         return Err(too_large(limits.max_bytes));
     }
     let _slot = limits.slots.clone().try_acquire_owned().map_err(|_| {
