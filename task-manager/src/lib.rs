@@ -22,6 +22,7 @@ mod tokens;
 
 pub use server::{Server, start};
 pub use settings::{
-    DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_PORT, DEFAULT_STORAGE_DIR, Settings, default_database_url,
+    DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_PORT, DEFAULT_STORAGE_DIR,
+    Settings, default_database_url,
 };
 pub use tokens::Tokens;

@@ -5,10 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, UploadLimits};
 use crate::queue::{AmqpPublisher, EmbeddedQueue, TaskQueue};
 use crate::settings::Settings;
 use crate::storage::Storage;
@@ -31,7 +37,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     settings.check_tokens()?;
     let storage = Storage::open(&settings.storage_dir)
         .with_context(|| format!("storage directory {}", settings.storage_dir.display()))?;
-    let store = Store::connect(&settings.database_url)
+    let store = Store::connect(&settings.database_url, settings.database_timeout)
         .await
         .with_context(|| format!("database {}", redact(&settings.database_url)))?;
     let bind = listen_ip(&settings);
@@ -62,17 +68,21 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         authentication: settings.authentication(),
         api_tokens: settings.api_tokens.clone(),
         worker_tokens: settings.worker_tokens.clone(),
-        max_upload_bytes: settings.max_upload_bytes,
+        uploads: UploadLimits {
+            max_bytes: settings.max_upload_bytes,
+            slots: Arc::new(Semaphore::new(settings.max_concurrent_uploads)),
+            idle_timeout: settings.upload_idle_timeout,
+            total_timeout: settings.upload_timeout,
+        },
         fallback_base_url: base_url(addr),
     });
     let stop = CancellationToken::new();
-    let serve = axum::serve(listener, http::router(state.clone()))
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
-    let serving = tokio::spawn(async move {
-        if let Err(e) = serve.await {
-            tracing::error!("the HTTP server stopped: {e}");
-        }
-    });
+    let serving = tokio::spawn(serve(
+        listener,
+        http::router(state.clone()),
+        settings.header_read_timeout,
+        stop.clone(),
+    ));
     tracing::info!(
         %addr,
         queue = state.queue.kind(),
@@ -117,6 +127,54 @@ impl Server {
         tracing::info!("task manager stopped");
     }
 }
+
+/// Accepts connections until `stop`, then closes the listener and lets the connections
+/// finish their requests in flight. A connection that does not send a request's headers
+/// within `header_read_timeout` is closed.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    header_read_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let connections = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, or a connection reset before it was accepted.
+                tracing::warn!("cannot accept a connection: {e}");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, "connection closed: {e}");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+/// Pause after a failed `accept`.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// The address to listen on: `BIND`, but without any token only 127.0.0.1 (or `BIND` when it
 /// is a loopback address), unless `ALLOW_INSECURE_BIND` allows it. Warns when no token is set.

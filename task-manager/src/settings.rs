@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -24,6 +25,20 @@ pub struct Settings {
     pub worker_tokens: Tokens,
     /// Largest upload accepted, in bytes (`MAX_UPLOAD_BYTES`, e.g. `50G`; default 50 GiB).
     pub max_upload_bytes: u64,
+    /// Uploads received at the same time, at most (`MAX_CONCURRENT_UPLOADS`, default 16); more
+    /// are answered 503 with `Retry-After`.
+    pub max_concurrent_uploads: usize,
+    /// Longest wait for a request's headers once a connection is open (`HEADER_READ_TIMEOUT`,
+    /// e.g. `30s`; default 30 s); then the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Longest pause between two pieces of an upload's body (`UPLOAD_IDLE_TIMEOUT`, default
+    /// 60 s); then the upload is answered 408 and dropped.
+    pub upload_idle_timeout: Duration,
+    /// Longest time to receive a whole upload (`UPLOAD_TIMEOUT`, default 6 h); then 408.
+    pub upload_timeout: Duration,
+    /// Longest wait for a database connection (`DATABASE_TIMEOUT`, default 5 s); then the
+    /// request is answered 503.
+    pub database_timeout: Duration,
     /// Port to listen on (`PORT`, default 5000; 0 picks a free port).
     pub port: u16,
     /// Root of `raw_data/` and `processed_data/` (`STORAGE_DIR`, default `local_storage`).
@@ -52,6 +67,12 @@ pub const DEFAULT_STORAGE_DIR: &str = "local_storage";
 pub const DEFAULT_PORT: u16 = 5000;
 /// Default largest upload: 50 GiB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 << 30;
+/// Default number of uploads received at the same time.
+pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 16;
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+const DEFAULT_DATABASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Settings {
     /// Defaults for everything, with the given storage root and its SQLite database.
@@ -64,6 +85,11 @@ impl Settings {
             api_tokens: Tokens::default(),
             worker_tokens: Tokens::default(),
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            upload_idle_timeout: DEFAULT_UPLOAD_IDLE_TIMEOUT,
+            upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
+            database_timeout: DEFAULT_DATABASE_TIMEOUT,
             port: DEFAULT_PORT,
             database_url: default_database_url(&storage_dir),
             storage_dir,
@@ -100,6 +126,22 @@ impl Settings {
         if let Some(limit) = var("MAX_UPLOAD_BYTES") {
             settings.max_upload_bytes = processor::parse_size(&limit)
                 .map_err(|e| anyhow::anyhow!("MAX_UPLOAD_BYTES: {e}"))?;
+        }
+        if let Some(uploads) = var("MAX_CONCURRENT_UPLOADS") {
+            settings.max_concurrent_uploads = parse_var("MAX_CONCURRENT_UPLOADS", &uploads)?;
+            if settings.max_concurrent_uploads == 0 {
+                bail!("MAX_CONCURRENT_UPLOADS must be at least 1");
+            }
+        }
+        for (name, field) in [
+            ("HEADER_READ_TIMEOUT", &mut settings.header_read_timeout),
+            ("UPLOAD_IDLE_TIMEOUT", &mut settings.upload_idle_timeout),
+            ("UPLOAD_TIMEOUT", &mut settings.upload_timeout),
+            ("DATABASE_TIMEOUT", &mut settings.database_timeout),
+        ] {
+            if let Some(value) = var(name) {
+                *field = parse_duration(name, &value)?;
+            }
         }
         if let Some(port) = var("PORT") {
             settings.port = parse_var("PORT", &port)?;
@@ -166,6 +208,16 @@ pub fn default_database_url(storage_dir: &Path) -> String {
     format!("sqlite://{}", storage_dir.join("tasks.db").display())
 }
 
+/// A positive duration such as `30s`, `5m` or `1h 30m`.
+fn parse_duration(name: &str, value: &str) -> anyhow::Result<Duration> {
+    let duration = humantime::parse_duration(value.trim())
+        .with_context(|| format!("invalid {name}={value:?}: expected e.g. 30s, 5m or 2h"))?;
+    if duration.is_zero() {
+        bail!("{name} must be longer than 0");
+    }
+    Ok(duration)
+}
+
 fn parse_var<T>(name: &str, value: &str) -> anyhow::Result<T>
 where
     T: std::str::FromStr,
@@ -203,6 +255,35 @@ mod tests {
         assert!(!settings.authentication());
         assert!(!settings.allow_insecure_bind);
         assert_eq!(settings.max_upload_bytes, 50 << 30);
+        assert_eq!(settings.max_concurrent_uploads, 16);
+        assert_eq!(settings.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(settings.upload_idle_timeout, Duration::from_secs(60));
+        assert_eq!(settings.database_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn limits_are_read() {
+        let settings = from(&[
+            ("MAX_CONCURRENT_UPLOADS", "3"),
+            ("HEADER_READ_TIMEOUT", "2s"),
+            ("UPLOAD_IDLE_TIMEOUT", "500ms"),
+            ("UPLOAD_TIMEOUT", "1h 30m"),
+            ("DATABASE_TIMEOUT", "1s"),
+        ])
+        .unwrap();
+        assert_eq!(settings.max_concurrent_uploads, 3);
+        assert_eq!(settings.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(settings.upload_idle_timeout, Duration::from_millis(500));
+        assert_eq!(settings.upload_timeout, Duration::from_secs(5400));
+        assert_eq!(settings.database_timeout, Duration::from_secs(1));
+        for bad in [
+            ("MAX_CONCURRENT_UPLOADS", "0"),
+            ("UPLOAD_TIMEOUT", "soon"),
+            ("DATABASE_TIMEOUT", "0s"),
+        ] {
+            let err = from(&[bad]).unwrap_err();
+            assert!(format!("{err:#}").contains(bad.0), "{err:#}");
+        }
     }
 
     #[test]

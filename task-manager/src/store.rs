@@ -8,7 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::migrate::MigrateDatabase;
@@ -109,8 +109,10 @@ const COLUMNS: &str = "id, status, original_filename, created_at, updated_at, in
 const NOT_TERMINAL: &str = "status IN ('RECEIVED', 'PROCESSING')";
 
 impl Store {
-    /// Connects, creates a missing SQLite file, and applies the embedded migrations.
-    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+    /// Connects, creates a missing SQLite file, and applies the embedded migrations. A query
+    /// that cannot get a connection within `timeout` (the database is unreachable) fails
+    /// then rather than waiting.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url).ok_or_else(|| StoreError::UnsupportedUrl(url.into()))?;
         if backend == Backend::Sqlite && !Any::database_exists(url).await? {
@@ -118,6 +120,7 @@ impl Store {
         }
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .acquire_timeout(timeout)
             .connect(url)
             .await?;
         if backend == Backend::Sqlite {
@@ -462,9 +465,8 @@ mod tests {
     #[tokio::test]
     async fn events_never_leave_a_terminal_status() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&crate::settings::default_database_url(dir.path()))
-            .await
-            .unwrap();
+        let url = crate::settings::default_database_url(dir.path());
+        let store = Store::connect(&url, Duration::from_secs(5)).await.unwrap();
         let id = Uuid::new_v4();
         store.insert(id, Some("plays.csv"), 10).await.unwrap();
         let started = store.apply_event(id, &WorkerEvent::Started).await.unwrap();

@@ -86,16 +86,10 @@ async fn assert_unauthorized(what: &str, request: RequestBuilder) {
     );
 }
 
-async fn task_count(client: &Client, server: &TestServer) -> u64 {
-    let (code, list) = json_of(client.get(server.url("/v1/tasks")).send().await.unwrap()).await;
-    assert_eq!(code, StatusCode::OK, "{list}");
-    list["count"].as_u64().expect("count")
-}
-
 /// Asserts that no task was recorded and no upload was stored.
 async fn assert_nothing_recorded(server: &TestServer) {
     assert_eq!(
-        task_count(&server.client, server).await,
+        task_count(&server.client, &server.base_url).await,
         0,
         "a task was recorded"
     );
@@ -119,7 +113,7 @@ async fn v1_needs_one_of_the_api_tokens() {
     let response = download(&second, &server.base_url, id).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.text().await.unwrap(), SEED_OUTPUT);
-    assert_eq!(task_count(&first, &server).await, 1);
+    assert_eq!(task_count(&first, &server.base_url).await, 1);
 
     let anonymous = Client::new();
     let strangers = [
@@ -139,7 +133,7 @@ async fn v1_needs_one_of_the_api_tokens() {
     assert_unauthorized("Basic authentication", basic).await;
 
     // Nothing was recorded, stored or cancelled by the refused requests.
-    assert_eq!(task_count(&second, &server).await, 1);
+    assert_eq!(task_count(&second, &server.base_url).await, 1);
     assert_eq!(server.raw_data_files(), vec![format!("{id}.csv")]);
     assert_eq!(server_status(&first, &server, id).await, "DONE");
 

@@ -4,7 +4,8 @@
 use std::io;
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
@@ -19,7 +20,12 @@ pub struct ApiError {
     message: String,
     /// Boxed: most errors have none.
     task: Option<Box<TaskView>>,
+    /// Seconds for the `Retry-After` header of a 503.
+    retry_after: Option<u32>,
 }
+
+/// `Retry-After` of the answers while the database is unavailable.
+const DATABASE_RETRY_AFTER_SECS: u32 = 5;
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
@@ -27,6 +33,15 @@ impl ApiError {
             status,
             message: message.into(),
             task: None,
+            retry_after: None,
+        }
+    }
+
+    /// 503 with `Retry-After: retry_after_secs`.
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u32) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after_secs),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
         }
     }
 
@@ -44,6 +59,7 @@ impl ApiError {
             status: StatusCode::CONFLICT,
             message: message.into(),
             task: Some(Box::new(task)),
+            retry_after: None,
         }
     }
 
@@ -74,9 +90,9 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::Database(_) => {
                 tracing::error!("{error}");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                ApiError::unavailable(
                     "the task database is unavailable, try again later",
+                    DATABASE_RETRY_AFTER_SECS,
                 )
             }
             other => ApiError::internal("task database", other),
@@ -101,6 +117,12 @@ impl IntoResponse for ApiError {
             _ => Map::new(),
         };
         body.insert("error".into(), Value::String(self.message));
-        (self.status, Json(Value::Object(body))).into_response()
+        let mut response = (self.status, Json(Value::Object(body))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }

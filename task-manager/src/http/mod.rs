@@ -42,8 +42,20 @@ pub struct AppState {
     pub api_tokens: Tokens,
     /// Tokens accepted on the workers' callbacks (`WORKER_TOKEN`).
     pub worker_tokens: Tokens,
+    /// Limits of the uploads.
+    pub uploads: UploadLimits,
+}
+
+/// How much, how many and how slowly clients may upload.
+pub struct UploadLimits {
     /// Largest upload accepted, in bytes.
-    pub max_upload_bytes: u64,
+    pub max_bytes: u64,
+    /// One permit per upload being received.
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// Longest pause between two pieces of a body.
+    pub idle_timeout: std::time::Duration,
+    /// Longest time to receive a whole body.
+    pub total_timeout: std::time::Duration,
 }
 
 impl AppState {

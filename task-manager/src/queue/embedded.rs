@@ -21,8 +21,9 @@ use crate::store::Store;
 const QUEUE_CAPACITY: usize = 10_000;
 /// How often a running task's progress is recorded.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
-/// Attempts at recording an event while the database is unavailable.
-const EVENT_ATTEMPTS: u32 = 5;
+/// Pauses between attempts at recording an event while the database is unavailable.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
+const LAST_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// The in-process queue and its runners.
 pub struct EmbeddedQueue {
@@ -222,31 +223,31 @@ impl Runner {
                 tracing::info!(task_id = %id, "cancelled; result discarded");
             }
             Some(status) => tracing::info!(task_id = %id, %status, "finished"),
-            None => tracing::error!(
+            None => tracing::warn!(
                 task_id = %id,
-                "the outcome could not be recorded; the task is queued again at the next start"
+                "stopped before the outcome was recorded; the task is queued again at the next start"
             ),
         }
     }
 
-    /// Records an event, retrying while the database is unavailable; returns the status
-    /// afterwards (`None`: unknown task, or the database stayed unavailable).
+    /// Records an event, retrying while the database is unavailable, until it is recorded or
+    /// the runners stop; returns the status afterwards (`None`: unknown task, or stopped
+    /// first: the task is then queued again at the next start).
     async fn report(&self, id: Uuid, event: WorkerEvent) -> Option<TaskStatus> {
-        let mut delay = Duration::from_millis(200);
-        for attempt in 1..=EVENT_ATTEMPTS {
+        let mut delay = FIRST_RETRY_DELAY;
+        loop {
             match self.store.apply_event(id, &event).await {
                 Ok(status) => return status,
-                Err(e) if attempt < EVENT_ATTEMPTS => {
-                    tracing::warn!(task_id = %id, "recording {event:?} failed, retrying: {e}");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
                 Err(e) => {
-                    tracing::error!(task_id = %id, "recording {event:?} failed: {e}");
+                    tracing::warn!(task_id = %id, "recording {event:?} failed, retrying: {e}");
                 }
             }
+            tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(LAST_RETRY_DELAY);
         }
-        None
     }
 }
 

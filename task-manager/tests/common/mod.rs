@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use reqwest::{Client, Response, StatusCode};
@@ -15,6 +16,8 @@ use serde_json::Value;
 use sqlx::Connection;
 use sqlx::migrate::MigrateDatabase;
 use task_manager::{Server, Settings};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use uuid::Uuid;
 
 /// The example of the task: unsorted input with several rows per (song, date).
@@ -264,22 +267,43 @@ pub fn client_with_token(token: &str) -> Client {
 /// Uploads `content` as multipart field `file` named `filename`; asserts 202 and returns
 /// the task id.
 pub async fn upload(client: &Client, base_url: &str, filename: &str, content: &str) -> Uuid {
-    let part = reqwest::multipart::Part::bytes(content.as_bytes().to_vec())
-        .file_name(filename.to_string())
-        .mime_str("text/csv")
-        .expect("mime type");
-    let form = reqwest::multipart::Form::new().part("file", part);
-    let response = client
-        .post(format!("{base_url}/v1/data_processor/upload"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("upload request");
-    let code = response.status();
-    let body: Value = response.json().await.expect("upload answer is JSON");
-    assert_eq!(code, StatusCode::ACCEPTED, "upload answered {body}");
-    assert_eq!(body["status"], "RECEIVED", "{body}");
-    task_id_of(&body)
+    upload_bytes(client, base_url, filename, content.as_bytes()).await
+}
+
+/// Uploads `content` as multipart field `file` named `filename`, coming back after
+/// `Retry-After` while the server answers 503 (busy), as a client should; asserts 202 and
+/// returns the task id.
+pub async fn upload_bytes(client: &Client, base_url: &str, filename: &str, content: &[u8]) -> Uuid {
+    let started = std::time::Instant::now();
+    loop {
+        let part = reqwest::multipart::Part::bytes(content.to_vec())
+            .file_name(filename.to_string())
+            .mime_str("text/csv")
+            .expect("mime type");
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let response = client
+            .post(format!("{base_url}/v1/data_processor/upload"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload request");
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        let (code, body) = json_of(response).await;
+        if let (StatusCode::SERVICE_UNAVAILABLE, Some(seconds)) = (code, retry_after) {
+            assert!(
+                started.elapsed() < TASK_DEADLINE,
+                "{filename} still refused: {body}"
+            );
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            continue;
+        }
+        assert_eq!(code, StatusCode::ACCEPTED, "upload answered {body}");
+        assert_eq!(body["status"], "RECEIVED", "{body}");
+        return task_id_of(&body);
+    }
 }
 
 /// The status JSON of a task (asserting 200).
@@ -361,6 +385,151 @@ pub fn task_id_of(body: &Value) -> Uuid {
         .as_str()
         .and_then(|id| Uuid::parse_str(id).ok())
         .unwrap_or_else(|| panic!("no task_id in {body}"))
+}
+
+/// Longest wait for the answer to a hand-written request (a guard against hangs).
+const RAW_ANSWER_DEADLINE: Duration = Duration::from_secs(120);
+
+/// `host:port` of a `http://host:port` base URL.
+pub fn host_of(base_url: &str) -> &str {
+    base_url.trim_start_matches("http://")
+}
+
+/// Opens a connection and writes the head of a `POST` of the upload endpoint (with
+/// `Connection: close`) and the first bytes of its body; the caller sends the rest, or not.
+pub async fn raw_upload(
+    base_url: &str,
+    content_type: &str,
+    content_length: usize,
+    first_bytes: &[u8],
+) -> TcpStream {
+    let host = host_of(base_url);
+    let mut stream = TcpStream::connect(host)
+        .await
+        .expect("connect to the server");
+    let head = format!(
+        "POST /v1/data_processor/upload HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {content_length}\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("send the head");
+    stream.write_all(first_bytes).await.expect("send the body");
+    stream.flush().await.expect("flush");
+    stream
+}
+
+/// The answer read from a hand-written request's connection until the server closes it: the
+/// code, the headers (lower-case names) and the JSON body; `None` when the server closed the
+/// connection without answering.
+pub async fn raw_answer(
+    mut connection: impl AsyncRead + Unpin,
+) -> Option<(u16, Vec<(String, String)>, Value)> {
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(RAW_ANSWER_DEADLINE, connection.read_to_end(&mut bytes))
+        .await
+        .expect("the server neither answered nor closed the connection");
+    if let Err(e) = read {
+        // A reset after the answer: keep what arrived.
+        assert!(
+            bytes.is_empty() || bytes.windows(4).any(|w| w == b"\r\n\r\n"),
+            "{e}"
+        );
+    }
+    if bytes.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("incomplete answer {text:?}"));
+    let mut lines = head.lines();
+    let code = lines
+        .next()
+        .and_then(|status| status.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let body = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("answer {code} is not JSON ({e}): {text:?}"));
+    Some((code, headers, body))
+}
+
+/// The number of tasks recorded (`GET /v1/tasks`, asserting 200).
+pub async fn task_count(client: &Client, base_url: &str) -> u64 {
+    let response = client
+        .get(format!("{base_url}/v1/tasks"))
+        .send()
+        .await
+        .expect("list request");
+    let (code, list) = json_of(response).await;
+    assert_eq!(code, StatusCode::OK, "{list}");
+    list["count"].as_u64().expect("count")
+}
+
+/// A tmpfs of a few KiB mounted over a directory, unmounted when dropped.
+pub struct TinyDisk {
+    path: PathBuf,
+}
+
+impl TinyDisk {
+    pub fn mount(path: &Path) -> TinyDisk {
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "this test mounts a tiny tmpfs to fill a disk and needs root: mount failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        TinyDisk {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount").arg(&self.path).status();
+        if !unmounted.is_ok_and(|status| status.success()) {
+            eprintln!("cannot unmount {}", self.path.display());
+        }
+    }
+}
+
+/// The names in a directory (none when it cannot be read).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|entry| entry.expect("entry").file_name().to_string_lossy().into())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Uploads `input`, expects the task FAILED with an error containing each of `expected`, and
+/// no result: the download answers 409 with the same error.
+pub async fn assert_task_fails(server: &TestServer, input: &str, expected: &[&str]) {
+    let id = server.upload("plays.csv", input).await;
+    let status = server.wait_finished(id).await;
+    assert_eq!(status["status"], "FAILED", "{status}");
+    let error = status["error"].as_str().unwrap_or_default();
+    for part in expected {
+        assert!(error.contains(part), "{part:?} not in {error:?}");
+    }
+    let (code, body) = json_of(server.download(id).await).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains(error),
+        "{body}"
+    );
 }
 
 /// A connection to the test's RabbitMQ; panics with how to start it when unreachable.
