@@ -13,7 +13,9 @@ mod progress;
 mod summary;
 
 pub use config::{Config, parse_size};
-pub use engine::{Input, aggregate, aggregate_to_writer, check_header, partial_file_beside};
+pub use engine::{
+    Input, aggregate, aggregate_to_writer, check_header, partial_file_beside, remove_stale_partials,
+};
 pub use error::{Error, Field, InvalidRow};
 pub use progress::{Control, Phase, Progress, ProgressSnapshot};
 pub use summary::Summary;

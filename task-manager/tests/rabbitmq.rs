@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use lapin::options::BasicGetOptions;
 use lapin::{Channel, Connection};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -54,11 +54,8 @@ impl Broker {
     }
 
     async fn delete_queue(self) {
-        self.channel
-            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .expect("queue.delete");
         let _ = self.connection.close(200, "done".into()).await;
+        delete_queue(&self.queue).await;
     }
 }
 
