@@ -101,12 +101,11 @@ pub fn connections_of(queue: &str) -> Vec<String> {
         .collect()
 }
 
-/// Closes the connections of `queue`'s task manager and workers, as a broker restart or a
-/// network cut would; the other tests' connections stay open.
-pub fn close_connections_of(queue: &str) -> Vec<String> {
-    let closed = connections_of(queue);
-    for pid in &closed {
+/// Closes the connections `pids` (of one test's task manager and workers, see
+/// [`connections_of`]), as a broker restart or a network cut would; the other tests'
+/// connections stay open.
+pub fn close_connections(pids: &[String]) {
+    for pid in pids {
         rabbitmqctl(&["close_connection", pid, "closed by a fault test"]);
     }
-    closed
 }

@@ -6,6 +6,7 @@ mod callbacks;
 mod consumer;
 mod error_chain;
 mod paths;
+mod running;
 mod task;
 
 use std::path::PathBuf;
@@ -106,6 +107,7 @@ async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
         progress_every: Duration::from_millis(args.progress_interval_ms),
         abort,
         max_attempts: args.max_attempts,
+        running: Default::default(),
     };
     let settings = QueueSettings {
         amqp_uri: args.amqp_url,

@@ -134,11 +134,9 @@ impl Consumer {
         backoff.reset();
 
         loop {
-            let slot = tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => break,
-                slot = self.slots.clone().acquire_owned() => slot?,
-            };
+            // The prefetch keeps deliveries to the free slots, give or take the tasks of a lost
+            // connection still running: waiting on the deliveries first notices a lost
+            // connection at once, even while every slot is busy.
             let delivery = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
@@ -147,6 +145,12 @@ impl Consumer {
                     Some(Err(err)) => return Err(err).context("RabbitMQ connection lost"),
                     None => anyhow::bail!("RabbitMQ cancelled the consumer (queue deleted?)"),
                 },
+            };
+            // Unsettled, the delivery returns to the queue when the channel closes.
+            let slot = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                slot = self.slots.clone().acquire_owned() => slot?,
             };
             let ctx = self.ctx.clone();
             self.tasks.spawn(async move {

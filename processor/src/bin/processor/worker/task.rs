@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::callbacks::{CallbackError, Callbacks};
 use super::paths;
+use super::running::RunningTasks;
 
 /// What the consumer does with the message once the task is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,8 @@ pub struct TaskContext {
     pub abort: CancellationToken,
     /// Deliveries of a message after which its task is abandoned (FAILED, dead-lettered).
     pub max_attempts: u32,
+    /// The tasks being handled, so that a redelivery never runs beside the first delivery.
+    pub running: RunningTasks,
 }
 
 /// What the broker tells about a delivery.
@@ -71,7 +74,8 @@ pub async fn handle(payload: &[u8], info: DeliveryInfo, ctx: &TaskContext) -> Di
         }
     };
     let span = info_span!("task", task_id = %message.task_id);
-    run_task(&message, info, ctx).instrument(span).await
+    let run = run_task(&message, info, ctx).instrument(span);
+    ctx.running.exclusive(message.task_id, run).await
 }
 
 async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) -> Disposition {
