@@ -18,7 +18,8 @@ use super::running::RunningTasks;
 /// What the consumer does with the message once the task is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
-    /// The task is finished (or failed for a reason of its own, e.g. invalid CSV): remove the message.
+    /// The task is finished, or failed for a reason of its own (e.g. invalid CSV): remove the
+    /// message.
     Ack,
     /// The message cannot be processed (not a task, unknown task, missing input, too many
     /// attempts): RabbitMQ moves it to the dead-letter queue.
@@ -252,8 +253,8 @@ async fn report_progress(ctx: &TaskContext, id: Uuid, control: &Control) -> Opti
 }
 
 /// Sends the final event; once the task manager accepted it, the message is settled with
-/// `settle`, or acknowledged when the task had already ended otherwise (a late FAILED changes
-/// nothing: nothing to dead-letter).
+/// `settle`. A message to dead-letter (with a FAILED event) is acknowledged instead when the
+/// task had already ended otherwise (DONE, CANCELLED): the late FAILED changed nothing.
 async fn report_end(
     ctx: &TaskContext,
     id: Uuid,
@@ -262,9 +263,7 @@ async fn report_end(
 ) -> Disposition {
     match ctx.callbacks.send(id, &event, &ctx.abort).await {
         Ok(EventAck { status }) => {
-            let failed_now =
-                matches!(event, WorkerEvent::Failed { .. }) && status == TaskStatus::Failed;
-            if settle == Disposition::Reject && !failed_now {
+            if settle == Disposition::Reject && status != TaskStatus::Failed {
                 info!(%status, "task already finished; message acknowledged");
                 return Disposition::Ack;
             }
