@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::options::{BasicGetOptions, BasicRejectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 use reqwest::StatusCode;
@@ -285,11 +285,9 @@ async fn a_message_that_keeps_coming_back_is_dead_lettered() {
                 "x-delivery-count of delivery {deliveries}"
             );
             deliveries += 1;
-            let requeue = BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            };
-            assert!(delivery.nack(requeue).await.expect("basic.nack"));
+            // A failed delivery for every RabbitMQ version (from 4.3 a nack does not count).
+            let requeue = BasicRejectOptions { requeue: true };
+            assert!(delivery.reject(requeue).await.expect("basic.reject"));
             continue;
         }
         let declared = broker

@@ -58,7 +58,7 @@ pub struct TaskContext {
 #[derive(Debug, Clone, Copy)]
 pub struct DeliveryInfo {
     /// Earlier deliveries of the message that ended without settling it (worker killed,
-    /// connection lost) or with a requeue: its `x-delivery-count` header.
+    /// connection lost) or with a requeue (before RabbitMQ 4.3): its `x-delivery-count` header.
     pub earlier_attempts: u32,
     /// Delivered before: a killed worker may have left a partial result file.
     pub redelivered: bool,
