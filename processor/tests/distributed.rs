@@ -2,8 +2,9 @@
 //! manager in-process, `processor worker` as a child process, both on one storage directory.
 //! Through the HTTP API and through the `processor upload` client: the seed example ends DONE
 //! with the expected download, invalid CSV ends FAILED with the engine's message, and the
-//! worker goes on after a bad task and after a message that is not a task. On MariaDB with
-//! authentication: the worker reports with WORKER_TOKEN, the clients send an API_TOKEN.
+//! worker goes on after a bad task and after a message that is not a task (dead-lettered).
+//! On MariaDB with authentication: the worker reports with WORKER_TOKEN, the clients send an
+//! API_TOKEN. The faults (killed workers, lost connections...) are in `faults.rs`.
 #![cfg(feature = "service")]
 
 #[path = "../../task-manager/tests/common/mod.rs"]

@@ -39,7 +39,8 @@ const BIG_INPUT_BYTES: u64 = 48 << 20;
 /// Size of the inputs of the tasks in flight while connections are closed.
 const MEDIUM_INPUT_BYTES: u64 = 4 << 20;
 
-/// The test's task manager, broker connection and queue.
+/// The test's queue and broker connection; the task manager goes beside it, as it may be
+/// stopped and restarted.
 struct Cluster {
     amqp_url: String,
     queue: String,
