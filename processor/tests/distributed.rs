@@ -2,13 +2,16 @@
 //! manager in-process, `processor worker` as a child process, both on one storage directory.
 //! Through the HTTP API and through the `processor upload` client: the seed example ends DONE
 //! with the expected download, invalid CSV ends FAILED with the engine's message, and the
-//! worker goes on after a bad task and after a message that is not a task. On MariaDB with
-//! authentication: the worker reports with WORKER_TOKEN, the clients send an API_TOKEN.
+//! worker goes on after a bad task and after a message that is not a task (dead-lettered).
+//! On MariaDB with authentication: the worker reports with WORKER_TOKEN, the clients send an
+//! API_TOKEN. The faults (killed workers, lost connections...) are in `faults.rs`.
 #![cfg(feature = "service")]
 
 #[path = "../../task-manager/tests/common/mod.rs"]
 mod common;
 
+#[path = "distributed/broker.rs"]
+mod broker;
 #[path = "distributed/cleanup.rs"]
 mod cleanup;
 #[path = "distributed/worker_process.rs"]
@@ -18,11 +21,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use broker::{consumers, message_count, publish_raw};
 use cleanup::CleanupOnPanic;
 use common::{DbKind, INVALID_INPUT, SEED_INPUT, SEED_OUTPUT, TestServer};
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection};
+use lapin::Connection;
+use lapin::options::QueueDeleteOptions;
 use processor::{Config, Control, Input};
 use reqwest::StatusCode;
 use task_manager::Tokens;
@@ -32,6 +35,9 @@ use worker_process::WorkerProcess;
 /// Longest wait for the worker to consume again after losing its queue (a guard against hangs;
 /// its reconnection backoff starts at 1 s).
 const RECONNECT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A message on the task queue that is not a task.
+const NOT_A_TASK: &[u8] = b"this is not a task";
 
 /// The tokens of a task manager with authentication on.
 struct Credentials {
@@ -100,7 +106,7 @@ async fn round_trip(kind: DbKind, credentials: Option<&Credentials>) {
     worker_comes_back_after_losing_its_queue(&broker, &queue, &worker).await;
     seed_is_aggregated(&tm, &worker).await;
     // A message that is not a task is rejected; the next task is processed.
-    publish_raw(&broker, &queue, b"this is not a task").await;
+    publish_raw(&broker, &queue, NOT_A_TASK).await;
     invalid_csv_fails_with_the_engine_message(&tm, &worker).await;
     // The worker goes on after the failed task.
     upload_client_downloads_the_result(&tm, api_token, &worker).await;
@@ -154,29 +160,6 @@ async fn worker_comes_back_after_losing_its_queue(
     }
 }
 
-/// Declares `queue` passively: its counts, or an error (closing `channel`) when it is missing.
-async fn declare_passively(channel: &lapin::Channel, queue: &str) -> lapin::Result<lapin::Queue> {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-}
-
-/// Consumers of `queue`, `None` while it does not exist.
-async fn consumers(broker: &Connection, queue: &str) -> Option<u32> {
-    // A passive declaration of a missing queue closes its channel: one channel per check.
-    let channel = broker.create_channel().await.expect("AMQP channel");
-    let declared = declare_passively(&channel, queue).await.ok()?;
-    let _ = channel.close(200, "checked".into()).await;
-    Some(declared.consumer_count())
-}
-
 async fn invalid_csv_fails_with_the_engine_message(tm: &TestServer, worker: &WorkerProcess) {
     let id = tm.upload("invalid.csv", INVALID_INPUT).await;
     let status = tm.wait_finished(id).await;
@@ -211,13 +194,15 @@ async fn cancelled_task_was_skipped(tm: &TestServer, id: Uuid) {
 }
 
 /// After the worker stopped, the queue is empty: every message was acknowledged or rejected.
+/// The message that was not a task is on the dead-letter queue.
 async fn every_message_was_settled(broker: &Connection, queue: &str) {
-    let channel = broker.create_channel().await.expect("AMQP channel");
-    let declared = declare_passively(&channel, queue)
-        .await
-        .expect("the test queue exists");
-    assert_eq!(declared.message_count(), 0, "messages left on {queue}");
-    let _ = channel.close(200, "checked".into()).await;
+    assert_eq!(
+        message_count(broker, queue).await,
+        0,
+        "messages left on {queue}"
+    );
+    let dead = broker::drain(broker, &task_protocol::dead_letter_queue(queue)).await;
+    assert_eq!(dead, [NOT_A_TASK.to_vec()], "dead-lettered messages");
 }
 
 async fn upload_client_downloads_the_result(
@@ -303,22 +288,4 @@ fn engine_error(input: &str) -> String {
     )
     .expect_err("the input is invalid");
     err.to_string()
-}
-
-/// Publishes `payload` as is on `queue`, through the default exchange.
-async fn publish_raw(broker: &Connection, queue: &str, payload: &[u8]) {
-    let channel = broker.create_channel().await.expect("AMQP channel");
-    channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            payload,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .expect("basic.publish")
-        .await
-        .expect("publish");
-    let _ = channel.close(200, "published".into()).await;
 }

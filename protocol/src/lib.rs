@@ -82,23 +82,55 @@ impl TaskMessage {
     }
 }
 
-/// Declares the task queue as every party must: RabbitMQ refuses a second declaration with
-/// other options, so the task manager and the workers both call this one.
+/// How many times RabbitMQ delivers a task message that keeps coming back (consumer crashed,
+/// message requeued) before it dead-letters it. The safety net behind the workers' own,
+/// lower limit (`WORKER_MAX_ATTEMPTS`), which reports the task FAILED first.
+pub const QUEUE_DELIVERY_LIMIT: u32 = 20;
+
+/// The dead-letter queue of task queue `queue`: where rejected and abandoned messages go.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dead")
+}
+
+/// Declares the task queue as every party must (RabbitMQ refuses a second declaration with
+/// other options, so the task manager and the workers both call this one): a durable quorum
+/// queue with a delivery limit of [`QUEUE_DELIVERY_LIMIT`], whose rejected messages go,
+/// through the default exchange, to the durable [`dead_letter_queue`], declared first.
+/// A classic queue of the same name, from an older version, must be deleted once.
 #[cfg(feature = "amqp")]
 pub async fn declare_task_queue(
     channel: &lapin::Channel,
     name: &str,
 ) -> lapin::Result<lapin::Queue> {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let dead = dead_letter_queue(name);
     channel
-        .queue_declare(
-            name.into(),
-            lapin::options::QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
+        .queue_declare(dead.as_str().into(), durable, FieldTable::default())
+        .await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    arguments.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(QUEUE_DELIVERY_LIMIT as i32),
+    );
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dead.as_str().into()),
+    );
+    channel.queue_declare(name.into(), durable, arguments).await
 }
 
 /// Storage-relative path of a task's uploaded input.

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use lapin::options::{BasicGetOptions, BasicRejectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -54,11 +55,8 @@ impl Broker {
     }
 
     async fn delete_queue(self) {
-        self.channel
-            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .expect("queue.delete");
         let _ = self.connection.close(200, "done".into()).await;
+        delete_queue(&self.queue).await;
     }
 }
 
@@ -298,6 +296,90 @@ async fn status_with_wait_answers_as_soon_as_the_task_finishes() {
     // Finished: at once, whatever the wait.
     let (_, body) = server.get_json(&format!("{status_path}?wait=60")).await;
     assert_eq!(body["status"], "DONE");
+
+    broker.delete_queue().await;
+    server.stop().await;
+}
+
+/// The `x-delivery-count` header of a delivery: how many times it came back before.
+fn delivery_count(delivery: &lapin::message::Delivery) -> Option<i64> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get("x-delivery-count")? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some((*n).into()),
+        other => panic!("unexpected x-delivery-count {other:?}"),
+    }
+}
+
+/// The safety net behind the workers' attempt limit: the queue the task manager declares
+/// dead-letters a message that keeps coming back, after its delivery limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_keeps_coming_back_is_dead_lettered() {
+    let broker = Broker::connect().await;
+    let server = broker.start_server().await;
+    let id = server.upload("plays.csv", SEED_INPUT).await;
+    let dead = task_protocol::dead_letter_queue(&broker.queue);
+
+    let started = std::time::Instant::now();
+    let mut deliveries = 0;
+    loop {
+        let got = broker
+            .channel
+            .basic_get(broker.queue.as_str().into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get");
+        if let Some(message) = got {
+            let delivery = message.delivery;
+            // Absent or 0 on the first delivery.
+            let count = delivery_count(&delivery).unwrap_or(0);
+            assert_eq!(
+                count, deliveries,
+                "x-delivery-count of delivery {deliveries}"
+            );
+            deliveries += 1;
+            // A failed delivery for every RabbitMQ version (from 4.3 a nack does not count).
+            let requeue = BasicRejectOptions { requeue: true };
+            assert!(delivery.reject(requeue).await.expect("basic.reject"));
+            continue;
+        }
+        let declared = broker
+            .channel
+            .queue_declare(
+                dead.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the dead-letter queue exists");
+        if declared.message_count() == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "not dead-lettered after {deliveries} deliveries"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        deliveries,
+        i64::from(task_protocol::QUEUE_DELIVERY_LIMIT) + 1,
+        "deliveries before dead-lettering"
+    );
+    let message: TaskMessage = serde_json::from_slice(
+        &broker
+            .channel
+            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+            .expect("the dead letter")
+            .delivery
+            .data,
+    )
+    .expect("TaskMessage JSON");
+    assert_eq!(message.task_id, id);
 
     broker.delete_queue().await;
     server.stop().await;

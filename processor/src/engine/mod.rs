@@ -5,6 +5,7 @@ mod hash;
 mod merge;
 mod output;
 mod parse;
+mod partial;
 mod pipeline;
 mod run;
 mod scan;
@@ -22,6 +23,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
+pub use partial::{partial_file_beside, remove_stale_partials};
 pub(crate) use shards::Overflowed;
 pub use source::check_header;
 pub use worker::return_free_memory;
@@ -56,27 +58,6 @@ pub fn aggregate(
     temp.as_file().sync_all().map_err(write_err)?;
     temp.persist(output).map_err(|e| write_err(e.error))?;
     Ok(summary)
-}
-
-/// A temporary file in `output`'s directory (`.NAME.XXXX.partial`), to be renamed onto
-/// `output` once complete, so that `output` never exists half-written. It is removed when
-/// dropped unpersisted, and gets the permissions of any new file (0666 less the umask), not
-/// the owner-only mode of temporary files.
-pub fn partial_file_beside(output: &Path) -> std::io::Result<tempfile::NamedTempFile> {
-    let dir = match output.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let prefix = format!(".{name}.");
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".partial");
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    builder.tempfile_in(dir)
 }
 
 /// Aggregates `input` and writes the result CSV to `out`. On error, what was written so far

@@ -1,8 +1,10 @@
 //! `processor worker` as a child process of a test, killed when the test ends, also on panic.
+//! Shared by several test files, each of which uses a part.
+#![allow(dead_code)]
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Longest wait for the worker to stop after SIGTERM (it has nothing running by then).
@@ -25,6 +27,25 @@ impl WorkerProcess {
         worker_token: Option<&str>,
         storage_dir: &Path,
     ) -> Self {
+        Self::start_with_env(
+            amqp_url,
+            queue,
+            task_manager_url,
+            worker_token,
+            storage_dir,
+            &[],
+        )
+    }
+
+    /// [`WorkerProcess::start`] with more environment variables (overriding the defaults).
+    pub fn start_with_env(
+        amqp_url: &str,
+        queue: &str,
+        task_manager_url: &str,
+        worker_token: Option<&str>,
+        storage_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log_dir = tempfile::tempdir().expect("temporary directory");
         let log = log_dir.path().join("worker.log");
         let log_file = File::create(&log).expect("worker log file");
@@ -44,6 +65,7 @@ impl WorkerProcess {
             .env("ENGINE_THREADS", "2")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -56,24 +78,41 @@ impl WorkerProcess {
         }
     }
 
-    /// The worker's log so far, for failure messages.
-    pub fn log(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        format!("--- worker log ---\n{text}--- end of worker log ---")
+    /// The worker's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Sends SIGTERM and asserts that the worker stops cleanly (exit status 0).
-    pub fn stop_gracefully(mut self) {
+    /// The worker's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        format!(
+            "--- worker log ---\n{}--- end of worker log ---",
+            self.log_text()
+        )
+    }
+
+    /// Sends SIGTERM: the worker stops consuming and drains its running tasks.
+    pub fn terminate(&self) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Kills the worker with SIGKILL, as a crash or the OOM killer would, and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill -KILL the worker");
+        self.child.wait().expect("reap the worker");
+    }
+
+    /// Waits for the worker to exit (after [`WorkerProcess::terminate`]).
+    pub fn wait_exit(&mut self) -> ExitStatus {
         let started = Instant::now();
-        let status = loop {
+        loop {
             if let Some(status) = self.child.try_wait().expect("worker status") {
-                break status;
+                return status;
             }
             assert!(
                 started.elapsed() < STOP_DEADLINE,
@@ -81,7 +120,13 @@ impl WorkerProcess {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
-        };
+        }
+    }
+
+    /// Sends SIGTERM and asserts that the worker stops cleanly (exit status 0).
+    pub fn stop_gracefully(mut self) {
+        self.terminate();
+        let status = self.wait_exit();
         assert!(
             status.success(),
             "the worker exited with {status} after SIGTERM\n{}",

@@ -2,8 +2,9 @@
 //! servers of this machine: create a throw-away database, start a server on a random port,
 //! upload, poll, download.
 //!
-//! Self-contained (task_manager, reqwest, sqlx, tempfile, tokio, serde_json, uuid), so that
-//! other crates' tests can include it with `#[path = "..."] mod common;`.
+//! Self-contained (task_manager, task_protocol, lapin, reqwest, sqlx, tempfile, tokio,
+//! serde_json, uuid), so that other crates' tests can include it with
+//! `#[path = "..."] mod common;`.
 //! A server that cannot be reached fails the test with a message saying how to start it.
 #![allow(dead_code)]
 
@@ -130,7 +131,20 @@ pub struct TestServer {
     pub db: TestDb,
     pub client: Client,
     pub base_url: String,
+    /// The settings it was started with, its port included.
+    pub settings: Settings,
 }
+
+/// A task manager stopped by [`TestServer::stop_keeping_data`]: its storage and database stay.
+pub struct StoppedServer {
+    storage: tempfile::TempDir,
+    db: TestDb,
+    client: Client,
+    settings: Settings,
+}
+
+/// Longest wait for the port of a stopped task manager to be free again (a guard against hangs).
+const REBIND_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Starts an embedded-mode task manager on `kind`.
 pub async fn start_server(kind: DbKind) -> TestServer {
@@ -147,16 +161,44 @@ pub async fn start_server_with(kind: DbKind, configure: impl FnOnce(&mut Setting
     settings.database_url = db.url.clone();
     settings.engine_memory_limit = 64 << 20;
     configure(&mut settings);
-    let server = task_manager::start(settings)
+    let server = task_manager::start(settings.clone())
         .await
         .unwrap_or_else(|e| panic!("the task manager did not start on {kind:?}: {e:#}"));
     let base_url = server.base_url();
+    settings.port = server.addr().port();
     TestServer {
         server,
         storage,
         db,
         client: Client::new(),
         base_url,
+        settings,
+    }
+}
+
+impl StoppedServer {
+    /// Starts the task manager again, on the same port, storage and database.
+    pub async fn restart(self) -> TestServer {
+        let started = std::time::Instant::now();
+        let server = loop {
+            match task_manager::start(self.settings.clone()).await {
+                Ok(server) => break server,
+                Err(e) if started.elapsed() < REBIND_DEADLINE => {
+                    eprintln!("restarting the task manager: {e:#}; trying again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("the task manager did not start again: {e:#}"),
+            }
+        };
+        let base_url = server.base_url();
+        TestServer {
+            server,
+            storage: self.storage,
+            db: self.db,
+            client: self.client,
+            base_url,
+            settings: self.settings,
+        }
     }
 }
 
@@ -248,6 +290,17 @@ impl TestServer {
     pub async fn stop(self) {
         self.server.shutdown().await;
         self.db.drop().await;
+    }
+
+    /// Stops the server, keeping its storage and database for [`StoppedServer::restart`].
+    pub async fn stop_keeping_data(self) -> StoppedServer {
+        self.server.shutdown().await;
+        StoppedServer {
+            storage: self.storage,
+            db: self.db,
+            client: self.client,
+            settings: self.settings,
+        }
     }
 }
 
@@ -545,13 +598,18 @@ pub async fn amqp_connect() -> lapin::Connection {
         })
 }
 
-/// Deletes a RabbitMQ queue made for a test.
+/// Deletes a RabbitMQ task queue made for a test, and its dead-letter queue.
 pub async fn delete_queue(queue: &str) {
     let connection = amqp_connect().await;
     let channel = connection.create_channel().await.expect("AMQP channel");
-    channel
-        .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
-        .await
-        .expect("queue.delete");
+    for name in [queue.to_string(), task_protocol::dead_letter_queue(queue)] {
+        channel
+            .queue_delete(
+                name.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+            .expect("queue.delete");
+    }
     let _ = connection.close(200, "done".into()).await;
 }

@@ -6,6 +6,7 @@ mod callbacks;
 mod consumer;
 mod error_chain;
 mod paths;
+mod running;
 mod task;
 
 use std::path::PathBuf;
@@ -21,9 +22,6 @@ use tracing::{info, warn};
 use callbacks::Callbacks;
 use consumer::{Consumer, QueueSettings};
 use task::TaskContext;
-
-/// Interval between two progress reports of a running task.
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Args)]
 pub struct WorkerArgs {
@@ -64,6 +62,15 @@ pub struct WorkerArgs {
     /// cancelled and returned to the queue.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value_t = 25)]
     drain_timeout: u64,
+    /// Deliveries of a task after which it is abandoned: reported FAILED and dead-lettered
+    /// (a task whose processing is interrupted each time, e.g. a worker killed by the OOM killer).
+    #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(task_protocol::QUEUE_DELIVERY_LIMIT)))]
+    max_attempts: u32,
+    /// Milliseconds between two progress reports of a running task.
+    #[arg(long, env = "WORKER_PROGRESS_INTERVAL_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    progress_interval_ms: u64,
 }
 
 fn parse_amqp_uri(text: &str) -> Result<AMQPUri, String> {
@@ -97,8 +104,10 @@ async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
             ..Config::default()
         },
         callbacks: Callbacks::new(&args.task_manager_url, args.worker_token.as_deref())?,
-        progress_every: PROGRESS_EVERY,
+        progress_every: Duration::from_millis(args.progress_interval_ms),
         abort,
+        max_attempts: args.max_attempts,
+        running: Default::default(),
     };
     let settings = QueueSettings {
         amqp_uri: args.amqp_url,

@@ -12,7 +12,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     BasicRejectOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::Semaphore;
@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use super::backoff::Backoff;
 use super::error_chain::error_chain;
-use super::task::{self, Disposition, TaskContext};
+use super::task::{self, DeliveryInfo, Disposition, TaskContext};
 
 /// First and longest wait before reconnecting to RabbitMQ.
 const FIRST_RECONNECT: Duration = Duration::from_secs(1);
@@ -108,8 +108,9 @@ impl Consumer {
     /// One connection's life: returns it and its channel when stopping, an error when it is lost.
     async fn session(&mut self, backoff: &mut Backoff) -> anyhow::Result<(Connection, Channel)> {
         let settings = &self.settings;
-        let properties =
-            ConnectionProperties::default().with_connection_name("processor worker".into());
+        // Named after the queue, so that it is easy to spot in RabbitMQ's connection list.
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("processor worker ({})", settings.queue).into());
         let connection = Connection::connect_uri(settings.amqp_uri.clone(), properties)
             .await
             .context("cannot connect to RabbitMQ")?;
@@ -133,11 +134,9 @@ impl Consumer {
         backoff.reset();
 
         loop {
-            let slot = tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => break,
-                slot = self.slots.clone().acquire_owned() => slot?,
-            };
+            // The prefetch keeps deliveries to the free slots, give or take the tasks of a lost
+            // connection still running: waiting on the deliveries first notices a lost
+            // connection at once, even while every slot is busy.
             let delivery = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
@@ -147,9 +146,16 @@ impl Consumer {
                     None => anyhow::bail!("RabbitMQ cancelled the consumer (queue deleted?)"),
                 },
             };
+            // Unsettled, the delivery returns to the queue when the channel closes.
+            let slot = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                slot = self.slots.clone().acquire_owned() => slot?,
+            };
             let ctx = self.ctx.clone();
             self.tasks.spawn(async move {
-                settle(&delivery, task::handle(&delivery.data, &ctx).await).await;
+                let info = delivery_info(&delivery);
+                settle(&delivery, task::handle(&delivery.data, info, &ctx).await).await;
                 drop(slot);
             });
             while let Some(finished) = self.tasks.try_join_next() {
@@ -220,6 +226,34 @@ async fn settle(delivery: &Delivery, disposition: Disposition) {
         Err(err) => {
             warn!(error = %err, %disposition, "cannot settle the message; RabbitMQ redelivers it");
         }
+    }
+}
+
+/// The delivery's attempt count, from the `x-delivery-count` header of quorum queues.
+fn delivery_info(delivery: &Delivery) -> DeliveryInfo {
+    let count = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get("x-delivery-count"))
+        .and_then(integer);
+    DeliveryInfo {
+        earlier_attempts: count.and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+        redelivered: delivery.redelivered || count.is_some_and(|n| n > 0),
+    }
+}
+
+/// The value of an integer header, whatever its AMQP width.
+fn integer(value: &AMQPValue) -> Option<i64> {
+    match *value {
+        AMQPValue::ShortShortInt(n) => Some(n.into()),
+        AMQPValue::ShortShortUInt(n) => Some(n.into()),
+        AMQPValue::ShortInt(n) => Some(n.into()),
+        AMQPValue::ShortUInt(n) => Some(n.into()),
+        AMQPValue::LongInt(n) => Some(n.into()),
+        AMQPValue::LongUInt(n) => Some(n.into()),
+        AMQPValue::LongLongInt(n) => Some(n),
+        _ => None,
     }
 }
 

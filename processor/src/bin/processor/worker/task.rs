@@ -13,13 +13,16 @@ use uuid::Uuid;
 
 use super::callbacks::{CallbackError, Callbacks};
 use super::paths;
+use super::running::RunningTasks;
 
 /// What the consumer does with the message once the task is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
-    /// The task is finished (or cannot be done): remove the message.
+    /// The task is finished, or failed for a reason of its own (e.g. invalid CSV): remove the
+    /// message.
     Ack,
-    /// The message is not a task: drop it (dead-lettered when the queue has a policy for it).
+    /// The message cannot be processed (not a task, unknown task, missing input, too many
+    /// attempts): RabbitMQ moves it to the dead-letter queue.
     Reject,
     /// The task was interrupted (worker stopping, task manager unreachable): queue it again.
     Requeue,
@@ -45,10 +48,24 @@ pub struct TaskContext {
     pub progress_every: Duration,
     /// Cancelled when running tasks must stop (worker shutting down): they go back to the queue.
     pub abort: CancellationToken,
+    /// Deliveries of a message after which its task is abandoned (FAILED, dead-lettered).
+    pub max_attempts: u32,
+    /// The tasks being handled, so that a redelivery never runs beside the first delivery.
+    pub running: RunningTasks,
+}
+
+/// What the broker tells about a delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryInfo {
+    /// Earlier deliveries of the message that ended without settling it (worker killed,
+    /// connection lost) or with a requeue (before RabbitMQ 4.3): its `x-delivery-count` header.
+    pub earlier_attempts: u32,
+    /// Delivered before: a killed worker may have left a partial result file.
+    pub redelivered: bool,
 }
 
 /// Handles the message `payload` and says what to do with it.
-pub async fn handle(payload: &[u8], ctx: &TaskContext) -> Disposition {
+pub async fn handle(payload: &[u8], info: DeliveryInfo, ctx: &TaskContext) -> Disposition {
     let message: TaskMessage = match serde_json::from_slice(payload) {
         Ok(message) => message,
         Err(err) => {
@@ -58,10 +75,11 @@ pub async fn handle(payload: &[u8], ctx: &TaskContext) -> Disposition {
         }
     };
     let span = info_span!("task", task_id = %message.task_id);
-    run_task(&message, ctx).instrument(span).await
+    let run = run_task(&message, info, ctx).instrument(span);
+    ctx.running.exclusive(message.task_id, run).await
 }
 
-async fn run_task(message: &TaskMessage, ctx: &TaskContext) -> Disposition {
+async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) -> Disposition {
     let id = message.task_id;
     let resolved = paths::resolve(&ctx.storage_dir, &message.input_path).and_then(|input| {
         paths::resolve(&ctx.storage_dir, &message.output_path).map(|output| (input, output))
@@ -70,16 +88,24 @@ async fn run_task(message: &TaskMessage, ctx: &TaskContext) -> Disposition {
         Ok(paths) => paths,
         Err(err) => {
             error!(error = %err, "invalid task message");
-            return report_end(
-                ctx,
-                id,
-                WorkerEvent::Failed {
-                    error: err.to_string(),
-                },
-            )
-            .await;
+            let event = WorkerEvent::Failed {
+                error: err.to_string(),
+            };
+            return report_end(ctx, id, event, Disposition::Reject).await;
         }
     };
+    if info.redelivered {
+        remove_stale_partials(output.clone()).await;
+    }
+    if info.earlier_attempts >= ctx.max_attempts {
+        let error = format!(
+            "abandoned after {} attempts: the processing was interrupted each time (worker \
+             killed or stopped, or task manager unreachable); WORKER_MAX_ATTEMPTS sets the limit",
+            info.earlier_attempts
+        );
+        error!(%error, "task abandoned");
+        return report_end(ctx, id, WorkerEvent::Failed { error }, Disposition::Reject).await;
+    }
 
     match ctx
         .callbacks
@@ -93,11 +119,21 @@ async fn run_task(message: &TaskMessage, ctx: &TaskContext) -> Disposition {
         Ok(_) => {}
         Err(err) => return after_refusal(err),
     }
+    if let Err(err) = tokio::fs::metadata(&input).await
+        && err.kind() == std::io::ErrorKind::NotFound
+    {
+        let error = format!(
+            "the input file {} is missing from the storage",
+            message.input_path
+        );
+        error!(%error, "task dropped");
+        return report_end(ctx, id, WorkerEvent::Failed { error }, Disposition::Reject).await;
+    }
     if let Some(dir) = output.parent()
         && let Err(err) = tokio::fs::create_dir_all(dir).await
     {
         let error = format!("cannot create {}: {err}", dir.display());
-        return report_end(ctx, id, WorkerEvent::Failed { error }).await;
+        return report_end(ctx, id, WorkerEvent::Failed { error }, Disposition::Ack).await;
     }
 
     info!(input = %input.display(), "processing");
@@ -128,7 +164,17 @@ async fn run_task(message: &TaskMessage, ctx: &TaskContext) -> Disposition {
             return Disposition::Requeue;
         }
     };
-    report_end(ctx, id, event).await
+    report_end(ctx, id, event, Disposition::Ack).await
+}
+
+/// Removes the partial result files a killed worker left for this output.
+async fn remove_stale_partials(output: PathBuf) {
+    match tokio::task::spawn_blocking(move || processor::remove_stale_partials(&output)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(removed)) => info!(removed, "removed partial results of an interrupted attempt"),
+        Ok(Err(err)) => warn!(error = %err, "cannot remove stale partial results"),
+        Err(err) => warn!(error = %err, "cannot remove stale partial results"),
+    }
 }
 
 /// How a run of the engine ended.
@@ -209,21 +255,34 @@ async fn report_progress(ctx: &TaskContext, id: Uuid, control: &Control) -> Opti
     }
 }
 
-/// Sends the final event; the message is acknowledged once the task manager accepted it.
-async fn report_end(ctx: &TaskContext, id: Uuid, event: WorkerEvent) -> Disposition {
+/// Sends the final event; once the task manager accepted it, the message is settled with
+/// `settle`. A message to dead-letter (with a FAILED event) is acknowledged instead when the
+/// task had already ended otherwise (DONE, CANCELLED): the late FAILED changed nothing.
+async fn report_end(
+    ctx: &TaskContext,
+    id: Uuid,
+    event: WorkerEvent,
+    settle: Disposition,
+) -> Disposition {
     match ctx.callbacks.send(id, &event, &ctx.abort).await {
-        Ok(_) => Disposition::Ack,
+        Ok(EventAck { status }) => {
+            if settle == Disposition::Reject && status != TaskStatus::Failed {
+                info!(%status, "task already finished; message acknowledged");
+                return Disposition::Ack;
+            }
+            settle
+        }
         Err(err) => after_refusal(err),
     }
 }
 
-/// A refused event ends the task (retrying cannot help); an unreachable task manager
-/// sends it back to the queue.
+/// A refused event (unknown task, usually) sends the message to the dead-letter queue:
+/// retrying cannot help. An unreachable task manager sends it back to the queue.
 fn after_refusal(err: CallbackError) -> Disposition {
     match err {
         CallbackError::Refused { .. } => {
-            error!(error = %err, "task dropped");
-            Disposition::Ack
+            error!(error = %err, "task dropped; message dead-lettered");
+            Disposition::Reject
         }
         CallbackError::Unavailable(_) => {
             warn!(error = %err, "task returned to the queue");
