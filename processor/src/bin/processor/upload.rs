@@ -69,6 +69,8 @@ async fn upload_and_fetch(args: UploadArgs) -> anyhow::Result<()> {
     let partial = partial_file(&output)?;
     let show = !args.quiet && std::io::stderr().is_terminal();
     let api = Api::new(&args.url, args.token.as_deref())?;
+    // Also before a long upload: a wrong URL or token.
+    api.check_access().await?;
 
     let bar = bytes_bar(show, "upload");
     let task_id = api.upload(&args.file, &bar).await?;

@@ -63,6 +63,21 @@ impl Api {
         })
     }
 
+    /// Checks that the task manager answers and takes the token, with a cheap request: a
+    /// server refuses a wrong token before reading an upload's body, which the client would
+    /// only see as a broken connection.
+    pub async fn check_access(&self) -> anyhow::Result<()> {
+        let url = format!("{}/v1/tasks?page_size=1", self.base_url);
+        let response = self
+            .http
+            .get(&url)
+            .timeout(SHORT_REQUEST)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        success(response, &url).await.map(drop)
+    }
+
     /// Uploads `path` as the multipart field `file`, streamed from disk; returns the task id.
     pub async fn upload(&self, path: &Path, bar: &ProgressBar) -> anyhow::Result<Uuid> {
         let file = tokio::fs::File::open(path)
