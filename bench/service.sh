@@ -15,6 +15,7 @@
 #   AMQP_URL         default amqp://guest:guest@127.0.0.1:5672/%2f
 #   MARIADB_URL      server URL without database, default mysql://root@127.0.0.1:3306
 #                    (a database bench_service is created and dropped)
+#   SYNC_UPLOADS=1   the task manager's setting: 0 accepts uploads before they are on the disk
 #
 # Builds the release binaries, writes data into bench/data/ and results into
 # bench/results/service-<UTC time>/.
@@ -51,7 +52,8 @@ start_service() {
     port=$(free_port)
     URL=http://127.0.0.1:$port
     mkdir -p "$storage"
-    local -a env=(PORT="$port" BIND=127.0.0.1 STORAGE_DIR="$storage" RUST_LOG=warn)
+    local -a env=(PORT="$port" BIND=127.0.0.1 STORAGE_DIR="$storage" RUST_LOG=warn
+        SYNC_UPLOADS="${SYNC_UPLOADS:-1}")
     if [[ $mode == distributed ]]; then
         mariadb -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS $DATABASE; CREATE DATABASE $DATABASE" ||
             die "cannot reach MariaDB at $MARIADB_URL"
@@ -124,7 +126,7 @@ main() {
     local arg
     for arg in "$@"; do
         case $arg in
-            -h | --help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+            -h | --help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
             embedded | distributed) modes+=("$arg") ;;
             *) die "unknown mode '$arg' (embedded, distributed)" ;;
         esac
@@ -142,7 +144,7 @@ main() {
     RESULTS=$BENCH_DIR/results/service-$(date -u +%Y%m%dT%H%M%SZ)
     mkdir -p "$RESULTS"
     local runs=${RUNS:-3} mode run cli service peak queue
-    say "$name: $(du -h "$input" | cut -f1), $runs run(s), modes: ${modes[*]}"
+    say "$name: $(du -h "$input" | cut -f1), $runs run(s), modes: ${modes[*]}, SYNC_UPLOADS=${SYNC_UPLOADS:-1}"
     for mode in "${modes[@]}"; do
         start_service "$mode"
         : >"$WORK/cli" && : >"$WORK/service" && : >"$WORK/peak"

@@ -73,6 +73,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             slots: Arc::new(Semaphore::new(settings.max_concurrent_uploads)),
             idle_timeout: settings.upload_idle_timeout,
             total_timeout: settings.upload_timeout,
+            sync: settings.sync_uploads,
         },
         fallback_base_url: base_url(addr),
     });

@@ -36,6 +36,10 @@ pub struct Settings {
     pub upload_idle_timeout: Duration,
     /// Longest time to receive a whole upload (`UPLOAD_TIMEOUT`, default 6 h); then 408.
     pub upload_timeout: Duration,
+    /// Whether an upload is on the disk (fsync) before it is accepted (`SYNC_UPLOADS`, 1 or 0;
+    /// default 1). With 0 an accepted upload survives a crash of the task manager but not of
+    /// the machine, and the service answers sooner: the disk need not keep up with the network.
+    pub sync_uploads: bool,
     /// Longest wait for a database connection (`DATABASE_TIMEOUT`, default 5 s); then the
     /// request is answered 503.
     pub database_timeout: Duration,
@@ -86,6 +90,7 @@ impl Settings {
             worker_tokens: Tokens::default(),
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
+            sync_uploads: true,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             upload_idle_timeout: DEFAULT_UPLOAD_IDLE_TIMEOUT,
             upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
@@ -115,11 +120,12 @@ impl Settings {
             Settings::new(var("STORAGE_DIR").unwrap_or_else(|| DEFAULT_STORAGE_DIR.to_string()));
         if let Some(bind) = var("BIND") {
             settings.bind = parse_var("BIND", &bind)?;
-            settings.allow_insecure_bind = match var("ALLOW_INSECURE_BIND").as_deref() {
-                None | Some("0") => false,
-                Some("1") => true,
-                Some(other) => bail!("invalid ALLOW_INSECURE_BIND={other:?}: expected 1 or 0"),
-            };
+            if let Some(flag) = var("ALLOW_INSECURE_BIND") {
+                settings.allow_insecure_bind = parse_flag("ALLOW_INSECURE_BIND", &flag)?;
+            }
+        }
+        if let Some(flag) = var("SYNC_UPLOADS") {
+            settings.sync_uploads = parse_flag("SYNC_UPLOADS", &flag)?;
         }
         settings.api_tokens = Tokens::parse(&var("API_TOKEN").unwrap_or_default());
         settings.worker_tokens = Tokens::parse(&var("WORKER_TOKEN").unwrap_or_default());
@@ -209,6 +215,14 @@ pub fn default_database_url(storage_dir: &Path) -> String {
 }
 
 /// A positive duration such as `30s`, `5m` or `1h 30m`.
+fn parse_flag(name: &str, value: &str) -> anyhow::Result<bool> {
+    match value.trim() {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        other => bail!("invalid {name}={other:?}: expected 1 or 0"),
+    }
+}
+
 fn parse_duration(name: &str, value: &str) -> anyhow::Result<Duration> {
     let duration = humantime::parse_duration(value.trim())
         .with_context(|| format!("invalid {name}={value:?}: expected e.g. 30s, 5m or 2h"))?;
@@ -310,6 +324,9 @@ mod tests {
         );
         assert!(from(&[("BIND", "0.0.0.0"), ("ALLOW_INSECURE_BIND", "yes please")]).is_err());
         assert!(from(&[("MAX_UPLOAD_BYTES", "huge")]).is_err());
+        assert!(from(&[]).unwrap().sync_uploads);
+        assert!(!from(&[("SYNC_UPLOADS", "0")]).unwrap().sync_uploads);
+        assert!(from(&[("SYNC_UPLOADS", "no")]).is_err());
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub struct AppState {
     pub uploads: UploadLimits,
 }
 
-/// How much, how many and how slowly clients may upload.
+/// How much, how many and how slowly clients may upload, and how uploads are stored.
 pub struct UploadLimits {
     /// Largest upload accepted, in bytes.
     pub max_bytes: u64,
@@ -56,6 +56,8 @@ pub struct UploadLimits {
     pub idle_timeout: std::time::Duration,
     /// Longest time to receive a whole body.
     pub total_timeout: std::time::Duration,
+    /// Sync an upload to the disk before accepting it.
+    pub sync: bool,
 }
 
 impl AppState {

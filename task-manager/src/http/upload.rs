@@ -104,7 +104,7 @@ pub async fn upload(
         .as_file()
         .try_clone()
         .map_err(|e| ApiError::storage("cannot store the upload", e))?;
-    let mut writer = Spool::new(file);
+    let mut writer = Spool::new(file, limits.sync);
     let limit = limits.max_bytes;
     let clock = BodyClock::new(limits.idle_timeout, limits.total_timeout);
     let request = request.map(|body| Body::from_stream(clock.watch(body.into_data_stream())));

@@ -1,7 +1,7 @@
 //! Writes an upload to its file on a blocking thread, so the async threads only pass chunks
 //! along. Writeback to the disk starts while the bytes still arrive (every
-//! [`WRITEBACK_STEP`]), so that making the file durable at the end waits for the last
-//! stretch only, not for the whole upload.
+//! [`WRITEBACK_STEP`]), so that making the file durable at the end (when asked to) waits for
+//! what the disk has not caught up with only, not for the whole upload.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -24,10 +24,10 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Starts the writer thread for `file`.
-    pub fn new(file: File) -> Spool {
+    /// Starts the writer thread for `file`; `sync`: make the file durable at the end.
+    pub fn new(file: File, sync: bool) -> Spool {
         let (chunks, received) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        let writer = tokio::task::spawn_blocking(move || write_all(file, received));
+        let writer = tokio::task::spawn_blocking(move || write_all(file, received, sync));
         Spool {
             chunks: Some(chunks),
             writer: Some(writer),
@@ -48,7 +48,7 @@ impl Spool {
         }
     }
 
-    /// Writes what is queued and makes the file durable.
+    /// Writes what is queued (and makes the file durable when asked to).
     pub async fn finish(&mut self) -> io::Result<()> {
         self.chunks = None;
         let Some(writer) = self.writer.take() else {
@@ -60,8 +60,8 @@ impl Spool {
     }
 }
 
-/// The writer thread: writes the chunks as they come, then syncs the file.
-fn write_all(file: File, mut chunks: mpsc::Receiver<Bytes>) -> io::Result<()> {
+/// The writer thread: writes the chunks as they come, then syncs the file if `sync`.
+fn write_all(file: File, mut chunks: mpsc::Receiver<Bytes>, sync: bool) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut written = 0u64;
     let mut written_back = 0u64;
@@ -75,7 +75,10 @@ fn write_all(file: File, mut chunks: mpsc::Receiver<Bytes>) -> io::Result<()> {
         }
     }
     out.flush()?;
-    out.get_ref().sync_all()
+    if sync {
+        out.get_ref().sync_all()?;
+    }
+    Ok(())
 }
 
 /// Asks the kernel to start writing `len` bytes at `offset` to the disk, without waiting.
@@ -105,7 +108,7 @@ mod tests {
     #[tokio::test]
     async fn writes_every_chunk_in_order() {
         let file = tempfile::NamedTempFile::new().unwrap();
-        let mut spool = Spool::new(file.reopen().unwrap());
+        let mut spool = Spool::new(file.reopen().unwrap(), true);
         let mut expected = Vec::new();
         for i in 0..1000u32 {
             let chunk = Bytes::from(i.to_string().repeat(100));
@@ -121,7 +124,7 @@ mod tests {
         // Writing to a file opened read-only fails.
         let file = tempfile::NamedTempFile::new().unwrap();
         let read_only = File::open(file.path()).unwrap();
-        let mut spool = Spool::new(read_only);
+        let mut spool = Spool::new(read_only, false);
         let chunk = Bytes::from(vec![b'x'; 2 * WRITE_BUFFER]);
         let mut failed = None;
         for _ in 0..(CHUNKS_IN_FLIGHT + 4) {
