@@ -172,15 +172,10 @@ pub(crate) fn produce_stream(
                     }
                 }
             }
-            if eof {
-                break;
-            }
-            if let Some(end) = last_record_end(&buf) {
-                carry.extend_from_slice(&buf[end..]);
-                buf.truncate(end);
-                break;
-            }
-            if buf.len() >= block_bytes + MAX_RECORD_BYTES {
+            // The same rule as `cut` for mapped input: the first record must end within
+            // `limit` bytes unless the input ends there.
+            let limit = block_bytes + MAX_RECORD_BYTES;
+            if buf.len() > limit && last_record_end(&buf[..limit]).is_none() {
                 let block = Block {
                     index,
                     data: BlockData::Owned(buf),
@@ -189,7 +184,15 @@ pub(crate) fn produce_stream(
                 send(block);
                 return header.ok_or(Error::EmptyInput);
             }
-            target = buf.len() + block_bytes;
+            if eof {
+                break;
+            }
+            if let Some(end) = last_record_end(&buf) {
+                carry.extend_from_slice(&buf[end..]);
+                buf.truncate(end);
+                break;
+            }
+            target = (buf.len() + block_bytes).min(limit + 1);
         }
         if buf.is_empty() {
             continue;
