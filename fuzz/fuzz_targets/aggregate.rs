@@ -104,7 +104,10 @@ fn run_engine(input: &[u8], mode: &Mode) -> Result<(Vec<u8>, processor::Summary)
     let left: Vec<_> = std::fs::read_dir(&spill_dir)
         .expect("spill directory")
         .collect();
-    assert!(left.is_empty(), "{mode:?}: spilled runs left behind: {left:?}");
+    assert!(
+        left.is_empty(),
+        "{mode:?}: spilled runs left behind: {left:?}"
+    );
     result.map(|summary| (out, summary))
 }
 
@@ -153,7 +156,9 @@ fuzz_target!(|data: &[u8]| {
         _ => panic!(
             "{mode:?}: engine {:?}, reference {:?}",
             actual.as_ref().map(|(out, _)| String::from_utf8_lossy(out)),
-            expected.as_ref().map(|c| String::from_utf8_lossy(&c.output))
+            expected
+                .as_ref()
+                .map(|c| String::from_utf8_lossy(&c.output))
         ),
     }
 });

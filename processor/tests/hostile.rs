@@ -100,7 +100,11 @@ fn check(run: &Run, output: Option<Vec<u8>>, expected: &Outcome, context: &str) 
                 "{context}: {}",
                 run.stderr
             );
-            assert!(run.stderr.starts_with("error: "), "{context}: {}", run.stderr);
+            assert!(
+                run.stderr.starts_with("error: "),
+                "{context}: {}",
+                run.stderr
+            );
             for part in parts {
                 assert!(
                     run.stderr.contains(part.as_str()),
@@ -122,7 +126,13 @@ fn check(run: &Run, output: Option<Vec<u8>>, expected: &Outcome, context: &str) 
 fn output_in(dir: &Path) -> Option<Vec<u8>> {
     let names: Vec<String> = std::fs::read_dir(dir)
         .expect("output directory")
-        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     assert!(
         names.iter().all(|name| name == "out.csv"),

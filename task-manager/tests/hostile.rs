@@ -92,7 +92,10 @@ fn check(name: &str, answer: Answer, expected: &Outcome) {
         ),
         (Answer::Failed(error), Outcome::Error(parts)) => {
             for part in parts {
-                assert!(error.contains(part.as_str()), "{name}: {error:?} lacks {part:?}");
+                assert!(
+                    error.contains(part.as_str()),
+                    "{name}: {error:?} lacks {part:?}"
+                );
             }
         }
         (Answer::Refused(code, error), Outcome::Error(parts)) => {
@@ -102,7 +105,10 @@ fn check(name: &str, answer: Answer, expected: &Outcome) {
                 .any(|part| part.contains("line 1:") || part.contains("empty"));
             assert!(about_the_start, "{name}: refused at upload: {error}");
             for part in parts.iter().filter(|part| !part.contains("empty")) {
-                assert!(error.contains(part.as_str()), "{name}: {error:?} lacks {part:?}");
+                assert!(
+                    error.contains(part.as_str()),
+                    "{name}: {error:?} lacks {part:?}"
+                );
             }
         }
         (Answer::Done(download), Outcome::Error(parts)) => panic!(
@@ -128,7 +134,11 @@ async fn golden_and_generated_hostile_inputs_over_http() {
             golden_cases::Expected::Output(output) => Outcome::Output(output.clone()),
             golden_cases::Expected::Error(message) => Outcome::Error(vec![message.clone()]),
         };
-        check(&case.name, submit(&server, &case.name, &input).await, &expected);
+        check(
+            &case.name,
+            submit(&server, &case.name, &input).await,
+            &expected,
+        );
         count += 1;
     }
     for case in fixtures::hostile::generated() {

@@ -115,20 +115,24 @@ pub(crate) fn produce_mapped(
     })
 }
 
-/// End of the block starting at record start `pos`, and whether its first record is oversized.
+/// End of the block starting at record start `pos`, and whether its first record is oversized
+/// (no record end within `block_bytes + MAX_RECORD_BYTES` bytes, and the input goes on).
+/// A window without a record end is doubled, so long records cost linear time whatever the
+/// block size.
 fn cut(data: &[u8], pos: usize, block_bytes: usize) -> (usize, bool) {
-    let end = (pos + block_bytes).min(data.len());
-    if end == data.len() {
-        return (end, false);
-    }
-    if let Some(offset) = last_record_end(&data[pos..end]) {
-        return (pos + offset, false);
-    }
     let limit = (pos + block_bytes + MAX_RECORD_BYTES).min(data.len());
-    match last_record_end(&data[pos..limit]) {
-        Some(offset) => (pos + offset, false),
-        None if limit == data.len() => (limit, false),
-        None => (limit, true),
+    let mut end = (pos + block_bytes).min(data.len());
+    loop {
+        if end == data.len() {
+            return (end, false);
+        }
+        if let Some(offset) = last_record_end(&data[pos..end]) {
+            return (pos + offset, false);
+        }
+        if end == limit {
+            return (limit, true);
+        }
+        end = (pos + 2 * (end - pos)).min(limit);
     }
 }
 
@@ -167,7 +171,7 @@ pub(crate) fn produce_stream(
                     }
                     None if buf.len() >= MAX_RECORD_BYTES => return Err(header_too_long()),
                     None => {
-                        target = buf.len() + block_bytes;
+                        target = buf.len() + block_bytes.max(buf.len());
                         continue;
                     }
                 }
@@ -192,7 +196,8 @@ pub(crate) fn produce_stream(
                 buf.truncate(end);
                 break;
             }
-            target = (buf.len() + block_bytes).min(limit + 1);
+            // Doubling: a long record costs linear time whatever the block size.
+            target = (buf.len() + block_bytes.max(buf.len())).min(limit + 1);
         }
         if buf.is_empty() {
             continue;
