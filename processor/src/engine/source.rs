@@ -10,8 +10,9 @@ use super::scan::last_record_end;
 use crate::error::InvalidRow;
 use crate::{Control, Error};
 
-/// Longest record accepted. A longer one (or a double quote never closed, which makes the
-/// rest of the input one field) is an error.
+/// Record limit beyond the block size: a record longer than `block_bytes + MAX_RECORD_BYTES`
+/// (5 MiB with the default blocks), or a double quote never closed that makes the rest of
+/// the input one field that long, is an error, for mapped and streamed input alike.
 pub(crate) const MAX_RECORD_BYTES: usize = 1 << 20;
 
 /// A run of whole records.
@@ -241,7 +242,19 @@ fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>, target: usize) -> std::io::Res
 
 #[cfg(test)]
 mod tests {
-    use super::check_header;
+    use super::{MAX_RECORD_BYTES, check_header, cut};
+
+    #[test]
+    fn blocks_end_at_record_ends_and_overlong_records_are_flagged() {
+        let data = b"ab\ncd\n\"e\nf\"\ng";
+        assert_eq!(cut(data, 0, 1), (3, false));
+        assert_eq!(cut(data, 3, 1), (6, false));
+        assert_eq!(cut(data, 6, 1), (data.len(), false));
+        assert_eq!(cut(data, 6, 6), (12, false));
+        let long = vec![b'x'; 2 + MAX_RECORD_BYTES];
+        assert_eq!(cut(&long, 0, 1), (1 + MAX_RECORD_BYTES, true));
+        assert_eq!(cut(&long[1..], 0, 1), (1 + MAX_RECORD_BYTES, false));
+    }
 
     #[test]
     fn header_checks() {
