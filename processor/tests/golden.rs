@@ -272,3 +272,38 @@ fn invalid_rows_count_as_read() {
     assert_eq!(summary.invalid_samples.len(), 2);
     assert!(summary.invalid_samples[1].starts_with("line 4, field \"Date\""));
 }
+
+/// The strict reference (`fixtures::reference::check`) gives every golden output and blames
+/// the line and field of every golden error: the golden files and the reference check each
+/// other.
+#[test]
+fn the_strict_reference_agrees_with_every_golden_case() {
+    use fixtures::reference::{Rejection, check};
+    let mut failures = Vec::new();
+    for case in golden_cases::valid()
+        .into_iter()
+        .chain(golden_cases::invalid())
+    {
+        let input = std::fs::read(&case.input).expect("golden input");
+        let agrees = match (&case.expected, check(&input, false)) {
+            (Expected::Output(expected), Ok(checked)) => &checked.output == expected,
+            (Expected::Error(message), Err(Rejection::Invalid { line, field })) => {
+                let prefix = match field {
+                    Some(field) => format!("invalid input: line {line}, field \"{field}\":"),
+                    None => format!("invalid input: line {line}:"),
+                };
+                message.starts_with(&prefix)
+            }
+            (Expected::Error(message), Err(Rejection::Empty)) => message.contains("empty"),
+            (Expected::Error(message), Err(Rejection::Overflow)) => message.contains("overflows"),
+            _ => false,
+        };
+        if !agrees {
+            failures.push(case.name);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "the reference disagrees on {failures:?}"
+    );
+}

@@ -308,7 +308,7 @@ fn read_plain(data: &[u8], pos: usize) -> Result<FieldRead, FieldError> {
         Some(_) => {
             let field_end =
                 memchr::memchr2(b',', b'\n', &data[end..]).map_or(data.len(), |i| end + i);
-            let (next, newlines) = skip_line(data, end);
+            let (next, newlines) = skip_record(data, end);
             return Err(FieldError {
                 reason: format!(
                     "{} has a double quote in an unquoted field (quote the whole field and double the quote)",
@@ -364,7 +364,7 @@ fn read_quoted(data: &[u8], pos: usize, out: &mut Vec<u8>) -> Result<FieldRead, 
             Some(b'\r') if data.get(after + 1) == Some(&b'\n') => (Term::Line, after + 2, 1),
             Some(b'\r') if after + 1 == data.len() => (Term::End, after + 1, 0),
             Some(_) => {
-                let (next, skipped) = skip_line(data, after);
+                let (next, skipped) = skip_record(data, after);
                 return Err(FieldError {
                     reason: format!(
                         "has {} after its closing double quote (expected a comma or the end of the line)",
@@ -435,12 +435,27 @@ fn first_line(data: &[u8]) -> &[u8] {
     memchr::memchr(b'\n', data).map_or(data, |end| &data[..end])
 }
 
-/// Skips to just past the next `\n` at or after `pos` (for resynchronising after an error).
-fn skip_line(data: &[u8], pos: usize) -> (usize, u64) {
-    match memchr::memchr(b'\n', &data[pos..]) {
-        Some(offset) => (pos + offset + 1, 1),
-        None => (data.len(), 0),
+/// Skips the rest of a malformed record, from `pos` to just past the next `\n` outside
+/// quotes, counting every `"` from `pos` on: the rule the block cutter follows
+/// ([`super::scan::last_record_end`]), so that the next record starts at the same place
+/// whatever the block size. Returns that place and the line ends skipped.
+fn skip_record(data: &[u8], pos: usize) -> (usize, u64) {
+    let mut quoted = false;
+    let mut newlines = 0;
+    let mut from = pos;
+    while let Some(offset) = memchr::memchr2(b'"', b'\n', &data[from..]) {
+        let at = from + offset;
+        if data[at] == b'"' {
+            quoted = !quoted;
+        } else {
+            newlines += 1;
+            if !quoted {
+                return (at + 1, newlines);
+            }
+        }
+        from = at + 1;
     }
+    (data.len(), newlines)
 }
 
 #[cfg(test)]
@@ -530,7 +545,7 @@ mod tests {
     #[test]
     fn invalid_records_are_diagnosed_and_skipped() {
         let (sink, stats) = parse(
-            "A,2020-01-02\nB,2020-02-30,1\nC,2020-01-01,-3\n,2020-01-01,1\nD,2020-01-01,1,x\nE\"x,2020-01-01,1\n\"F\"x,2020-01-01,1\nG,2020-01-01,99999999999999999999\nH,2020-01-01,7\n\"open,2020-01-01,1\n",
+            "A,2020-01-02\nB,2020-02-30,1\nC,2020-01-01,-3\n,2020-01-01,1\nD,2020-01-01,1,x\nE\"x\"y,2020-01-01,1\n\"F\"x,2020-01-01,1\nG,2020-01-01,99999999999999999999\nH,2020-01-01,7\n\"open,2020-01-01,1\n",
         );
         let fields: Vec<_> = sink.invalid.iter().map(|(l, f, _)| (*l, *f)).collect();
         assert_eq!(
@@ -557,5 +572,23 @@ mod tests {
         assert!(sink.invalid[8].2.contains("never closed"));
         assert_eq!(sink.rows, vec![("H".into(), pack_date(2020, 1, 1), 7, 8)]);
         assert_eq!(stats.rows, 10);
+    }
+
+    #[test]
+    fn after_a_malformed_field_the_record_ends_where_the_block_cutter_says() {
+        // The stray quote opens a quoted stretch up to the quote of line 4: whole or cut
+        // into blocks at record ends, the first three lines are one bad record.
+        let data = "a\"b\nB,2020-01-01,1\n\"x\nC,2020-01-01,2\n";
+        let cut = crate::engine::scan::last_record_end(&data.as_bytes()[..24]);
+        assert_eq!(cut, Some(22));
+        let (whole, stats) = parse(data);
+        let (first, _) = parse(&data[..22]);
+        let (second, _) = parse(&data[22..]);
+        assert_eq!(stats, BlockStats { lines: 4, rows: 2 });
+        assert_eq!(whole.invalid.len(), 1);
+        assert_eq!(first.invalid.len(), 1);
+        assert_eq!(whole.rows, vec![("C".into(), pack_date(2020, 1, 1), 2, 3)]);
+        assert_eq!(second.rows, vec![("C".into(), pack_date(2020, 1, 1), 2, 0)]);
+        assert!(first.rows.is_empty());
     }
 }

@@ -10,8 +10,9 @@ use super::scan::last_record_end;
 use crate::error::InvalidRow;
 use crate::{Control, Error};
 
-/// Longest record accepted. A longer one (or a double quote never closed, which makes the
-/// rest of the input one field) is an error.
+/// Record limit beyond the block size: a record longer than `block_bytes + MAX_RECORD_BYTES`
+/// (5 MiB with the default blocks), or a double quote never closed that makes the rest of
+/// the input one field that long, is an error, for mapped and streamed input alike.
 pub(crate) const MAX_RECORD_BYTES: usize = 1 << 20;
 
 /// A run of whole records.
@@ -115,20 +116,24 @@ pub(crate) fn produce_mapped(
     })
 }
 
-/// End of the block starting at record start `pos`, and whether its first record is oversized.
+/// End of the block starting at record start `pos`, and whether its first record is oversized
+/// (no record end within `block_bytes + MAX_RECORD_BYTES` bytes, and the input goes on).
+/// A window without a record end is doubled, so long records cost linear time whatever the
+/// block size.
 fn cut(data: &[u8], pos: usize, block_bytes: usize) -> (usize, bool) {
-    let end = (pos + block_bytes).min(data.len());
-    if end == data.len() {
-        return (end, false);
-    }
-    if let Some(offset) = last_record_end(&data[pos..end]) {
-        return (pos + offset, false);
-    }
     let limit = (pos + block_bytes + MAX_RECORD_BYTES).min(data.len());
-    match last_record_end(&data[pos..limit]) {
-        Some(offset) => (pos + offset, false),
-        None if limit == data.len() => (limit, false),
-        None => (limit, true),
+    let mut end = (pos + block_bytes).min(data.len());
+    loop {
+        if end == data.len() {
+            return (end, false);
+        }
+        if let Some(offset) = last_record_end(&data[pos..end]) {
+            return (pos + offset, false);
+        }
+        if end == limit {
+            return (limit, true);
+        }
+        end = (pos + 2 * (end - pos)).min(limit);
     }
 }
 
@@ -167,10 +172,22 @@ pub(crate) fn produce_stream(
                     }
                     None if buf.len() >= MAX_RECORD_BYTES => return Err(header_too_long()),
                     None => {
-                        target = buf.len() + block_bytes;
+                        target = buf.len() + block_bytes.max(buf.len());
                         continue;
                     }
                 }
+            }
+            // The same rule as `cut` for mapped input: the first record must end within
+            // `limit` bytes unless the input ends there.
+            let limit = block_bytes + MAX_RECORD_BYTES;
+            if buf.len() > limit && last_record_end(&buf[..limit]).is_none() {
+                let block = Block {
+                    index,
+                    data: BlockData::Owned(buf),
+                    oversized: true,
+                };
+                send(block);
+                return header.ok_or(Error::EmptyInput);
             }
             if eof {
                 break;
@@ -180,16 +197,8 @@ pub(crate) fn produce_stream(
                 buf.truncate(end);
                 break;
             }
-            if buf.len() >= block_bytes + MAX_RECORD_BYTES {
-                let block = Block {
-                    index,
-                    data: BlockData::Owned(buf),
-                    oversized: true,
-                };
-                send(block);
-                return header.ok_or(Error::EmptyInput);
-            }
-            target = buf.len() + block_bytes;
+            // Doubling: a long record costs linear time whatever the block size.
+            target = (buf.len() + block_bytes.max(buf.len())).min(limit + 1);
         }
         if buf.is_empty() {
             continue;
@@ -233,7 +242,19 @@ fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>, target: usize) -> std::io::Res
 
 #[cfg(test)]
 mod tests {
-    use super::check_header;
+    use super::{MAX_RECORD_BYTES, check_header, cut};
+
+    #[test]
+    fn blocks_end_at_record_ends_and_overlong_records_are_flagged() {
+        let data = b"ab\ncd\n\"e\nf\"\ng";
+        assert_eq!(cut(data, 0, 1), (3, false));
+        assert_eq!(cut(data, 3, 1), (6, false));
+        assert_eq!(cut(data, 6, 1), (data.len(), false));
+        assert_eq!(cut(data, 6, 6), (12, false));
+        let long = vec![b'x'; 2 + MAX_RECORD_BYTES];
+        assert_eq!(cut(&long, 0, 1), (1 + MAX_RECORD_BYTES, true));
+        assert_eq!(cut(&long[1..], 0, 1), (1 + MAX_RECORD_BYTES, false));
+    }
 
     #[test]
     fn header_checks() {
