@@ -294,7 +294,7 @@ async fn tasks_survive_closed_broker_connections() {
         wait_processing_with_progress(&tm, *id, &worker).await;
     }
 
-    broker::close_connections(&connections);
+    common::close_connections(&connections);
     for (id, _) in &accepted[..2] {
         assert_unfinished(&tm, *id, &worker).await;
     }
@@ -314,7 +314,7 @@ async fn tasks_survive_closed_broker_connections() {
     }
 
     // Both sides reconnected by themselves.
-    let now = broker::connections_of(&cluster.queue);
+    let now = common::connections_of(&cluster.queue);
     assert!(
         now.len() == 2 && now.iter().all(|pid| !connections.contains(pid)),
         "connections before {connections:?}, after {now:?}"
@@ -351,7 +351,7 @@ async fn tasks_survive_closed_broker_connections() {
 async fn wait_connections(queue: &str, worker: &WorkerProcess) -> Vec<String> {
     let started = Instant::now();
     loop {
-        let connections = broker::connections_of(queue);
+        let connections = common::connections_of(queue);
         if connections.len() == 2 {
             return connections;
         }

@@ -199,29 +199,6 @@ async fn unreachable_broker_answers_503_and_fails_the_task() {
     server.stop().await;
 }
 
-fn rabbitmqctl(args: &[&str]) -> String {
-    let output = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("rabbitmqctl is needed to close a connection: {e}"));
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The broker's ids of the connections whose names mention `queue`.
-fn connections_of(queue: &str) -> Vec<String> {
-    rabbitmqctl(&["list_connections", "-q", "pid", "client_properties"])
-        .lines()
-        .filter(|line| line.contains(queue))
-        .filter_map(|line| line.split_whitespace().next())
-        .map(str::to_string)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_is_reopened() {
     let broker = Broker::connect().await;

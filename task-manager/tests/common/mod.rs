@@ -613,3 +613,37 @@ pub async fn delete_queue(queue: &str) {
     }
     let _ = connection.close(200, "done".into()).await;
 }
+
+/// Runs `rabbitmqctl ARGS`; its output.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("rabbitmqctl is needed to list or close connections: {e}"));
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The broker's ids of the connections whose names mention `queue` (the task manager's and
+/// the workers' connections name their queue).
+pub fn connections_of(queue: &str) -> Vec<String> {
+    rabbitmqctl(&["list_connections", "-q", "pid", "client_properties"])
+        .lines()
+        .filter(|line| line.contains(queue))
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Closes the connections `pids` (of one test's task manager and workers, see
+/// [`connections_of`]), as a broker restart or a network cut would; the other tests'
+/// connections stay open.
+pub fn close_connections(pids: &[String]) {
+    for pid in pids {
+        rabbitmqctl(&["close_connection", pid, "closed by a fault test"]);
+    }
+}
