@@ -17,6 +17,9 @@
 //! runs, extsort-based 12.0 s / 100 MB / 257 MB in 11 segments; spill + merge phases alone
 //! 4.0 s against 7.6 s (1.9x). Budget 384 MB: engine 5.2 s / 209 MB / 231 MB in 8 runs,
 //! extsort-based 12.7 s / 393 MB / 256 MB in 3; spill + merge 3.8 s against 7.2 s (1.9x).
+//! With the engine on both threads (`--threads 2`, budget 96 MB) its runs are half the size: 168
+//! of them, merged in two passes (424 MB written), and its lead falls to 1.4x on spill + merge
+//! (6.8 s against 12.8 s whole run; phases sampled from the shared progress, so approximate).
 //! Extsort's cost is in its spill (sorting boxed records, one encode call per record) and an
 //! allocation per record read back; its merge alone is on par with this one. The variant's
 //! parsing (csv crate, a key allocation per row) is slower too, but that is not what the
