@@ -16,6 +16,7 @@
 #   MARIADB_URL      server URL without database, default mysql://root@127.0.0.1:3306
 #                    (a database bench_service is created and dropped)
 #   SYNC_UPLOADS=1   the task manager's setting: 0 accepts uploads before they are on the disk
+#   EARLY_AGGREGATION=1  the task manager's setting: 0 waits for the whole upload (embedded)
 #
 # Builds the release binaries, writes data into bench/data/ and results into
 # bench/results/service-<UTC time>/.
@@ -53,7 +54,7 @@ start_service() {
     URL=http://127.0.0.1:$port
     mkdir -p "$storage"
     local -a env=(PORT="$port" BIND=127.0.0.1 STORAGE_DIR="$storage" RUST_LOG=warn
-        SYNC_UPLOADS="${SYNC_UPLOADS:-1}")
+        SYNC_UPLOADS="${SYNC_UPLOADS:-1}" EARLY_AGGREGATION="${EARLY_AGGREGATION:-1}")
     if [[ $mode == distributed ]]; then
         mariadb -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS $DATABASE; CREATE DATABASE $DATABASE" ||
             die "cannot reach MariaDB at $MARIADB_URL"

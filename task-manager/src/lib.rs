@@ -12,6 +12,7 @@
 //! # }
 //! ```
 
+mod arrival;
 mod http;
 mod queue;
 mod server;

@@ -49,16 +49,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         Some(url) => TaskQueue::Amqp(Box::new(
             AmqpPublisher::connect(url, &settings.queue_name).await,
         )),
-        None => TaskQueue::Embedded(
+        None => TaskQueue::Embedded(Box::new(
             EmbeddedQueue::start(
                 store.clone(),
                 storage.clone(),
                 settings.engine_config(),
                 settings.embedded_workers,
+                settings.early_aggregation,
             )
             .await
             .context("starting the embedded runners")?,
-        ),
+        )),
     };
     let state = Arc::new(AppState {
         store,

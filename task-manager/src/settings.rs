@@ -63,6 +63,9 @@ pub struct Settings {
     pub engine_memory_limit: u64,
     /// Engine threads in embedded mode (`ENGINE_THREADS`, 0 = one per core).
     pub engine_threads: usize,
+    /// Whether an idle embedded runner aggregates an upload while it arrives
+    /// (`EARLY_AGGREGATION`, 1 or 0; default 1).
+    pub early_aggregation: bool,
 }
 
 /// Default storage root.
@@ -102,6 +105,7 @@ impl Settings {
             queue_name: task_protocol::DEFAULT_QUEUE_NAME.to_string(),
             public_url: None,
             embedded_workers: 1,
+            early_aggregation: true,
             engine_memory_limit: engine.memory_limit,
             engine_threads: engine.threads,
         }
@@ -173,6 +177,9 @@ impl Settings {
         if let Some(threads) = var("ENGINE_THREADS") {
             settings.engine_threads = parse_var("ENGINE_THREADS", &threads)?;
         }
+        if let Some(flag) = var("EARLY_AGGREGATION") {
+            settings.early_aggregation = parse_flag("EARLY_AGGREGATION", &flag)?;
+        }
         Ok(settings)
     }
 
@@ -214,7 +221,7 @@ pub fn default_database_url(storage_dir: &Path) -> String {
     format!("sqlite://{}", storage_dir.join("tasks.db").display())
 }
 
-/// A positive duration such as `30s`, `5m` or `1h 30m`.
+/// `1` or `0`.
 fn parse_flag(name: &str, value: &str) -> anyhow::Result<bool> {
     match value.trim() {
         "0" => Ok(false),
@@ -223,6 +230,7 @@ fn parse_flag(name: &str, value: &str) -> anyhow::Result<bool> {
     }
 }
 
+/// A positive duration such as `30s`, `5m` or `1h 30m`.
 fn parse_duration(name: &str, value: &str) -> anyhow::Result<Duration> {
     let duration = humantime::parse_duration(value.trim())
         .with_context(|| format!("invalid {name}={value:?}: expected e.g. 30s, 5m or 2h"))?;
@@ -327,6 +335,12 @@ mod tests {
         assert!(from(&[]).unwrap().sync_uploads);
         assert!(!from(&[("SYNC_UPLOADS", "0")]).unwrap().sync_uploads);
         assert!(from(&[("SYNC_UPLOADS", "no")]).is_err());
+        assert!(from(&[]).unwrap().early_aggregation);
+        assert!(
+            !from(&[("EARLY_AGGREGATION", "0")])
+                .unwrap()
+                .early_aggregation
+        );
     }
 
     #[test]

@@ -14,10 +14,20 @@ use tokio::io::AsyncWriteExt;
 /// Longest wait for a condition the test waits for (a guard against hangs).
 const WAIT_DEADLINE: Duration = Duration::from_secs(120);
 
-/// Asserts that no task was recorded and no upload (not even a partial one) was stored.
+/// Asserts that no task was recorded and no upload (not even a partial one) was stored, and
+/// that no result remains once an engine that started on the upload has stopped.
 async fn assert_nothing_stored(server: &TestServer) {
     assert_eq!(task_count(&server.client, &server.base_url).await, 0);
     assert_eq!(server.raw_data_files(), Vec::<String>::new());
+    let started = std::time::Instant::now();
+    while !server.processed_data_files().is_empty() {
+        assert!(
+            started.elapsed() < WAIT_DEADLINE,
+            "results of refused uploads: {:?}",
+            server.processed_data_files()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A multipart body with `content` as its field `file`, and its content type.

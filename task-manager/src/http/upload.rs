@@ -9,6 +9,7 @@
 //! `Song,Date,Number of Plays`, and with 408 when the client pauses longer than
 //! `UPLOAD_IDLE_TIMEOUT` or takes longer than `UPLOAD_TIMEOUT` in all; a refused upload leaves
 //! no file and records no task.
+//! In embedded mode, the engine may aggregate the upload while it arrives ([`Arrival`]).
 //! When the task cannot be queued, the answer is 503, the task is marked FAILED with the
 //! reason and its upload is removed: the client uploads again later.
 
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::{ApiError, SharedState};
+use crate::arrival::Arrival;
 use crate::storage::sanitize_filename;
 use spool::Spool;
 
@@ -104,7 +106,14 @@ pub async fn upload(
         .as_file()
         .try_clone()
         .map_err(|e| ApiError::storage("cannot store the upload", e))?;
-    let mut writer = Spool::new(file, limits.sync);
+    // The task's id, and its engine started while the upload arrives when the queue can.
+    let id = Uuid::new_v4();
+    let arrival = Arrival::new();
+    let early = file.try_clone().ok().and_then(|reader| {
+        let len = content_length(request.headers());
+        state.queue.start_early(id, reader, arrival.clone(), len)
+    });
+    let mut writer = Spool::new(file, limits.sync, early.is_some().then_some(arrival));
     let limit = limits.max_bytes;
     let clock = BodyClock::new(limits.idle_timeout, limits.total_timeout);
     let request = request.map(|body| Body::from_stream(clock.watch(body.into_data_stream())));
@@ -140,7 +149,6 @@ pub async fn upload(
         .finish()
         .await
         .map_err(|e| ApiError::storage("cannot store the upload", e))?;
-    let id = Uuid::new_v4();
     let input = state.storage.input_path(id);
     temp.persist(&input)
         .map_err(|e| ApiError::storage("cannot store the upload", e.error))?;
@@ -149,7 +157,7 @@ pub async fn upload(
         remove(&input).await;
         return Err(e.into());
     }
-    if let Err(e) = state.queue.submit(id).await {
+    if let Err(e) = state.queue.submit_upload(id, early).await {
         if let Err(db) = state.store.fail(id, &format!("not queued: {e}")).await {
             tracing::error!(task_id = %id, "cannot mark the task FAILED: {db}");
         }

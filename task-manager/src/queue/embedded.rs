@@ -1,21 +1,27 @@
 //! Embedded mode: a bounded in-process queue and `EMBEDDED_WORKERS` runners that run the
 //! engine on blocking threads and record its progress with the same events a remote worker
-//! sends ([`Store::apply_event`]).
+//! sends ([`Store::apply_event`]). An upload may also be aggregated while it arrives, on a
+//! runner that has nothing else to do ([`early`]).
+
+mod early;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use processor::{Control, Input};
+use processor::{Control, Input, Summary};
 use task_protocol::{TaskStatus, WorkerEvent};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::QueueError;
+use crate::arrival::{Arrival, ArrivalReader};
 use crate::storage::Storage;
 use crate::store::Store;
+pub use early::EarlyRun;
+use early::Receiving;
 
 /// Tasks waiting for a runner, at most.
 const QUEUE_CAPACITY: usize = 10_000;
@@ -28,13 +34,19 @@ const LAST_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// The in-process queue and its runners.
 pub struct EmbeddedQueue {
     sender: mpsc::Sender<Uuid>,
-    running: Running,
-    stop: CancellationToken,
+    runner: Runner,
+    /// Whether uploads may be aggregated while they arrive.
+    early: bool,
     runners: Mutex<Vec<JoinHandle<()>>>,
+    /// Tasks whose engine started during their upload.
+    adopted: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// The engines at work, by task, to cancel them.
 type Running = Arc<Mutex<HashMap<Uuid, Control>>>;
+
+/// An engine at work on a blocking thread.
+type Engine = JoinHandle<Result<Summary, processor::Error>>;
 
 /// What a runner needs.
 #[derive(Clone)]
@@ -43,30 +55,36 @@ struct Runner {
     storage: Storage,
     config: processor::Config,
     running: Running,
+    /// One per engine allowed to run (`EMBEDDED_WORKERS`).
+    permits: Arc<Semaphore>,
+    receiving: Receiving,
     stop: CancellationToken,
 }
 
 impl EmbeddedQueue {
     /// Starts `workers` runners, then queues the tasks a previous run left unfinished.
+    /// `early`: aggregate uploads while they arrive when a runner is idle.
     pub async fn start(
         store: Store,
         storage: Storage,
         config: processor::Config,
         workers: usize,
+        early: bool,
     ) -> Result<EmbeddedQueue, crate::store::StoreError> {
         let unfinished = store.unfinished().await?;
         let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
-        let running = Running::default();
-        let stop = CancellationToken::new();
+        let workers = workers.max(1);
         let runner = Runner {
             store: store.clone(),
             storage,
             config,
-            running: running.clone(),
-            stop: stop.clone(),
+            running: Running::default(),
+            permits: Arc::new(Semaphore::new(workers)),
+            receiving: Receiving::default(),
+            stop: CancellationToken::new(),
         };
-        let runners = (0..workers.max(1))
+        let runners = (0..workers)
             .map(|_| tokio::spawn(runner.clone().run(receiver.clone())))
             .collect();
         if !unfinished.is_empty() {
@@ -85,15 +103,16 @@ impl EmbeddedQueue {
         }
         Ok(EmbeddedQueue {
             sender,
-            running,
-            stop,
+            runner,
+            early,
             runners: Mutex::new(runners),
+            adopted: Mutex::default(),
         })
     }
 
     /// Queues a task.
     pub fn submit(&self, id: Uuid) -> Result<(), QueueError> {
-        if self.stop.is_cancelled() {
+        if self.runner.stop.is_cancelled() {
             return Err(QueueError::Closed);
         }
         self.sender.try_send(id).map_err(|e| match e {
@@ -102,17 +121,80 @@ impl EmbeddedQueue {
         })
     }
 
+    /// Starts the engine on the upload of the future task `id` while it arrives in `file`,
+    /// when early aggregation is on and a runner is idle; `len`: the expected size, if known.
+    pub fn start_early(
+        &self,
+        id: Uuid,
+        file: std::fs::File,
+        arrival: Arc<Arrival>,
+        len: Option<u64>,
+    ) -> Option<EarlyRun> {
+        if !self.early || self.runner.stop.is_cancelled() {
+            return None;
+        }
+        let permit = self.runner.permits.clone().try_acquire_owned().ok()?;
+        let control = Control::new();
+        let output = self.runner.storage.output_path(id);
+        let reader = ArrivalReader::new(file, arrival, control.clone());
+        let engine = {
+            let (config, control, output) =
+                (self.runner.config.clone(), control.clone(), output.clone());
+            tokio::task::spawn_blocking(move || {
+                let input = Input::Reader {
+                    reader: Box::new(reader),
+                    len,
+                };
+                let result = processor::aggregate(input, &output, &config, &control);
+                drop(permit);
+                processor::return_free_memory();
+                result
+            })
+        };
+        tracing::debug!(task_id = %id, "aggregating the upload while it arrives");
+        Some(EarlyRun::new(
+            id,
+            control,
+            engine,
+            output,
+            self.runner.receiving.clone(),
+        ))
+    }
+
+    /// Takes over the task of an early run whose upload is complete and recorded: its
+    /// engine goes on as the task's, or, when it gave way to a queued task, the task is
+    /// queued.
+    pub fn adopt(&self, early: EarlyRun) -> Result<(), QueueError> {
+        let id = early.id();
+        let Some((control, engine)) = early.take() else {
+            return self.submit(id);
+        };
+        let runner = self.runner.clone();
+        let task = tokio::spawn(async move {
+            if runner.begin(id).await {
+                runner.supervise(id, control, engine).await;
+            } else {
+                control.cancel();
+                discard_result(id, engine, runner.storage.output_path(id)).await;
+            }
+        });
+        let mut adopted = lock(&self.adopted);
+        adopted.retain(|task| !task.is_finished());
+        adopted.push(task);
+        Ok(())
+    }
+
     /// Stops the engine working on `id`, if any.
     pub fn cancel(&self, id: Uuid) {
-        if let Some(control) = lock(&self.running).get(&id) {
+        if let Some(control) = lock(&self.runner.running).get(&id) {
             control.cancel();
         }
     }
 
     /// Ok while the runners are up.
     pub fn health(&self) -> Result<(), QueueError> {
-        let runners = self.runners.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.stop.is_cancelled() || runners.iter().all(|runner| runner.is_finished()) {
+        let runners = lock(&self.runners);
+        if self.runner.stop.is_cancelled() || runners.iter().all(|runner| runner.is_finished()) {
             return Err(QueueError::Closed);
         }
         Ok(())
@@ -121,16 +203,28 @@ impl EmbeddedQueue {
     /// Stops the runners; the engines at work are interrupted and their tasks stay
     /// `PROCESSING`, to be queued again at the next start.
     pub async fn shutdown(&self) {
-        self.stop.cancel();
-        for control in lock(&self.running).values() {
+        self.runner.stop.cancel();
+        self.runner.receiving.cancel_all();
+        for control in lock(&self.runner.running).values() {
             control.cancel();
         }
-        let runners = std::mem::take(&mut *lock(&self.runners));
-        for runner in runners {
-            if let Err(e) = runner.await {
+        let tasks = std::mem::take(&mut *lock(&self.runners))
+            .into_iter()
+            .chain(std::mem::take(&mut *lock(&self.adopted)));
+        for task in tasks {
+            if let Err(e) = task.await {
                 tracing::error!("an embedded runner failed: {e}");
             }
         }
+    }
+}
+
+/// Waits for an engine whose result is of no use and removes its output.
+async fn discard_result(id: Uuid, engine: Engine, output: std::path::PathBuf) {
+    if let Ok(Ok(_)) = engine.await
+        && let Err(e) = tokio::fs::remove_file(&output).await
+    {
+        tracing::warn!(task_id = %id, "cannot remove {}: {e}", output.display());
     }
 }
 
@@ -142,30 +236,46 @@ impl Runner {
                 id = async { receiver.lock().await.recv().await } => id,
             };
             let Some(id) = next else { break };
+            let permit = match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    // Busy with early runs: a queued task goes first.
+                    self.receiving.give_way();
+                    tokio::select! {
+                        _ = self.stop.cancelled() => break,
+                        permit = self.permits.clone().acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => break,
+                        },
+                    }
+                }
+            };
             self.process(id).await;
+            drop(permit);
+        }
+    }
+
+    /// Records that a task starts; false when it is not to be processed.
+    async fn begin(&self, id: Uuid) -> bool {
+        match self.report(id, WorkerEvent::Started).await {
+            Some(status) if !status.is_terminal() => true,
+            Some(status) => {
+                tracing::info!(task_id = %id, %status, "skipping a finished task");
+                false
+            }
+            None => false,
         }
     }
 
     /// Runs one task from start to its final event.
     async fn process(&self, id: Uuid) {
-        match self.report(id, WorkerEvent::Started).await {
-            Some(status) if !status.is_terminal() => {}
-            Some(status) => {
-                tracing::info!(task_id = %id, %status, "skipping a finished task");
-                return;
-            }
-            None => return,
+        if !self.begin(id).await {
+            return;
         }
-        tracing::info!(task_id = %id, "processing");
         let control = Control::new();
-        lock(&self.running).insert(id, control.clone());
-        if self.stop.is_cancelled() {
-            control.cancel();
-        }
-        let output = self.storage.output_path(id);
-        let mut engine = {
+        let engine = {
             let input = self.storage.input_path(id);
-            let output = output.clone();
+            let output = self.storage.output_path(id);
             let config = self.config.clone();
             let control = control.clone();
             tokio::task::spawn_blocking(move || {
@@ -175,6 +285,17 @@ impl Runner {
                 result
             })
         };
+        self.supervise(id, control, engine).await;
+    }
+
+    /// Records the progress of a task's engine, then its outcome.
+    async fn supervise(&self, id: Uuid, control: Control, mut engine: Engine) {
+        tracing::info!(task_id = %id, "processing");
+        lock(&self.running).insert(id, control.clone());
+        if self.stop.is_cancelled() {
+            control.cancel();
+        }
+        let output = self.storage.output_path(id);
         let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
         ticker.tick().await;
         let outcome = loop {
@@ -254,3 +375,6 @@ impl Runner {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,9 +5,14 @@ mod amqp;
 mod embedded;
 
 pub use amqp::AmqpPublisher;
-pub use embedded::EmbeddedQueue;
+pub use embedded::{EarlyRun, EmbeddedQueue};
+
+use std::fs::File;
+use std::sync::Arc;
 
 use uuid::Uuid;
+
+use crate::arrival::Arrival;
 
 /// Why a task could not be queued.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +28,7 @@ pub enum QueueError {
 /// The task queue of one of the two modes.
 pub enum TaskQueue {
     Amqp(Box<AmqpPublisher>),
-    Embedded(EmbeddedQueue),
+    Embedded(Box<EmbeddedQueue>),
 }
 
 impl TaskQueue {
@@ -32,6 +37,29 @@ impl TaskQueue {
         match self {
             TaskQueue::Amqp(publisher) => publisher.publish(id).await,
             TaskQueue::Embedded(queue) => queue.submit(id),
+        }
+    }
+
+    /// Starts aggregating the upload of the future task `id` while it arrives in `file`,
+    /// when this queue can (embedded mode with an idle runner); see [`EmbeddedQueue::start_early`].
+    pub fn start_early(
+        &self,
+        id: Uuid,
+        file: File,
+        arrival: Arc<Arrival>,
+        len: Option<u64>,
+    ) -> Option<EarlyRun> {
+        match self {
+            TaskQueue::Amqp(_) => None,
+            TaskQueue::Embedded(queue) => queue.start_early(id, file, arrival, len),
+        }
+    }
+
+    /// Hands a recorded task over for processing, with its early run if it has one.
+    pub async fn submit_upload(&self, id: Uuid, early: Option<EarlyRun>) -> Result<(), QueueError> {
+        match (self, early) {
+            (TaskQueue::Embedded(queue), Some(early)) => queue.adopt(early),
+            _ => self.submit(id).await,
         }
     }
 

@@ -215,8 +215,17 @@ impl TestServer {
 
     /// The names of the files in `raw_data/` (the stored uploads), sorted.
     pub fn raw_data_files(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.storage_dir().join("raw_data"))
-            .expect("raw_data")
+        self.files_in("raw_data")
+    }
+
+    /// The names of the files in `processed_data/` (results, partial or not), sorted.
+    pub fn processed_data_files(&self) -> Vec<String> {
+        self.files_in("processed_data")
+    }
+
+    fn files_in(&self, dir: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.storage_dir().join(dir))
+            .expect(dir)
             .map(|entry| {
                 entry
                     .expect("entry")

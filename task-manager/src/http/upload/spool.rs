@@ -1,14 +1,19 @@
 //! Writes an upload to its file on a blocking thread, so the async threads only pass chunks
 //! along. Writeback to the disk starts while the bytes still arrive (every
 //! [`WRITEBACK_STEP`]), so that making the file durable at the end (when asked to) waits for
-//! what the disk has not caught up with only, not for the whole upload.
+//! what the disk has not caught up with only, not for the whole upload. When given an
+//! [`Arrival`], the writer reports the bytes in the file as it goes, for a reader that
+//! follows the upload (early aggregation).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use crate::arrival::Arrival;
 
 /// Write buffer between the network and the disk.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -19,15 +24,30 @@ const WRITEBACK_STEP: u64 = 32 << 20;
 
 /// An upload on its way to a file.
 pub struct Spool {
-    chunks: Option<mpsc::Sender<Bytes>>,
+    chunks: Option<mpsc::Sender<Piece>>,
     writer: Option<JoinHandle<io::Result<()>>>,
 }
 
+/// What the writer thread receives.
+enum Piece {
+    Chunk(Bytes),
+    /// The upload is complete (without it, the upload stopped early).
+    End,
+}
+
 impl Spool {
-    /// Starts the writer thread for `file`; `sync`: make the file durable at the end.
-    pub fn new(file: File, sync: bool) -> Spool {
+    /// Starts the writer thread for `file`; `sync`: make the file durable at the end;
+    /// `arrival`: where to report the bytes written.
+    pub fn new(file: File, sync: bool, arrival: Option<Arc<Arrival>>) -> Spool {
         let (chunks, received) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        let writer = tokio::task::spawn_blocking(move || write_all(file, received, sync));
+        let writer = tokio::task::spawn_blocking(move || {
+            let result = write_all(file, received, sync, arrival.as_deref());
+            if let Some(arrival) = arrival {
+                // A no-op when the upload was complete.
+                arrival.abort();
+            }
+            result
+        });
         Spool {
             chunks: Some(chunks),
             writer: Some(writer),
@@ -37,7 +57,7 @@ impl Spool {
     /// Queues a chunk; fails with the writer's error once it has failed.
     pub async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
         if let Some(chunks) = &self.chunks
-            && chunks.send(chunk).await.is_ok()
+            && chunks.send(Piece::Chunk(chunk)).await.is_ok()
         {
             return Ok(());
         }
@@ -50,7 +70,10 @@ impl Spool {
 
     /// Writes what is queued (and makes the file durable when asked to).
     pub async fn finish(&mut self) -> io::Result<()> {
-        self.chunks = None;
+        if let Some(chunks) = self.chunks.take() {
+            // When the writer has stopped, its error is the answer.
+            let _ = chunks.send(Piece::End).await;
+        }
         let Some(writer) = self.writer.take() else {
             return Err(io::Error::other("the upload writer has already stopped"));
         };
@@ -61,13 +84,27 @@ impl Spool {
 }
 
 /// The writer thread: writes the chunks as they come, then syncs the file if `sync`.
-fn write_all(file: File, mut chunks: mpsc::Receiver<Bytes>, sync: bool) -> io::Result<()> {
+/// Returns an error when the upload stopped before its end.
+fn write_all(
+    file: File,
+    mut chunks: mpsc::Receiver<Piece>,
+    sync: bool,
+    arrival: Option<&Arrival>,
+) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut written = 0u64;
     let mut written_back = 0u64;
-    while let Some(chunk) = chunks.blocking_recv() {
+    loop {
+        let chunk = match chunks.blocking_recv() {
+            Some(Piece::Chunk(chunk)) => chunk,
+            Some(Piece::End) => break,
+            None => return Err(io::Error::other("the upload stopped before its end")),
+        };
         out.write_all(&chunk)?;
         written += chunk.len() as u64;
+        if let Some(arrival) = arrival {
+            arrival.advance(written - out.buffer().len() as u64);
+        }
         if written - written_back >= WRITEBACK_STEP {
             out.flush()?;
             start_writeback(out.get_ref(), written_back, written - written_back);
@@ -75,6 +112,10 @@ fn write_all(file: File, mut chunks: mpsc::Receiver<Bytes>, sync: bool) -> io::R
         }
     }
     out.flush()?;
+    if let Some(arrival) = arrival {
+        arrival.advance(written);
+        arrival.complete();
+    }
     if sync {
         out.get_ref().sync_all()?;
     }
@@ -108,7 +149,7 @@ mod tests {
     #[tokio::test]
     async fn writes_every_chunk_in_order() {
         let file = tempfile::NamedTempFile::new().unwrap();
-        let mut spool = Spool::new(file.reopen().unwrap(), true);
+        let mut spool = Spool::new(file.reopen().unwrap(), true, None);
         let mut expected = Vec::new();
         for i in 0..1000u32 {
             let chunk = Bytes::from(i.to_string().repeat(100));
@@ -119,12 +160,47 @@ mod tests {
         assert_eq!(std::fs::read(file.path()).unwrap(), expected);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_reads_the_whole_upload_and_only_a_complete_one() {
+        use std::io::Read;
+
+        use crate::arrival::ArrivalReader;
+
+        for complete in [true, false] {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            let arrival = Arrival::new();
+            let mut reader =
+                ArrivalReader::new(file.reopen().unwrap(), arrival.clone(), Default::default());
+            let follower = std::thread::spawn(move || {
+                let mut read = Vec::new();
+                reader.read_to_end(&mut read).map(|_| read)
+            });
+            let mut spool = Spool::new(file.reopen().unwrap(), false, Some(arrival));
+            let mut expected = Vec::new();
+            for i in 0..3000u32 {
+                let chunk = Bytes::from(format!("{i},").repeat(100));
+                expected.extend_from_slice(&chunk);
+                spool.write(chunk).await.unwrap();
+            }
+            if complete {
+                spool.finish().await.unwrap();
+                assert_eq!(follower.join().unwrap().unwrap(), expected);
+            } else {
+                drop(spool);
+                assert!(
+                    follower.join().unwrap().is_err(),
+                    "an incomplete upload read as whole"
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_write_error_reaches_the_sender() {
         // Writing to a file opened read-only fails.
         let file = tempfile::NamedTempFile::new().unwrap();
         let read_only = File::open(file.path()).unwrap();
-        let mut spool = Spool::new(read_only, false);
+        let mut spool = Spool::new(read_only, false, None);
         let chunk = Bytes::from(vec![b'x'; 2 * WRITE_BUFFER]);
         let mut failed = None;
         for _ in 0..(CHUNKS_IN_FLIGHT + 4) {
