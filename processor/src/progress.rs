@@ -80,7 +80,8 @@ impl Progress {
         }
     }
 
-    pub(crate) fn set_total(&self, bytes: u64) {
+    /// Sets the input's size (also when it becomes known during the run, as for a stream).
+    pub fn set_total(&self, bytes: u64) {
         self.total_bytes.store(bytes, Ordering::Relaxed);
     }
 

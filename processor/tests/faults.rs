@@ -3,7 +3,8 @@
 //! test's own. A worker killed mid-task, a worker stopped mid-task, lost broker connections,
 //! a task manager down when the worker finishes, poison messages and a task interrupted at
 //! every attempt: every accepted task ends DONE with the right result, or FAILED with the
-//! reason, never lost nor looping.
+//! reason, never lost nor looping. Also uploads aggregated by a worker while they arrive:
+//! complete, refused midway, and invalid early on.
 #![cfg(feature = "service")]
 
 #[path = "../../task-manager/tests/common/mod.rs"]
@@ -206,6 +207,13 @@ async fn wait_engine_started(worker: &WorkerProcess, id: Uuid) {
         worker.log_text().contains(&input)
     })
     .await;
+}
+
+/// The task of a message (published as its upload started, or once it was complete).
+fn task_of(message: &[u8]) -> Option<Uuid> {
+    serde_json::from_slice::<TaskMessage>(message)
+        .ok()
+        .map(|message| message.task_id)
 }
 
 fn is_terminal(status: &str) -> bool {
@@ -460,9 +468,13 @@ async fn poison_messages_are_dead_lettered_and_the_worker_goes_on() {
     cluster.wait_dead_letters(3).await;
     worker.stop_gracefully();
     let mut dead = cluster.dead_letters().await;
+    let missing_message = dead
+        .iter()
+        .position(|message| task_of(message) == Some(missing))
+        .map(|at| dead.remove(at));
+    assert!(missing_message.is_some(), "not dead-lettered: {missing}");
     dead.sort();
-    let missing_message = serde_json::to_vec(&TaskMessage::for_task(missing)).expect("JSON");
-    let mut expected = vec![not_json.to_vec(), unknown, missing_message];
+    let mut expected = vec![not_json.to_vec(), unknown];
     expected.sort();
     assert_eq!(dead, expected, "dead-lettered messages");
     cluster.finish(tm).await;
@@ -499,7 +511,144 @@ async fn task_interrupted_at_every_attempt_ends_failed() {
     assert_done_with(&tm, next, SEED_OUTPUT.as_bytes(), &[&worker]).await;
     worker.stop_gracefully();
     let dead = cluster.dead_letters().await;
-    let message = serde_json::to_vec(&TaskMessage::for_task(id)).expect("JSON");
-    assert_eq!(dead, [message], "dead-lettered messages");
+    let tasks: Vec<_> = dead.iter().map(|message| task_of(message)).collect();
+    assert_eq!(tasks, [Some(id)], "dead-lettered messages");
+    cluster.finish(tm).await;
+}
+
+/// An upload sent in pieces, as a raw CSV body, while the test watches.
+struct SlowUpload {
+    pieces: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    answer: tokio::task::JoinHandle<Result<(StatusCode, Value), reqwest::Error>>,
+}
+
+impl SlowUpload {
+    fn start(tm: &TestServer) -> SlowUpload {
+        let (pieces, mut received) = tokio::sync::mpsc::channel(4);
+        let body = futures_util::stream::poll_fn(move |cx| received.poll_recv(cx));
+        let request = tm
+            .client
+            .post(tm.url("/v1/data_processor/upload"))
+            .header(reqwest::header::CONTENT_TYPE, "text/csv")
+            .body(reqwest::Body::wrap_stream(body));
+        let answer = tokio::spawn(async move {
+            let response = request.send().await?;
+            let code = response.status();
+            Ok((code, response.json().await.unwrap_or_default()))
+        });
+        SlowUpload { pieces, answer }
+    }
+
+    async fn send(&self, piece: &[u8]) {
+        self.pieces
+            .send(Ok(piece.to_vec()))
+            .await
+            .expect("upload body");
+    }
+
+    /// Ends the body; the task manager's answer.
+    async fn finish(self) -> (StatusCode, Value) {
+        drop(self.pieces);
+        self.answer
+            .await
+            .expect("upload task")
+            .expect("upload request")
+    }
+
+    /// Breaks the body off with an error.
+    async fn abort(self) {
+        let broken = std::io::Error::other("the client gave up");
+        let _ = self.pieces.send(Err(broken)).await;
+        drop(self.pieces);
+        let _ = self.answer.await;
+    }
+}
+
+/// Waits until `worker` has an upload's partial file open (it follows the arriving upload).
+async fn wait_following(worker: &WorkerProcess) {
+    wait_until("the worker to open the arriving upload", || async {
+        worker.open_files().iter().any(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with(".upload-"))
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_is_aggregated_by_a_worker_while_it_arrives() {
+    let (data, expected) = input(MEDIUM_INPUT_BYTES, 11);
+    let (cluster, tm) = Cluster::start().await;
+    let worker = cluster.worker(&tm, &[]);
+    let upload = SlowUpload::start(&tm);
+    let half = data.len() / 2;
+    upload.send(&data[..half]).await;
+    wait_following(&worker).await;
+    upload.send(&data[half..]).await;
+    let (code, body) = upload.finish().await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let id = common::task_id_of(&body);
+    assert_done_with(&tm, id, &expected, &[&worker]).await;
+    assert!(
+        worker.log_text().contains("upload complete; task started"),
+        "{}",
+        worker.log()
+    );
+    worker.stop_gracefully();
+    assert!(cluster.dead_letters().await.is_empty());
+    cluster.finish(tm).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_arriving_upload_is_dropped_and_the_worker_goes_on() {
+    let (data, _) = input(MEDIUM_INPUT_BYTES, 12);
+    let (cluster, tm) = Cluster::start().await;
+    let worker = cluster.worker(&tm, &[]);
+    let upload = SlowUpload::start(&tm);
+    upload.send(&data[..data.len() / 2]).await;
+    wait_following(&worker).await;
+    upload.abort().await;
+    wait_until("the worker to drop the refused upload", || async {
+        worker.log_text().contains("the upload was refused")
+    })
+    .await;
+    assert_eq!(
+        common::task_count(&tm.client, &tm.base_url).await,
+        0,
+        "a task for a refused upload"
+    );
+
+    let next = upload_accepted(&tm, SEED_INPUT.as_bytes()).await;
+    assert_done_with(&tm, next, SEED_OUTPUT.as_bytes(), &[&worker]).await;
+    worker.stop_gracefully();
+    assert!(cluster.dead_letters().await.is_empty());
+    cluster.finish(tm).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_arriving_upload_invalid_early_on_fails_once_complete() {
+    let (data, _) = input(MEDIUM_INPUT_BYTES, 13);
+    let (cluster, tm) = Cluster::start().await;
+    let worker = cluster.worker(&tm, &[]);
+    let upload = SlowUpload::start(&tm);
+    upload
+        .send(b"Song,Date,Number of Plays\nUmbrella,2020-01-01,5\nUmbrella,2020-13-01,5\n")
+        .await;
+    wait_following(&worker).await;
+    // The rest, header excluded.
+    let body = data.splitn(2, |&byte| byte == b'\n').nth(1).expect("rows");
+    upload.send(body).await;
+    let (code, answer) = upload.finish().await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{answer}");
+    let id = common::task_id_of(&answer);
+    let status = tm.wait_finished(id).await;
+    assert_eq!(status["status"], "FAILED", "{status}\n{}", worker.log());
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("line 3") && error.contains("Date"),
+        "{status}"
+    );
+    worker.stop_gracefully();
+    assert!(cluster.dead_letters().await.is_empty());
     cluster.finish(tm).await;
 }

@@ -69,6 +69,13 @@ pub struct TaskMessage {
     pub input_path: String,
     /// Where the result goes, e.g. `processed_data/<task_id>.csv`.
     pub output_path: String,
+    /// Set when the message is published as the upload starts, so that a worker aggregates
+    /// the upload while it arrives: the file it is being written to. The task exists once
+    /// the upload is complete, which the task manager marks by renaming this file to
+    /// `input_path` after recording the task; the upload was refused (and there is no task)
+    /// when this file disappears without being renamed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arriving_path: Option<String>,
 }
 
 impl TaskMessage {
@@ -78,6 +85,15 @@ impl TaskMessage {
             task_id,
             input_path: raw_data_path(task_id),
             output_path: processed_data_path(task_id),
+            arriving_path: None,
+        }
+    }
+
+    /// The message for a task whose upload is still arriving at `arriving_path`.
+    pub fn arriving(task_id: Uuid, arriving_path: String) -> Self {
+        TaskMessage {
+            arriving_path: Some(arriving_path),
+            ..TaskMessage::for_task(task_id)
         }
     }
 }
@@ -193,6 +209,26 @@ mod tests {
             assert_eq!(TaskStatus::parse(status.as_str()), Some(status));
         }
         assert_eq!(TaskStatus::parse("done"), None);
+    }
+
+    #[test]
+    fn messages_without_an_arriving_upload_keep_their_old_form() {
+        let id = Uuid::new_v4();
+        let json = serde_json::to_value(TaskMessage::for_task(id)).unwrap();
+        assert!(json.get("arriving_path").is_none());
+        let old = serde_json::json!({
+            "task_id": id,
+            "input_path": raw_data_path(id),
+            "output_path": processed_data_path(id),
+        });
+        let back: TaskMessage = serde_json::from_value(old).unwrap();
+        assert_eq!(back, TaskMessage::for_task(id));
+        let arriving = TaskMessage::arriving(id, "raw_data/.upload-x.partial".into());
+        let json = serde_json::to_string(&arriving).unwrap();
+        assert_eq!(
+            serde_json::from_str::<TaskMessage>(&json).unwrap(),
+            arriving
+        );
     }
 
     #[test]

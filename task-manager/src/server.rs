@@ -55,7 +55,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
                 storage.clone(),
                 settings.engine_config(),
                 settings.embedded_workers,
-                settings.early_aggregation,
             )
             .await
             .context("starting the embedded runners")?,
@@ -75,6 +74,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             idle_timeout: settings.upload_idle_timeout,
             total_timeout: settings.upload_timeout,
             sync: settings.sync_uploads,
+            early: settings.early_aggregation,
         },
         fallback_base_url: base_url(addr),
     });

@@ -73,6 +73,11 @@ impl Storage {
         self.root.join(processed_data_path(id))
     }
 
+    /// `path` relative to the storage root, as task messages carry paths.
+    pub fn relative_path(&self, path: &Path) -> Option<String> {
+        Some(path.strip_prefix(&self.root).ok()?.to_str()?.to_string())
+    }
+
     /// A new temporary file beside the uploads, removed when dropped unless persisted.
     pub fn upload_temp_file(&self) -> io::Result<tempfile::NamedTempFile> {
         tempfile::Builder::new()

@@ -74,6 +74,21 @@ async fn post_event(server: &TestServer, id: Uuid, event: Value) -> (StatusCode,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_early_aggregation_a_task_is_published_once_its_upload_is_complete() {
+    let broker = Broker::connect().await;
+    let server = start_server_with(DbKind::Sqlite, |settings| {
+        settings.amqp_url = Some(server_url(AMQP_URL));
+        settings.queue_name = broker.queue.clone();
+        settings.early_aggregation = false;
+    })
+    .await;
+    let id = server.upload("plays.csv", SEED_INPUT).await;
+    assert_eq!(broker.take_message().await, TaskMessage::for_task(id));
+    server.stop().await;
+    broker.delete_queue().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_publishes_and_worker_events_drive_the_task() {
     let broker = Broker::connect().await;
     let server = broker.start_server().await;
@@ -86,7 +101,11 @@ async fn upload_publishes_and_worker_events_drive_the_task() {
         "not persistent"
     );
     let message: TaskMessage = serde_json::from_slice(&delivery.data).expect("TaskMessage JSON");
-    assert_eq!(message, TaskMessage::for_task(id));
+    // Published as the upload started, naming the file it was arriving in, since renamed.
+    let arriving = message.arriving_path.clone().expect("an arriving upload");
+    assert!(arriving.starts_with("raw_data/.upload-"), "{arriving}");
+    assert!(!server.storage_dir().join(&arriving).exists());
+    assert_eq!(message, TaskMessage::arriving(id, arriving));
     let input = server.storage_dir().join(&message.input_path);
     assert_eq!(std::fs::read_to_string(&input).unwrap(), SEED_INPUT);
 

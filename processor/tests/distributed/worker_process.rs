@@ -79,6 +79,18 @@ impl WorkerProcess {
     }
 
     /// The worker's log so far.
+    /// The files the worker has open now.
+    pub fn open_files(&self) -> Vec<PathBuf> {
+        let fds = format!("/proc/{}/fd", self.child.id());
+        let Ok(entries) = std::fs::read_dir(fds) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+            .collect()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -58,6 +58,8 @@ pub struct UploadLimits {
     pub total_timeout: std::time::Duration,
     /// Sync an upload to the disk before accepting it.
     pub sync: bool,
+    /// Aggregate uploads while they arrive when the queue can.
+    pub early: bool,
 }
 
 impl AppState {

@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use super::{ApiError, SharedState};
 use crate::arrival::Arrival;
+use crate::queue::{Early, EarlyUpload};
 use crate::storage::sanitize_filename;
 use spool::Spool;
 
@@ -106,14 +107,24 @@ pub async fn upload(
         .as_file()
         .try_clone()
         .map_err(|e| ApiError::storage("cannot store the upload", e))?;
-    // The task's id, and its engine started while the upload arrives when the queue can.
+    // The task's id, and its aggregation started while the upload arrives when possible.
     let id = Uuid::new_v4();
     let arrival = Arrival::new();
-    let early = file.try_clone().ok().and_then(|reader| {
-        let len = content_length(request.headers());
-        state.queue.start_early(id, reader, arrival.clone(), len)
-    });
-    let mut writer = Spool::new(file, limits.sync, early.is_some().then_some(arrival));
+    let early = match (limits.early, file.try_clone(), storage_path(&state, &temp)) {
+        (true, Ok(reader), Some(arriving)) => {
+            let upload = EarlyUpload {
+                id,
+                file: reader,
+                arriving,
+                arrival: arrival.clone(),
+                len: content_length(request.headers()),
+            };
+            state.queue.start_early(upload).await
+        }
+        _ => None,
+    };
+    let follow = matches!(early, Some(Early::Local(_)));
+    let mut writer = Spool::new(file, limits.sync, follow.then_some(arrival));
     let limit = limits.max_bytes;
     let clock = BodyClock::new(limits.idle_timeout, limits.total_timeout);
     let request = request.map(|body| Body::from_stream(clock.watch(body.into_data_stream())));
@@ -149,13 +160,15 @@ pub async fn upload(
         .finish()
         .await
         .map_err(|e| ApiError::storage("cannot store the upload", e))?;
+    // Recorded before it is renamed: a worker following the upload takes the rename for the
+    // sign that the task exists.
+    state.store.insert(id, filename.as_deref(), bytes).await?;
     let input = state.storage.input_path(id);
-    temp.persist(&input)
-        .map_err(|e| ApiError::storage("cannot store the upload", e.error))?;
-
-    if let Err(e) = state.store.insert(id, filename.as_deref(), bytes).await {
-        remove(&input).await;
-        return Err(e.into());
+    if let Err(e) = temp.persist(&input) {
+        if let Err(db) = state.store.fail(id, "the upload could not be stored").await {
+            tracing::error!(task_id = %id, "cannot mark the task FAILED: {db}");
+        }
+        return Err(ApiError::storage("cannot store the upload", e.error));
     }
     if let Err(e) = state.queue.submit_upload(id, early).await {
         if let Err(db) = state.store.fail(id, &format!("not queued: {e}")).await {
@@ -223,6 +236,11 @@ fn header_checked(head: &[u8], at_end: bool) -> Result<bool, ApiError> {
             "the upload is not a play-count CSV: {e}"
         ))),
     }
+}
+
+/// The path of an upload's temporary file relative to the storage root.
+fn storage_path(state: &SharedState, temp: &tempfile::NamedTempFile) -> Option<String> {
+    state.storage.relative_path(temp.path())
 }
 
 /// The `Content-Length` header, when present and valid.

@@ -59,7 +59,13 @@ impl AmqpPublisher {
 
     /// Publishes the message of task `id` and waits for the broker's confirmation.
     pub async fn publish(&self, id: Uuid) -> Result<(), QueueError> {
-        let payload = serde_json::to_vec(&TaskMessage::for_task(id))
+        self.publish_message(&TaskMessage::for_task(id)).await
+    }
+
+    /// Publishes `message` and waits for the broker's confirmation.
+    pub async fn publish_message(&self, message: &TaskMessage) -> Result<(), QueueError> {
+        let id = message.task_id;
+        let payload = serde_json::to_vec(message)
             .map_err(|e| QueueError::Unavailable(format!("cannot encode the message: {e}")))?;
         // A connection that died since its last use is noticed by the first attempt.
         let mut last_error = None;

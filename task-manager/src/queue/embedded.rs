@@ -35,8 +35,6 @@ const LAST_RETRY_DELAY: Duration = Duration::from_secs(5);
 pub struct EmbeddedQueue {
     sender: mpsc::Sender<Uuid>,
     runner: Runner,
-    /// Whether uploads may be aggregated while they arrive.
-    early: bool,
     runners: Mutex<Vec<JoinHandle<()>>>,
     /// Tasks whose engine started during their upload.
     adopted: Mutex<Vec<JoinHandle<()>>>,
@@ -63,13 +61,11 @@ struct Runner {
 
 impl EmbeddedQueue {
     /// Starts `workers` runners, then queues the tasks a previous run left unfinished.
-    /// `early`: aggregate uploads while they arrive when a runner is idle.
     pub async fn start(
         store: Store,
         storage: Storage,
         config: processor::Config,
         workers: usize,
-        early: bool,
     ) -> Result<EmbeddedQueue, crate::store::StoreError> {
         let unfinished = store.unfinished().await?;
         let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
@@ -104,7 +100,6 @@ impl EmbeddedQueue {
         Ok(EmbeddedQueue {
             sender,
             runner,
-            early,
             runners: Mutex::new(runners),
             adopted: Mutex::default(),
         })
@@ -122,7 +117,7 @@ impl EmbeddedQueue {
     }
 
     /// Starts the engine on the upload of the future task `id` while it arrives in `file`,
-    /// when early aggregation is on and a runner is idle; `len`: the expected size, if known.
+    /// when a runner is idle; `len`: the expected size, if known.
     pub fn start_early(
         &self,
         id: Uuid,
@@ -130,7 +125,7 @@ impl EmbeddedQueue {
         arrival: Arc<Arrival>,
         len: Option<u64>,
     ) -> Option<EarlyRun> {
-        if !self.early || self.runner.stop.is_cancelled() {
+        if self.runner.stop.is_cancelled() {
             return None;
         }
         let permit = self.runner.permits.clone().try_acquire_owned().ok()?;

@@ -10,9 +10,31 @@ pub use embedded::{EarlyRun, EmbeddedQueue};
 use std::fs::File;
 use std::sync::Arc;
 
+use task_protocol::TaskMessage;
 use uuid::Uuid;
 
 use crate::arrival::Arrival;
+
+/// An upload that may be aggregated while it arrives.
+pub struct EarlyUpload {
+    /// The future task's id.
+    pub id: Uuid,
+    /// The upload's file, open for reading.
+    pub file: File,
+    /// Its path relative to the storage root.
+    pub arriving: String,
+    pub arrival: Arc<Arrival>,
+    /// The expected size, if known.
+    pub len: Option<u64>,
+}
+
+/// How an upload is being aggregated while it arrives.
+pub enum Early {
+    /// By the embedded engine.
+    Local(EarlyRun),
+    /// By a worker, to which the task was published when the upload started.
+    Published,
+}
 
 /// Why a task could not be queued.
 #[derive(Debug, thiserror::Error)]
@@ -40,25 +62,34 @@ impl TaskQueue {
         }
     }
 
-    /// Starts aggregating the upload of the future task `id` while it arrives in `file`,
-    /// when this queue can (embedded mode with an idle runner); see [`EmbeddedQueue::start_early`].
-    pub fn start_early(
-        &self,
-        id: Uuid,
-        file: File,
-        arrival: Arc<Arrival>,
-        len: Option<u64>,
-    ) -> Option<EarlyRun> {
+    /// Has the upload of the future task `id` aggregated while it arrives, when this queue
+    /// can: in embedded mode on an idle runner ([`EmbeddedQueue::start_early`]), reading
+    /// `file` as `arrival` reports its bytes; with RabbitMQ by publishing the task at once
+    /// with the upload's path, `arriving` (relative to the storage root), for a worker to
+    /// follow the file until it is renamed to the task's input.
+    pub async fn start_early(&self, upload: EarlyUpload) -> Option<Early> {
         match self {
-            TaskQueue::Amqp(_) => None,
-            TaskQueue::Embedded(queue) => queue.start_early(id, file, arrival, len),
+            TaskQueue::Amqp(publisher) => {
+                let message = TaskMessage::arriving(upload.id, upload.arriving);
+                match publisher.publish_message(&message).await {
+                    Ok(()) => Some(Early::Published),
+                    Err(e) => {
+                        tracing::debug!(task_id = %upload.id, "not announced early: {e}");
+                        None
+                    }
+                }
+            }
+            TaskQueue::Embedded(queue) => queue
+                .start_early(upload.id, upload.file, upload.arrival, upload.len)
+                .map(Early::Local),
         }
     }
 
-    /// Hands a recorded task over for processing, with its early run if it has one.
-    pub async fn submit_upload(&self, id: Uuid, early: Option<EarlyRun>) -> Result<(), QueueError> {
+    /// Hands a recorded task (its upload complete) over for processing.
+    pub async fn submit_upload(&self, id: Uuid, early: Option<Early>) -> Result<(), QueueError> {
         match (self, early) {
-            (TaskQueue::Embedded(queue), Some(early)) => queue.adopt(early),
+            (_, Some(Early::Published)) => Ok(()),
+            (TaskQueue::Embedded(queue), Some(Early::Local(early))) => queue.adopt(early),
             _ => self.submit(id).await,
         }
     }

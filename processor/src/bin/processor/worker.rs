@@ -1,6 +1,7 @@
 //! `processor worker`: consumes tasks from RabbitMQ, aggregates them with the engine and
 //! reports to the task manager. A thin shell around [`processor::aggregate`].
 
+mod arriving;
 mod backoff;
 mod callbacks;
 mod consumer;
@@ -71,6 +72,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "WORKER_PROGRESS_INTERVAL_MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(1..))]
     progress_interval_ms: u64,
+    /// Seconds an upload that a task message announces while it arrives may stop growing
+    /// before the message goes back to the queue (longer than the task manager's
+    /// UPLOAD_IDLE_TIMEOUT, which refuses such an upload first).
+    #[arg(long, env = "WORKER_ARRIVAL_TIMEOUT", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    arrival_timeout: u64,
 }
 
 fn parse_amqp_uri(text: &str) -> Result<AMQPUri, String> {
@@ -108,6 +115,7 @@ async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
         abort,
         max_attempts: args.max_attempts,
         running: Default::default(),
+        arrival_timeout: Duration::from_secs(args.arrival_timeout),
     };
     let settings = QueueSettings {
         amqp_uri: args.amqp_url,

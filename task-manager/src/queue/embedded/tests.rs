@@ -32,7 +32,7 @@ async fn setup(workers: usize) -> Setup {
         temp_dir: Some(dir.path().join("tmp")),
         ..processor::Config::default()
     };
-    let queue = EmbeddedQueue::start(store.clone(), storage.clone(), config, workers, true)
+    let queue = EmbeddedQueue::start(store.clone(), storage.clone(), config, workers)
         .await
         .expect("queue");
     Setup {

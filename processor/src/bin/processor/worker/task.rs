@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use processor::{Config, Control, Input, Summary};
@@ -11,9 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
+use super::arriving::{ArrivingFile, ReadEnd, Unfinished, UploadState, upload_state};
 use super::callbacks::{CallbackError, Callbacks};
 use super::paths;
 use super::running::RunningTasks;
+
+/// Pause between two looks at an arriving upload whose engine has already ended.
+const UPLOAD_POLL: Duration = Duration::from_millis(50);
 
 /// What the consumer does with the message once the task is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +57,8 @@ pub struct TaskContext {
     pub max_attempts: u32,
     /// The tasks being handled, so that a redelivery never runs beside the first delivery.
     pub running: RunningTasks,
+    /// How long an arriving upload may stop growing before the task goes back to the queue.
+    pub arrival_timeout: Duration,
 }
 
 /// What the broker tells about a delivery.
@@ -107,37 +114,38 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
         return report_end(ctx, id, WorkerEvent::Failed { error }, Disposition::Reject).await;
     }
 
-    match ctx
-        .callbacks
-        .send(id, &WorkerEvent::Started, &ctx.abort)
-        .await
-    {
-        Ok(ack) if ack.status.is_terminal() => {
-            info!(status = %ack.status, "task already finished; skipped");
-            return Disposition::Ack;
+    let mut source = Source::File(input.clone());
+    if let Some(relative) = &message.arriving_path {
+        let arriving = match paths::resolve(&ctx.storage_dir, relative) {
+            Ok(path) => path,
+            Err(err) => {
+                error!(error = %err, "invalid task message; dead-lettered");
+                return Disposition::Reject;
+            }
+        };
+        match std::fs::File::open(&arriving) {
+            Ok(file) => {
+                source = Source::Arriving {
+                    file,
+                    arriving,
+                    input: input.clone(),
+                }
+            }
+            // Complete (renamed) or refused (removed): the task manager knows which.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                warn!(error = %err, "cannot open the arriving upload; requeued");
+                return Disposition::Requeue;
+            }
         }
-        Ok(_) => {}
-        Err(err) => return after_refusal(err),
     }
-    if let Err(err) = tokio::fs::metadata(&input).await
-        && err.kind() == std::io::ErrorKind::NotFound
+    if let Source::File(_) = source
+        && let Some(disposition) = start_from_file(message, &input, ctx).await
     {
-        let error = format!(
-            "the input file {} is missing from the storage",
-            message.input_path
-        );
-        error!(%error, "task dropped");
-        return report_end(ctx, id, WorkerEvent::Failed { error }, Disposition::Reject).await;
+        return disposition;
     }
-    if let Some(dir) = output.parent()
-        && let Err(err) = tokio::fs::create_dir_all(dir).await
-    {
-        let error = format!("cannot create {}: {err}", dir.display());
-        return report_end(ctx, id, WorkerEvent::Failed { error }, Disposition::Ack).await;
-    }
-
     info!(input = %input.display(), "processing");
-    let event = match run_engine(id, input, output, ctx).await {
+    let event = match run_engine(id, source, output, ctx).await {
         EngineEnd::Finished(summary) => {
             info!(
                 rows = summary.rows_read,
@@ -163,8 +171,57 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
             info!("interrupted; the task goes back to the queue");
             return Disposition::Requeue;
         }
+        EngineEnd::NotStarted(err) => return after_refusal(err),
+        EngineEnd::Upload(Unfinished::Refused) => {
+            // Complete after all (a rename the reader missed): processed from the file when
+            // the message comes back.
+            return start_from_file(message, &input, ctx)
+                .await
+                .unwrap_or(Disposition::Requeue);
+        }
+        EngineEnd::Upload(Unfinished::Stalled) => {
+            warn!("the upload stopped arriving; the message goes back to the queue");
+            return Disposition::Requeue;
+        }
     };
     report_end(ctx, id, event, Disposition::Ack).await
+}
+
+/// Tells the task manager that the task starts and checks its input; `None` when the task
+/// is to be processed, else what to do with the message. For a message announcing an upload
+/// that is no longer arriving, an unknown task is an upload that was refused.
+async fn start_from_file(
+    message: &TaskMessage,
+    input: &std::path::Path,
+    ctx: &TaskContext,
+) -> Option<Disposition> {
+    let id = message.task_id;
+    match begin(ctx, id).await {
+        Ok(status) if status.is_terminal() => {
+            info!(%status, "task already finished; skipped");
+            return Some(Disposition::Ack);
+        }
+        Ok(_) => {}
+        Err(CallbackError::Refused { status, .. })
+            if status == reqwest::StatusCode::NOT_FOUND && message.arriving_path.is_some() =>
+        {
+            info!("the upload was refused: there is no task; message dropped");
+            return Some(Disposition::Ack);
+        }
+        Err(err) => return Some(after_refusal(err)),
+    }
+    if let Err(err) = tokio::fs::metadata(input).await
+        && err.kind() == std::io::ErrorKind::NotFound
+    {
+        let error = format!(
+            "the input file {} is missing from the storage",
+            message.input_path
+        );
+        error!(%error, "task dropped");
+        let failed = WorkerEvent::Failed { error };
+        return Some(report_end(ctx, id, failed, Disposition::Reject).await);
+    }
+    None
 }
 
 /// Removes the partial result files a killed worker left for this output.
@@ -177,6 +234,26 @@ async fn remove_stale_partials(output: PathBuf) {
     }
 }
 
+/// Tells the task manager that the task starts; returns its status.
+async fn begin(ctx: &TaskContext, id: Uuid) -> Result<TaskStatus, CallbackError> {
+    let ack = ctx
+        .callbacks
+        .send(id, &WorkerEvent::Started, &ctx.abort)
+        .await?;
+    Ok(ack.status)
+}
+
+/// What the engine reads.
+enum Source {
+    File(PathBuf),
+    /// An upload still arriving in `file` (open at `arriving`), to be renamed to `input`.
+    Arriving {
+        file: std::fs::File,
+        arriving: PathBuf,
+        input: PathBuf,
+    },
+}
+
 /// How a run of the engine ended.
 enum EngineEnd {
     Finished(Summary),
@@ -186,18 +263,63 @@ enum EngineEnd {
     StoppedByTaskManager(TaskStatus),
     /// Stopped because the worker is shutting down.
     Interrupted,
+    /// The task manager refused (or could not take) the news that the task starts.
+    NotStarted(CallbackError),
+    /// The arriving upload did not complete.
+    Upload(Unfinished),
 }
 
 /// Runs the engine off the async threads, reporting progress every `progress_every`
 /// and cancelling it when the task manager answers CANCELLED (or another terminal status)
-/// or the worker aborts.
-async fn run_engine(id: Uuid, input: PathBuf, output: PathBuf, ctx: &TaskContext) -> EngineEnd {
+/// or the worker aborts. On an arriving upload, the task starts (and progress is reported)
+/// once the upload is complete.
+async fn run_engine(id: Uuid, source: Source, output: PathBuf, ctx: &TaskContext) -> EngineEnd {
     let control = Control::new();
+    let read_end = ReadEnd::default();
+    // Until the task exists: the arriving upload's paths.
+    let mut waiting = None;
+    let input = match source {
+        Source::File(path) => EngineInput::File(path),
+        Source::Arriving {
+            file,
+            arriving,
+            input,
+        } => {
+            waiting = Some((arriving.clone(), input.clone()));
+            let reader = ArrivingFile::new(
+                file,
+                arriving,
+                input,
+                control.clone(),
+                ctx.arrival_timeout,
+                read_end.clone(),
+            );
+            EngineInput::Arriving(reader)
+        }
+    };
     let engine = {
         let control = control.clone();
         let config = ctx.engine.clone();
         tokio::task::spawn_blocking(move || {
-            let result = processor::aggregate(Input::File(&input), &output, &config, &control);
+            // An error here, as the engine's, is the task's once its upload is complete.
+            if let Some(dir) = output.parent()
+                && let Err(source) = std::fs::create_dir_all(dir)
+            {
+                let path = dir.to_path_buf();
+                return Err(processor::Error::Write { path, source });
+            }
+            let result = match input {
+                EngineInput::File(path) => {
+                    processor::aggregate(Input::File(&path), &output, &config, &control)
+                }
+                EngineInput::Arriving(reader) => {
+                    let input = Input::Reader {
+                        reader: Box::new(reader),
+                        len: None,
+                    };
+                    processor::aggregate(input, &output, &config, &control)
+                }
+            };
             // This process lives on: give the run's memory back to the system.
             processor::return_free_memory();
             result
@@ -207,16 +329,34 @@ async fn run_engine(id: Uuid, input: PathBuf, output: PathBuf, ctx: &TaskContext
     let mut ticks = tokio::time::interval(ctx.progress_every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
-    let mut finished_elsewhere = None;
+    let mut stopped = None;
     let mut interrupted = false;
     let result = loop {
         tokio::select! {
             result = &mut engine => break result,
             _ = ticks.tick() => {
-                if let Some(status) = report_progress(ctx, id, &control).await
+                let status = match &waiting {
+                    Some((arriving, input)) => match upload_state(arriving, input) {
+                        Ok(UploadState::Complete) => match start(ctx, id, input, &control).await {
+                            Ok(status) => {
+                                waiting = None;
+                                Some(status)
+                            }
+                            Err(err) => {
+                                stopped = Some(EngineEnd::NotStarted(err));
+                                control.cancel();
+                                None
+                            }
+                        },
+                        // The reader sees a refused or stalled upload.
+                        _ => None,
+                    },
+                    None => report_progress(ctx, id, &control).await,
+                };
+                if let Some(status) = status
                     && status.is_terminal()
                 {
-                    finished_elsewhere = Some(status);
+                    stopped = Some(EngineEnd::StoppedByTaskManager(status));
                     control.cancel();
                 }
             }
@@ -226,15 +366,83 @@ async fn run_engine(id: Uuid, input: PathBuf, output: PathBuf, ctx: &TaskContext
             }
         }
     };
-    match (result, finished_elsewhere) {
-        (Ok(Ok(summary)), _) => EngineEnd::Finished(summary),
-        (Ok(Err(processor::Error::Cancelled)), _) if interrupted => EngineEnd::Interrupted,
-        (Ok(Err(processor::Error::Cancelled)), Some(status)) => {
-            EngineEnd::StoppedByTaskManager(status)
+    if let Some(unfinished) = *read_end.lock().unwrap_or_else(PoisonError::into_inner) {
+        return EngineEnd::Upload(unfinished);
+    }
+    if interrupted {
+        return EngineEnd::Interrupted;
+    }
+    if let Some(end) = stopped {
+        return end;
+    }
+    if let Some((arriving, input)) = waiting {
+        // Ended before the upload did (bad input early on): the outcome is the task's once
+        // the upload is complete.
+        match wait_for_upload(ctx, &arriving, &input).await {
+            Ok(()) => match start(ctx, id, &input, &control).await {
+                Ok(status) if status.is_terminal() => {
+                    return EngineEnd::StoppedByTaskManager(status);
+                }
+                Ok(_) => {}
+                Err(err) => return EngineEnd::NotStarted(err),
+            },
+            Err(end) => return end,
         }
-        (Ok(Err(err)), _) => EngineEnd::Failed(err.to_string()),
-        (Err(join_error), _) => {
-            EngineEnd::Failed(format!("internal error in the engine: {join_error}"))
+    }
+    match result {
+        Ok(Ok(summary)) => EngineEnd::Finished(summary),
+        Ok(Err(processor::Error::Cancelled)) => EngineEnd::Interrupted,
+        Ok(Err(err)) => EngineEnd::Failed(err.to_string()),
+        Err(join_error) => EngineEnd::Failed(format!("internal error in the engine: {join_error}")),
+    }
+}
+
+/// What the engine's thread opens.
+enum EngineInput {
+    File(PathBuf),
+    Arriving(ArrivingFile),
+}
+
+/// Starts the task of a complete upload: reports it started and sets the input's size.
+async fn start(
+    ctx: &TaskContext,
+    id: Uuid,
+    input: &std::path::Path,
+    control: &Control,
+) -> Result<TaskStatus, CallbackError> {
+    if let Ok(metadata) = tokio::fs::metadata(input).await {
+        control.progress().set_total(metadata.len());
+    }
+    info!("upload complete; task started");
+    begin(ctx, id).await
+}
+
+/// Waits until an arriving upload is complete; the end of the run otherwise.
+async fn wait_for_upload(
+    ctx: &TaskContext,
+    arriving: &std::path::Path,
+    input: &std::path::Path,
+) -> Result<(), EngineEnd> {
+    let mut size = 0;
+    let mut grown = tokio::time::Instant::now();
+    loop {
+        match upload_state(arriving, input) {
+            Ok(UploadState::Complete) => return Ok(()),
+            Ok(UploadState::Refused) => return Err(EngineEnd::Upload(Unfinished::Refused)),
+            Ok(UploadState::Arriving) => {}
+            Err(err) => warn!(error = %err, "cannot look at the upload"),
+        }
+        let now = tokio::fs::metadata(arriving)
+            .await
+            .map_or(size, |m| m.len());
+        if now != size {
+            (size, grown) = (now, tokio::time::Instant::now());
+        } else if grown.elapsed() > ctx.arrival_timeout {
+            return Err(EngineEnd::Upload(Unfinished::Stalled));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(UPLOAD_POLL) => {}
+            _ = ctx.abort.cancelled() => return Err(EngineEnd::Interrupted),
         }
     }
 }
