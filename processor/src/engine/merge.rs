@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::output::push_row;
+use super::output::push_song_rows;
 use super::run::{AnyRun, DiskRun, Run, SongDays, SpillWriter, TableRun};
 use super::shards::ShardedTable;
 use super::table::SongRef;
@@ -96,9 +96,7 @@ pub(crate) fn merge_runs<R: Run>(
 ) -> Result<u64, Error> {
     let mut groups = 0u64;
     merge_songs(runs, &mut |(name, days)| {
-        for &(date, sum) in days {
-            push_row(out, name, date, sum);
-        }
+        push_song_rows(out, name, days);
         groups += days.len() as u64;
         if out.len() > flush_at {
             flush(out)?;

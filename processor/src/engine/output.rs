@@ -4,22 +4,43 @@ use std::io::{self, Write};
 
 use super::validate::{PackedDate, format_date};
 
-/// Appends one output line `song,date,plays\n` to `buf`.
-pub(crate) fn push_row(buf: &mut Vec<u8>, song: &[u8], date: PackedDate, plays: u64) {
+/// Appends the output lines of one song, `song,date,plays\n` for each of its (date, sum)
+/// pairs; the song's field is encoded once.
+pub(crate) fn push_song_rows(buf: &mut Vec<u8>, song: &[u8], days: &[(PackedDate, u64)]) {
+    let Some((&(date, plays), rest)) = days.split_first() else {
+        return;
+    };
+    let start = buf.len();
     push_field(buf, song);
+    buf.push(b',');
+    let end = buf.len();
+    // The song, a date, a comma, at most 20 digits and a line end per row.
+    buf.reserve(rest.len() * (end - start + 32) + 32);
+    push_date_plays(buf, date, plays);
+    for &(date, plays) in rest {
+        buf.extend_from_within(start..end);
+        push_date_plays(buf, date, plays);
+    }
+}
+
+/// Appends `date,plays\n`.
+#[inline]
+fn push_date_plays(buf: &mut Vec<u8>, date: PackedDate, plays: u64) {
+    // The date, a comma, at most 20 digits and the line end.
+    let mut line = [0u8; 32];
     let mut date_text = [0u8; 10];
     format_date(date, &mut date_text);
-    buf.push(b',');
-    buf.extend_from_slice(&date_text);
-    buf.push(b',');
-    let mut digits = itoa_buf(plays);
-    buf.extend_from_slice(digits.as_slice());
-    buf.push(b'\n');
-    digits.clear();
+    line[..10].copy_from_slice(&date_text);
+    line[10] = b',';
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(plays).as_bytes();
+    line[11..11 + digits.len()].copy_from_slice(digits);
+    line[11 + digits.len()] = b'\n';
+    buf.extend_from_slice(&line[..12 + digits.len()]);
 }
 
 /// Appends a field, quoted (inner quotes doubled) when it holds a comma, quote, CR or LF.
-pub(crate) fn push_field(buf: &mut Vec<u8>, field: &[u8]) {
+fn push_field(buf: &mut Vec<u8>, field: &[u8]) {
     if field
         .iter()
         .any(|&b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
@@ -37,34 +58,6 @@ pub(crate) fn push_field(buf: &mut Vec<u8>, field: &[u8]) {
     }
 }
 
-struct Digits {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl Digits {
-    fn as_slice(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-    fn clear(&mut self) {
-        self.start = self.buf.len();
-    }
-}
-
-fn itoa_buf(mut value: u64) -> Digits {
-    let mut buf = [0u8; 20];
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    Digits { buf, start }
-}
-
 /// Writes the header line.
 pub(crate) fn write_header(out: &mut dyn Write) -> io::Result<()> {
     out.write_all(crate::HEADER.as_bytes())?;
@@ -79,12 +72,23 @@ mod tests {
     fn quoting() {
         let mut buf = Vec::new();
         let day = |y, m, d| super::super::validate::pack_date(y, m, d);
-        push_row(&mut buf, b"In The End", day(2020, 1, 1), 1500);
-        push_row(&mut buf, b"Hello, \"World\"", day(2020, 12, 31), 0);
-        push_row(&mut buf, "Café".as_bytes(), day(2020, 1, 1), u64::MAX);
+        push_song_rows(&mut buf, b"Nothing", &[]);
+        push_song_rows(
+            &mut buf,
+            b"In The End",
+            &[(day(2020, 1, 1), 1500), (day(2020, 1, 2), 7)],
+        );
+        push_song_rows(
+            &mut buf,
+            b"Hello, \"World\"",
+            &[(day(2020, 12, 31), 0), (day(2021, 1, 1), 10)],
+        );
+        push_song_rows(&mut buf, "Café".as_bytes(), &[(day(2020, 1, 1), u64::MAX)]);
         assert_eq!(
             String::from_utf8(buf).unwrap(),
-            "In The End,2020-01-01,1500\n\"Hello, \"\"World\"\"\",2020-12-31,0\nCafé,2020-01-01,18446744073709551615\n"
+            "In The End,2020-01-01,1500\nIn The End,2020-01-02,7\n\
+             \"Hello, \"\"World\"\"\",2020-12-31,0\n\"Hello, \"\"World\"\"\",2021-01-01,10\n\
+             Café,2020-01-01,18446744073709551615\n"
         );
     }
 }

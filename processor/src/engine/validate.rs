@@ -12,11 +12,6 @@ pub(crate) fn pack_date(year: u32, month: u32, day: u32) -> PackedDate {
     (year * 12 + month - 1) * 31 + day - 1
 }
 
-/// Unpacks into (year, month, day).
-pub(crate) fn unpack_date(date: PackedDate) -> (u32, u32, u32) {
-    (date / 372, date / 31 % 12 + 1, date % 31 + 1)
-}
-
 /// Parses a real calendar date `YYYY-MM-DD` (years 0001 to 9999).
 pub(crate) fn parse_date(bytes: &[u8]) -> Result<PackedDate, String> {
     let Some(text) = bytes.first_chunk::<10>().filter(|_| bytes.len() == 10) else {
@@ -69,21 +64,37 @@ fn days_in_month(year: u32, month: u32) -> u32 {
     }
 }
 
-/// Writes a packed date as `YYYY-MM-DD`.
+/// Two-digit texts "00" to "99".
+const PAIRS: [[u8; 2]; 100] = {
+    let mut pairs = [[0u8; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        pairs[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    pairs
+};
+
+/// "MM-DD" of each day of a year's 12 x 31 packed slots.
+const MONTH_DAYS: [[u8; 5]; 372] = {
+    let mut texts = [[0u8; 5]; 372];
+    let mut i = 0;
+    while i < 372 {
+        let (month, day) = (PAIRS[i / 31 + 1], PAIRS[i % 31 + 1]);
+        texts[i] = [month[0], month[1], b'-', day[0], day[1]];
+        i += 1;
+    }
+    texts
+};
+
+/// Formats as `YYYY-MM-DD`.
+#[inline]
 pub(crate) fn format_date(date: PackedDate, out: &mut [u8; 10]) {
-    let (year, month, day) = unpack_date(date);
-    let digit = |v: u32| b'0' + v as u8;
+    let year = (date / 372) as usize;
+    let (high, low) = (PAIRS[year / 100 % 100], PAIRS[year % 100]);
+    let md = MONTH_DAYS[(date % 372) as usize];
     *out = [
-        digit(year / 1000),
-        digit(year / 100 % 10),
-        digit(year / 10 % 10),
-        digit(year % 10),
-        b'-',
-        digit(month / 10),
-        digit(month % 10),
-        b'-',
-        digit(day / 10),
-        digit(day % 10),
+        high[0], high[1], low[0], low[1], b'-', md[0], md[1], md[2], md[3], md[4],
     ];
 }
 
@@ -163,6 +174,19 @@ mod tests {
         assert_eq!(&buf, b"9999-12-31");
         format_date(pack_date(1, 1, 1), &mut buf);
         assert_eq!(&buf, b"0001-01-01");
+        // Every day of a few years, leap ones included, round-trips through the text.
+        for year in [1, 1999, 2000, 2020, 2100, 9999] {
+            for month in 1..=12 {
+                for day in 1..=31 {
+                    let text = format!("{year:04}-{month:02}-{day:02}");
+                    if let Ok(date) = parse_date(text.as_bytes()) {
+                        assert_eq!(date, pack_date(year, month, day));
+                        format_date(date, &mut buf);
+                        assert_eq!(&buf, text.as_bytes());
+                    }
+                }
+            }
+        }
     }
 
     #[test]
