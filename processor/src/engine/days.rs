@@ -59,7 +59,8 @@ impl Days {
                     entry.1 = entry.1.checked_add(plays).ok_or(Overflow)?;
                     return Ok(0);
                 }
-                if list.len() < SMALL_MAX {
+                let full = list.len() == list.capacity();
+                if list.len() < SMALL_MAX && !(full && dense_is_smaller(list, date)) {
                     let before = list.capacity();
                     list.push((date, plays));
                     return Ok(bytes_of::<(PackedDate, u64)>(list.capacity() - before));
@@ -179,6 +180,22 @@ impl Days {
     }
 }
 
+/// Whether a full `list` (about to double) with `date` added takes less room as a dense
+/// array, which is also faster to update: a song on most days of a short period.
+fn dense_is_smaller(list: &[(PackedDate, u64)], date: PackedDate) -> bool {
+    const MIN_LEN: usize = 8;
+    if list.len() < MIN_LEN {
+        return false;
+    }
+    let (low, high) = list.iter().fold((date, date), |(low, high), entry| {
+        (low.min(entry.0), high.max(entry.0))
+    });
+    let span = (high - low) as usize + 1;
+    // `from_sorted` adds a quarter of the span on each side.
+    let dense = (span + span / 2) * size_of::<u32>();
+    dense <= 2 * list.len() * size_of::<(PackedDate, u64)>()
+}
+
 fn bytes_of<T>(count: usize) -> isize {
     (count * size_of::<T>()) as isize
 }
@@ -202,6 +219,20 @@ mod tests {
         let mut got = Vec::new();
         days.sorted_into(&mut got);
         assert_eq!(got, expected.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn songs_on_most_days_of_a_period_turn_dense_early() {
+        let mut days = Days::first(100, 1);
+        for date in 101..109 {
+            days.add(date, 1).expect("no overflow");
+        }
+        assert!(matches!(days, Days::Dense { .. }), "9 consecutive dates");
+        let mut days = Days::first(0, 1);
+        for i in 1..9 {
+            days.add(i * 50, 1).expect("no overflow");
+        }
+        assert!(matches!(days, Days::Small(_)), "9 dates over a year");
     }
 
     #[test]
