@@ -78,12 +78,12 @@ impl EarlyRun {
     }
 
     /// The engine and its control, to carry on with the task; `None` when the run gave way
-    /// (its engine stops by itself).
+    /// (its engine stops by itself, and the task, queued again, rewrites any result).
     pub(super) fn take(mut self) -> Option<(Control, Engine)> {
+        let engine = self.engine.take()?;
         if !self.receiving.remove(self.id) {
             return None;
         }
-        let engine = self.engine.take()?;
         Some((self.control.clone(), engine))
     }
 }
