@@ -6,16 +6,45 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::output::push_row;
-use super::run::{AnyRun, DiskRun, Run, SongDays, SpillWriter, TableRun};
+use super::run::{AnyRun, DiskRun, RUN_BUFFER_BYTES, Run, SongDays, SpillWriter, TableRun};
 use super::shards::ShardedTable;
 use super::table::SongRef;
 use super::validate::{PackedDate, date_string};
 use super::writer::WriteBuf;
 use crate::Error;
 
-/// Most spilled runs merged at once; more are first merged in groups (few in unit tests, so
-/// that they exercise the grouping).
-const MAX_FAN_IN: usize = if cfg!(test) { 8 } else { 64 };
+/// Fewest spilled runs merged at once, whatever the memory limit (few in unit tests, so that
+/// they exercise the intermediate merges).
+const MIN_FAN_IN: usize = if cfg!(test) { 8 } else { 64 };
+/// Most spilled runs merged at once (each reads through a buffer of [`RUN_BUFFER_BYTES`]).
+const MAX_FAN_IN: usize = 256;
+
+/// How many spilled runs one merge reads at once under `memory_limit`: their read buffers
+/// take at most about a quarter of it (what the input blocks held before the merge).
+pub(crate) fn fan_in(memory_limit: u64) -> usize {
+    let fit = memory_limit / 4 / RUN_BUFFER_BYTES as u64;
+    usize::try_from(fit).map_or(MAX_FAN_IN, |fit| fit.clamp(MIN_FAN_IN, MAX_FAN_IN))
+}
+
+/// Groups of runs (indices into `sizes`, their byte sizes) to merge first so that at most
+/// `fan_in` remain: just enough merges, of the smallest runs, so that the fewest bytes are
+/// read and written twice. Empty when the runs fit one merge.
+fn first_pass(sizes: &[u64], fan_in: usize) -> Vec<Vec<usize>> {
+    let fan_in = fan_in.max(2);
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|&i| sizes[i]);
+    let mut excess = sizes.len().saturating_sub(fan_in);
+    let mut groups = Vec::new();
+    let mut next = 0;
+    while excess > 0 && next < order.len() {
+        // A group of g runs leaves one: g - 1 fewer.
+        let size = (excess + 1).min(fan_in).min(order.len() - next);
+        groups.push(order[next..next + size].to_vec());
+        next += size;
+        excess = excess.saturating_sub(size - 1);
+    }
+    groups
+}
 /// Output is flushed to the writer in pieces of about this size.
 const OUTPUT_CHUNK: usize = 1 << 20;
 
@@ -166,41 +195,21 @@ pub(crate) fn merge_in_memory(
     Ok(groups)
 }
 
-/// Merges spilled runs and the tables left in memory in one k-way merge.
+/// Merges spilled runs and the tables left in memory in one k-way merge, after merging
+/// groups of the smallest runs first if there are more than `fan_in`.
 pub(crate) fn merge_with_spills(
     pool: &rayon::ThreadPool,
     tables: &[ShardedTable],
     spills: Vec<File>,
+    fan_in: usize,
     temp_dir: &Path,
     write: WriteBuf<'_>,
 ) -> Result<u64, Error> {
     let orders: Vec<Vec<SongRef<'_>>> =
         pool.install(|| tables.par_iter().map(ShardedTable::sorted_songs).collect());
     let mut files = spills;
-    while files.len() > MAX_FAN_IN {
-        // Too many runs to read at once (buffers, file descriptors): merge groups of them
-        // into longer runs first, in parallel.
-        let mut groups = Vec::new();
-        while files.len() >= MAX_FAN_IN {
-            groups.push(files.split_off(files.len() - MAX_FAN_IN));
-        }
-        let merged: Vec<Result<File, Error>> = pool.install(|| {
-            groups
-                .into_par_iter()
-                .map(|group| {
-                    let mut runs = group
-                        .into_iter()
-                        .map(|file| DiskRun::open(file, temp_dir))
-                        .collect::<Result<Vec<_>, Error>>()?;
-                    let mut writer = SpillWriter::create(temp_dir)?;
-                    merge_songs(&mut runs, &mut |(name, days)| writer.write(name, days))?;
-                    writer.finish()
-                })
-                .collect()
-        });
-        for file in merged {
-            files.push(file?);
-        }
+    while files.len() > fan_in {
+        files = merge_first_pass(pool, files, fan_in, temp_dir)?;
     }
     let mut runs: Vec<AnyRun<'_>> = Vec::new();
     for file in files {
@@ -213,6 +222,48 @@ pub(crate) fn merge_with_spills(
     let groups = merge_runs(&mut runs, &mut buf, OUTPUT_CHUNK, write)?;
     write(&mut buf)?;
     Ok(groups)
+}
+
+/// Merges the groups of [`first_pass`] into longer runs (in parallel); returns the runs left.
+fn merge_first_pass(
+    pool: &rayon::ThreadPool,
+    files: Vec<File>,
+    fan_in: usize,
+    temp_dir: &Path,
+) -> Result<Vec<File>, Error> {
+    let temp_err = |source| Error::Temp {
+        path: temp_dir.to_path_buf(),
+        source,
+    };
+    let sizes = files
+        .iter()
+        .map(|file| file.metadata().map(|m| m.len()).map_err(temp_err))
+        .collect::<Result<Vec<u64>, Error>>()?;
+    let plan = first_pass(&sizes, fan_in);
+    let mut slots: Vec<Option<File>> = files.into_iter().map(Some).collect();
+    let groups: Vec<Vec<File>> = plan
+        .iter()
+        .map(|group| group.iter().filter_map(|&i| slots[i].take()).collect())
+        .collect();
+    let merged: Vec<Result<File, Error>> = pool.install(|| {
+        groups
+            .into_par_iter()
+            .map(|group| {
+                let mut runs = group
+                    .into_iter()
+                    .map(|file| DiskRun::open(file, temp_dir))
+                    .collect::<Result<Vec<_>, Error>>()?;
+                let mut writer = SpillWriter::create(temp_dir)?;
+                merge_songs(&mut runs, &mut |(name, days)| writer.write(name, days))?;
+                writer.finish()
+            })
+            .collect()
+    });
+    let mut left: Vec<File> = slots.into_iter().flatten().collect();
+    for file in merged {
+        left.push(file?);
+    }
+    Ok(left)
 }
 
 /// A binary min-heap of run indices ordered by their current song name. Exhausted runs are
@@ -288,5 +339,28 @@ impl RunHeap {
             }
         }
         Some(top)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_pass;
+
+    #[test]
+    fn first_pass_merges_just_enough_of_the_smallest_runs() {
+        assert!(first_pass(&[5, 1, 3], 3).is_empty());
+        // 5 runs, 3 at once: one group of the 3 smallest leaves 3.
+        assert_eq!(first_pass(&[50, 10, 40, 20, 30], 3), vec![vec![1, 3, 4]]);
+        // 10 runs, 4 at once: groups of 4 and 4 leave 10 - 3 - 3 = 4.
+        let sizes: Vec<u64> = (0..10).rev().collect();
+        let groups = first_pass(&sizes, 4);
+        assert_eq!(groups, vec![vec![9, 8, 7, 6], vec![5, 4, 3, 2]]);
+        // 12 runs, 4 at once: 3 + 3 + 2 fewer; 4 left.
+        let groups = first_pass(&[1; 12], 4);
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 3]);
+        // Very many runs: the groups may still leave more than fan_in (another pass).
+        let groups = first_pass(&[1; 40], 4);
+        assert_eq!(groups.len(), 10);
+        assert_eq!(40 - groups.iter().map(|g| g.len() - 1).sum::<usize>(), 10);
     }
 }

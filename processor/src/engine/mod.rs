@@ -1,5 +1,6 @@
 //! The aggregation pipeline: input -> parse -> aggregate -> (spill) -> merge -> CSV output.
 
+mod budget;
 mod days;
 mod hash;
 mod merge;

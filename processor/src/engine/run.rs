@@ -160,6 +160,9 @@ fn write_song(out: &mut impl Write, name: &[u8], days: &[(PackedDate, u64)]) -> 
     Ok(())
 }
 
+/// Read buffer of a spilled run being merged.
+pub(crate) const RUN_BUFFER_BYTES: usize = 64 << 10;
+
 /// A spilled run read back from its file.
 pub(crate) struct DiskRun {
     reader: BufReader<File>,
@@ -173,7 +176,7 @@ pub(crate) struct DiskRun {
 impl DiskRun {
     pub(crate) fn open(file: File, dir: &Path) -> Result<Self, Error> {
         let mut run = DiskRun {
-            reader: BufReader::with_capacity(1 << 16, file),
+            reader: BufReader::with_capacity(RUN_BUFFER_BYTES, file),
             name: Vec::new(),
             key: (0, 0),
             days: Vec::new(),

@@ -37,9 +37,12 @@ pub(crate) struct ShardedTable {
 impl ShardedTable {
     /// A table that buffers up to about `flush_at` bytes of rows before adding them.
     pub(crate) fn new(flush_at: usize) -> Self {
+        // A shard's buffer gets its share with some room for unevenness, so that buffers
+        // rarely grow (doubling would hold up to twice what they need).
+        let per_shard = flush_at / SHARDS + flush_at / SHARDS / 4 + 2 * ROW_HEADER;
         ShardedTable {
             shards: (0..SHARDS).map(|_| SongTable::default()).collect(),
-            buffers: vec![Vec::new(); SHARDS],
+            buffers: (0..SHARDS).map(|_| Vec::with_capacity(per_shard)).collect(),
             buffered: 0,
             flush_at,
         }
@@ -69,13 +72,17 @@ impl ShardedTable {
     /// Adds all buffered rows to the shard tables.
     #[cfg(test)]
     pub(crate) fn flush(&mut self) -> Result<(), Overflowed> {
-        while !self.flush_within(usize::MAX)? {}
+        while !self.flush_within(|_| false)? {}
         Ok(())
     }
 
     /// Adds buffered rows to the shard tables, shard after shard, until all are added
-    /// (returns true) or the estimate exceeds `budget` (returns false: spill, then call again).
-    pub(crate) fn flush_within(&mut self, budget: usize) -> Result<bool, Overflowed> {
+    /// (returns true) or `over`, called with [`ShardedTable::heap_bytes`] after each shard,
+    /// says the tables are over budget (returns false: spill, then call again).
+    pub(crate) fn flush_within(
+        &mut self,
+        mut over: impl FnMut(usize) -> bool,
+    ) -> Result<bool, Overflowed> {
         for shard in 0..SHARDS {
             let (table, buffer) = (&mut self.shards[shard], &mut self.buffers[shard]);
             if buffer.is_empty() {
@@ -99,7 +106,7 @@ impl ShardedTable {
             }
             self.buffered -= buffer.len();
             buffer.clear();
-            if self.heap_bytes() > budget {
+            if over(self.heap_bytes()) {
                 return Ok(self.buffered == 0);
             }
         }
@@ -119,13 +126,17 @@ impl ShardedTable {
 
     /// Estimated heap bytes held, buffers included.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.shards.iter().map(SongTable::heap_bytes).sum::<usize>()
-            + self.buffers.iter().map(Vec::capacity).sum::<usize>()
+        self.table_bytes() + self.buffers.iter().map(Vec::capacity).sum::<usize>()
+    }
+
+    /// Estimated heap bytes of the tables alone (what a spill frees).
+    pub(crate) fn table_bytes(&self) -> usize {
+        self.shards.iter().map(SongTable::heap_bytes).sum()
     }
 
     /// The songs in the tables (not the buffers), sorted by name.
     pub(crate) fn sorted_songs(&self) -> Vec<SongRef<'_>> {
-        let mut songs = Vec::new();
+        let mut songs = Vec::with_capacity(self.shards.iter().map(SongTable::len).sum());
         for shard in &self.shards {
             shard.songs_into(&mut songs);
         }

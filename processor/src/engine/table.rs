@@ -150,23 +150,21 @@ impl SongTable {
         );
     }
 
-    /// Estimated heap bytes held, plus the growth of the slot array once it is over half
-    /// full: all shards fill at the same pace and double together, so the budget must leave
-    /// room for that jump before it happens.
+    /// Estimated heap bytes held. The growth of the slot array is not reserved ahead: tables
+    /// are filled shard after shard and checked against the budget after each, so a doubling
+    /// overshoots by one shard's slots at most, and a table spills with its slots nearly full.
     pub(crate) fn heap_bytes(&self) -> usize {
         // hashbrown allocates a power of two of buckets, at most 7/8 of them usable; each
         // song also takes a `SongRef` in the sorted order built to spill or merge.
-        let slots = self.songs.capacity() * 8 / 7 * (size_of::<Song>() + 1);
-        let growth = if self.songs.len() * 2 > self.songs.capacity() {
-            slots
-        } else {
-            0
-        };
-        slots
-            + growth
+        self.songs.capacity() * 8 / 7 * (size_of::<Song>() + 1)
             + self.songs.len() * size_of::<SongRef<'_>>()
             + self.arena.capacity()
             + self.days_bytes
+    }
+
+    /// Songs held.
+    pub(crate) fn len(&self) -> usize {
+        self.songs.len()
     }
 
     /// Appends the songs with their names to `out` (unsorted).

@@ -1,7 +1,8 @@
 //! A worker thread: parses the blocks it receives into its sharded table, spilling sorted
-//! runs when the table outgrows the worker's share of the memory budget.
+//! runs when the tables of all workers together outgrow the memory budget.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use memmap2::Mmap;
 
@@ -14,9 +15,11 @@ use super::validate::PackedDate;
 use crate::Phase;
 use crate::error::{Field, show_value};
 
-/// Feeds parsed rows of one block into a worker's table.
+/// Feeds parsed rows of one block into a worker's table, flushing the buffered rows (and
+/// spilling) as soon as they fill.
 struct TableSink<'a, 's> {
     table: &'a mut ShardedTable,
+    spiller: &'a mut Spiller,
     shared: &'a Shared<'s>,
     block: u64,
 }
@@ -32,6 +35,9 @@ impl RowSink for TableSink<'_, '_> {
             );
         }
         self.table.add(song, date, plays);
+        if self.table.wants_flush() {
+            return self.flush();
+        }
         Ok(())
     }
 
@@ -50,8 +56,20 @@ impl RowSink for TableSink<'_, '_> {
     }
 }
 
-/// A worker: parses blocks into its table until the blocks run out.
+impl TableSink<'_, '_> {
+    #[cold]
+    fn flush(&mut self) -> Result<(), Stop> {
+        if self.shared.stopped() {
+            return Err(Stop);
+        }
+        self.spiller.flush(self.table, self.shared);
+        Ok(())
+    }
+}
+
+/// Worker `me`: parses blocks into its table until the blocks run out.
 pub(crate) fn worker(
+    me: usize,
     blocks: crossbeam_channel::Receiver<Block>,
     pool: crossbeam_channel::Sender<Vec<u8>>,
     map: Option<&Mmap>,
@@ -59,8 +77,13 @@ pub(crate) fn worker(
     input_bytes: &AtomicU64,
     rows: &AtomicU64,
 ) -> ShardedTable {
-    let flush_at = (shared.table_budget / 6).clamp(1 << 14, 128 << 20);
+    // Larger batches keep big tables' shards in cache longer; small budgets gain little.
+    let flush_at = (shared.budget.share() / 16).clamp(1 << 14, 128 << 20);
     let mut table = ShardedTable::new(flush_at);
+    let mut spiller = Spiller {
+        me,
+        round: shared.budget.round(),
+    };
     let mut parser = Parser::default();
     for block in blocks {
         let len = block.data.len();
@@ -72,6 +95,7 @@ pub(crate) fn worker(
             };
             let mut sink = TableSink {
                 table: &mut table,
+                spiller: &mut spiller,
                 shared,
                 block: block.index,
             };
@@ -92,9 +116,6 @@ pub(crate) fn worker(
                 input_bytes.fetch_add(len as u64, Ordering::Relaxed);
                 shared.control.progress().add_read(len as u64, stats.rows);
             }
-            if table.wants_flush() && !shared.stopped() {
-                flush_and_spill(&mut table, shared);
-            }
         }
         match block.data {
             BlockData::Mapped { start, end } => release(map, start, end),
@@ -104,32 +125,105 @@ pub(crate) fn worker(
         }
     }
     if !shared.stopped() {
-        flush_and_spill(&mut table, shared);
+        spiller.flush(&mut table, shared);
     }
     table
 }
 
-/// Adds the buffered rows to the table, spilling sorted runs whenever the table outgrows
-/// the worker's share of the memory budget.
-fn flush_and_spill(table: &mut ShardedTable, shared: &Shared<'_>) {
-    loop {
-        let done = match table.flush_within(shared.table_budget) {
-            Ok(done) => done,
-            Err(overflow) => return shared.fail(overflow.into()),
-        };
-        if table.heap_bytes() > shared.table_budget {
-            shared.control.progress().set_phase(Phase::Spill);
-            let full = table.take_tables();
-            match spill(&full.sorted_songs(), &shared.temp_dir) {
-                Ok(file) => shared.spills.lock_ok().push(file),
-                Err(error) => return shared.fail(error),
+/// A worker's part in the shared table budget.
+struct Spiller {
+    me: usize,
+    /// The last spill round this worker took part in.
+    round: u64,
+}
+
+impl Spiller {
+    /// Adds the buffered rows to the table. Spills when the tables of all workers together
+    /// outgrow the budget (starting a round: the other workers spill too at their next
+    /// flush, so that the threads' runs stay about the same size), or when another worker
+    /// started a round.
+    fn flush(&mut self, table: &mut ShardedTable, shared: &Shared<'_>) {
+        let budget = &shared.budget;
+        loop {
+            let round = budget.round();
+            if round != self.round {
+                self.round = round;
+                // Tables well below the fair share are not worth a run of their own.
+                if table.table_bytes() >= budget.share() / 4 && !self.spill(table, shared) {
+                    return;
+                }
             }
-            drop(full);
-            return_free_memory();
-            shared.control.progress().set_phase(Phase::Read);
+            // Published after each shard: the workers flush at the same time, and a flush
+            // adds a large part of a small budget when most rows are new groups.
+            let over = |bytes| {
+                budget.publish(self.me, bytes);
+                bytes + budget.others(self.me) > budget.total()
+            };
+            let done = match table.flush_within(over) {
+                Ok(done) => done,
+                Err(overflow) => return shared.fail(overflow.into()),
+            };
+            let bytes = table.heap_bytes();
+            budget.publish(self.me, bytes);
+            if bytes + budget.others(self.me) > budget.total() {
+                if budget.others_spilling() {
+                    // Room is being made; a run of these tables now would be small.
+                    budget.wait_for_spills(|| shared.stopped());
+                    continue;
+                }
+                self.round = budget.start_round(self.round);
+                if table.table_bytes() < budget.share() / 4 {
+                    // The others hold the budget without spilling (finished, or waiting for
+                    // input): the round asks them to, and these few rows go over budget
+                    // rather than into a tiny run.
+                    if let Err(overflow) = table.flush_within(|_| false) {
+                        shared.fail(overflow.into());
+                    }
+                    budget.publish(self.me, table.heap_bytes());
+                    return;
+                }
+                if !self.spill(table, shared) {
+                    return;
+                }
+            }
+            if done {
+                return;
+            }
         }
-        if done {
-            return;
+    }
+
+    /// Writes the tables as a sorted run and empties them; false on error (recorded). The
+    /// tables count against the budget until they are written and freed.
+    fn spill(&self, table: &mut ShardedTable, shared: &Shared<'_>) -> bool {
+        let spilling = shared.budget.spilling();
+        shared.control.progress().set_phase(Phase::Spill);
+        let started = Instant::now();
+        let full = table.take_tables();
+        let songs = full.sorted_songs();
+        let written = spill(&songs, &shared.temp_dir);
+        tracing::debug!(
+            worker = self.me,
+            round = self.round,
+            songs = songs.len(),
+            estimated_bytes = full.heap_bytes(),
+            seconds = started.elapsed().as_secs_f64(),
+            "spilled a run"
+        );
+        drop(songs);
+        drop(full);
+        return_free_memory();
+        shared.budget.publish(self.me, table.heap_bytes());
+        drop(spilling);
+        shared.control.progress().set_phase(Phase::Read);
+        match written {
+            Ok(file) => {
+                shared.spills.lock_ok().push(file);
+                true
+            }
+            Err(error) => {
+                shared.fail(error);
+                false
+            }
         }
     }
 }
