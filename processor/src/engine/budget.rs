@@ -1,14 +1,9 @@
 //! How `--memory-limit` is shared out: the input blocks in flight get a bounded slice (smaller
 //! blocks under small limits), and the aggregation tables of all worker threads share the rest
-//! as one budget. When the tables together reach it, every thread spills at its next check
-//! (a spill "round"), so the threads' runs stay about the same size and a thread whose share
-//! would otherwise sit unused (an idle or finished thread) leaves it to the others.
+//! as one budget, not a fixed part each: when they reach it together, they spill together
+//! (see `rounds`).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
-use std::time::Duration;
-
-use super::pipeline::LockOk;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::source::MAX_RECORD_BYTES;
 
@@ -61,110 +56,44 @@ impl Plan {
 /// The table budget shared by the worker threads.
 pub(crate) struct TableBudget {
     total: usize,
-    /// Each worker's last published estimate.
-    used: Vec<AtomicUsize>,
-    /// Bumped by the thread that finds the tables over budget: each thread that sees a new
-    /// round spills its tables.
-    round: AtomicU64,
-    /// Workers writing a run (their tables still count until it is written).
-    spilling: Mutex<usize>,
-    spilled: Condvar,
-}
-
-/// A worker's spill in progress (see [`TableBudget::spilling`]).
-pub(crate) struct Spilling<'a>(&'a TableBudget);
-
-impl Drop for Spilling<'_> {
-    fn drop(&mut self) {
-        let mut spilling = self.0.spilling.lock_ok();
-        *spilling = spilling.saturating_sub(1);
-        self.0.spilled.notify_all();
-    }
+    /// Each worker's last published estimate of its tables and of its row buffers.
+    used: Vec<(AtomicUsize, AtomicUsize)>,
 }
 
 impl TableBudget {
     pub(crate) fn new(total: usize, workers: usize) -> Self {
         TableBudget {
             total,
-            used: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
-            round: AtomicU64::new(0),
-            spilling: Mutex::new(0),
-            spilled: Condvar::new(),
+            used: (0..workers)
+                .map(|_| (AtomicUsize::new(0), AtomicUsize::new(0)))
+                .collect(),
         }
     }
 
-    /// Estimated bytes all tables may hold together.
-    pub(crate) fn total(&self) -> usize {
-        self.total
-    }
-
-    /// A worker's fair share: the size below which its tables are not worth spilling in a
-    /// round another thread started.
+    /// A worker's even share of the budget.
     pub(crate) fn share(&self) -> usize {
         self.total / self.used.len().max(1)
     }
 
-    /// Records worker `me`'s current estimate.
-    pub(crate) fn publish(&self, me: usize, bytes: usize) {
-        if let Some(slot) = self.used.get(me) {
-            slot.store(bytes, Ordering::Relaxed);
+    /// Records worker `me`'s current estimates.
+    pub(crate) fn publish(&self, me: usize, tables: usize, buffers: usize) {
+        if let Some((t, b)) = self.used.get(me) {
+            t.store(tables, Ordering::Relaxed);
+            b.store(buffers, Ordering::Relaxed);
         }
     }
 
-    /// What the other workers' tables hold, as last published.
-    pub(crate) fn others(&self, me: usize) -> usize {
-        self.used
-            .iter()
-            .enumerate()
-            .filter(|&(worker, _)| worker != me)
-            .map(|(_, slot)| slot.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// The current spill round.
-    pub(crate) fn round(&self) -> u64 {
-        self.round.load(Ordering::Relaxed)
-    }
-
-    /// Starts a spill round (unless another thread already started one since `seen`);
-    /// returns the round the caller now takes part in.
-    pub(crate) fn start_round(&self, seen: u64) -> u64 {
-        match self
-            .round
-            .compare_exchange(seen, seen + 1, Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) => seen + 1,
-            Err(current) => current,
+    /// Whether the tables of all workers, with `pending` bytes of tables being written,
+    /// outgrow the room the budget leaves them: all of it but the row buffers (which a spill
+    /// does not free), and at least half of it (under tiny budgets the buffers are a large
+    /// part, and going over is better than spilling runs of a few rows).
+    pub(crate) fn over(&self, pending: usize) -> bool {
+        let (mut tables, mut buffers) = (pending, 0usize);
+        for (t, b) in &self.used {
+            tables = tables.saturating_add(t.load(Ordering::Relaxed));
+            buffers = buffers.saturating_add(b.load(Ordering::Relaxed));
         }
-    }
-}
-
-impl TableBudget {
-    /// Marks a spill in progress until the guard is dropped (after the worker has published
-    /// what its tables hold once written).
-    pub(crate) fn spilling(&self) -> Spilling<'_> {
-        *self.spilling.lock_ok() += 1;
-        Spilling(self)
-    }
-
-    /// Whether a worker other than the caller (who is not spilling) is writing a run.
-    pub(crate) fn others_spilling(&self) -> bool {
-        *self.spilling.lock_ok() > 0
-    }
-
-    /// Waits until no worker is spilling, or `stopped` says to give up: a worker out of room
-    /// while another one writes its run waits for that room instead of spilling a tiny run.
-    pub(crate) fn wait_for_spills(&self, stopped: impl Fn() -> bool) {
-        let mut spilling = self.spilling.lock_ok();
-        while *spilling > 0 && !stopped() {
-            spilling = match self
-                .spilled
-                .wait_timeout(spilling, Duration::from_millis(50))
-            {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
+        tables > self.total.saturating_sub(buffers).max(self.total / 2)
     }
 }
 
@@ -188,17 +117,21 @@ mod tests {
     }
 
     #[test]
-    fn budget_is_shared_and_rounds_start_once() {
+    fn budget_is_shared_and_leaves_room_for_buffers() {
         let budget = TableBudget::new(100, 3);
-        budget.publish(0, 10);
-        budget.publish(1, 20);
-        budget.publish(2, 40);
-        assert_eq!(budget.others(1), 50);
         assert_eq!(budget.share(), 33);
-        assert_eq!(budget.start_round(0), 1);
-        // A thread that had not seen round 1 joins it instead of starting another.
-        assert_eq!(budget.start_round(0), 1);
-        assert_eq!(budget.round(), 1);
-        assert_eq!(budget.start_round(1), 2);
+        budget.publish(0, 30, 5);
+        budget.publish(1, 40, 5);
+        assert!(!budget.over(0));
+        budget.publish(2, 16, 5);
+        assert!(budget.over(0), "86 bytes of tables and 15 of buffers");
+        budget.publish(2, 0, 5);
+        assert!(budget.over(20), "tables being written count");
+        // Buffers over half the budget: the tables still get half.
+        budget.publish(0, 20, 40);
+        budget.publish(1, 20, 40);
+        budget.publish(2, 0, 0);
+        assert!(!budget.over(0));
+        assert!(budget.over(11));
     }
 }

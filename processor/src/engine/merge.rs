@@ -6,7 +6,9 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::output::push_row;
-use super::run::{AnyRun, DiskRun, RUN_BUFFER_BYTES, Run, SongDays, SpillWriter, TableRun};
+use super::run::{
+    AnyRun, DiskRun, RUN_BUFFER_BYTES, Run, SongDays, SpillWriter, SpilledRun, TableRun,
+};
 use super::shards::ShardedTable;
 use super::table::SongRef;
 use super::validate::{PackedDate, date_string};
@@ -93,7 +95,7 @@ pub(crate) fn merge_songs<R: Run>(
 }
 
 /// Sums adjacent entries of the same date in place (`days` sorted by date).
-fn sum_equal_dates(name: &[u8], days: &mut Vec<(PackedDate, u64)>) -> Result<(), Error> {
+pub(crate) fn sum_equal_dates(name: &[u8], days: &mut Vec<(PackedDate, u64)>) -> Result<(), Error> {
     let mut write = 0;
     for read in 0..days.len() {
         if write > 0 && days[write - 1].0 == days[read].0 {
@@ -200,20 +202,20 @@ pub(crate) fn merge_in_memory(
 pub(crate) fn merge_with_spills(
     pool: &rayon::ThreadPool,
     tables: &[ShardedTable],
-    spills: Vec<File>,
+    spills: Vec<SpilledRun>,
     fan_in: usize,
     temp_dir: &Path,
     write: WriteBuf<'_>,
 ) -> Result<u64, Error> {
     let orders: Vec<Vec<SongRef<'_>>> =
         pool.install(|| tables.par_iter().map(ShardedTable::sorted_songs).collect());
-    let mut files = spills;
-    while files.len() > fan_in {
-        files = merge_first_pass(pool, files, fan_in, temp_dir)?;
+    let mut spilled = spills;
+    while spilled.len() > fan_in {
+        spilled = merge_first_pass(pool, spilled, fan_in, temp_dir)?;
     }
     let mut runs: Vec<AnyRun<'_>> = Vec::new();
-    for file in files {
-        runs.push(AnyRun::Disk(DiskRun::open(file, temp_dir)?));
+    for run in spilled {
+        runs.push(AnyRun::Disk(DiskRun::open(run, temp_dir)?));
     }
     for order in orders.iter().filter(|order| !order.is_empty()) {
         runs.push(AnyRun::Table(TableRun::new(order)));
@@ -227,43 +229,77 @@ pub(crate) fn merge_with_spills(
 /// Merges the groups of [`first_pass`] into longer runs (in parallel); returns the runs left.
 fn merge_first_pass(
     pool: &rayon::ThreadPool,
-    files: Vec<File>,
+    runs: Vec<SpilledRun>,
     fan_in: usize,
     temp_dir: &Path,
-) -> Result<Vec<File>, Error> {
-    let temp_err = |source| Error::Temp {
-        path: temp_dir.to_path_buf(),
-        source,
-    };
-    let sizes = files
+) -> Result<Vec<SpilledRun>, Error> {
+    let sizes = runs
         .iter()
-        .map(|file| file.metadata().map(|m| m.len()).map_err(temp_err))
+        .map(|run| {
+            run.bytes().map_err(|source| Error::Temp {
+                path: temp_dir.to_path_buf(),
+                source,
+            })
+        })
         .collect::<Result<Vec<u64>, Error>>()?;
     let plan = first_pass(&sizes, fan_in);
-    let mut slots: Vec<Option<File>> = files.into_iter().map(Some).collect();
-    let groups: Vec<Vec<File>> = plan
+    let mut slots: Vec<Option<SpilledRun>> = runs.into_iter().map(Some).collect();
+    let groups: Vec<Vec<SpilledRun>> = plan
         .iter()
         .map(|group| group.iter().filter_map(|&i| slots[i].take()).collect())
         .collect();
     let merged: Vec<Result<File, Error>> = pool.install(|| {
         groups
             .into_par_iter()
-            .map(|group| {
-                let mut runs = group
-                    .into_iter()
-                    .map(|file| DiskRun::open(file, temp_dir))
-                    .collect::<Result<Vec<_>, Error>>()?;
-                let mut writer = SpillWriter::create(temp_dir)?;
-                merge_songs(&mut runs, &mut |(name, days)| writer.write(name, days))?;
-                writer.finish()
-            })
+            .map(|group| merge_group(group, temp_dir))
             .collect()
     });
-    let mut left: Vec<File> = slots.into_iter().flatten().collect();
+    let mut left: Vec<SpilledRun> = slots.into_iter().flatten().collect();
     for file in merged {
-        left.push(file?);
+        left.push(SpilledRun::new(vec![file?]));
     }
     Ok(left)
+}
+
+/// Merges `group` into one run written to a new file.
+fn merge_group(group: Vec<SpilledRun>, temp_dir: &Path) -> Result<File, Error> {
+    let mut runs = group
+        .into_iter()
+        .map(|run| DiskRun::open(run, temp_dir))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let mut writer = SpillWriter::create(temp_dir)?;
+    merge_songs(&mut runs, &mut |(name, days)| writer.write(name, days))?;
+    writer.finish()
+}
+
+/// Most runs an early merge reads at once (their buffers come on top of the budget while the
+/// workers go on parsing).
+const EARLY_FAN_IN: usize = 8 << 20 >> 16;
+
+/// When `spills` holds twice as many runs as one merge reads (`fan_in`), takes out the
+/// smallest ones for [`merge_early`]: runs hold open files, and merging them as they pile up
+/// keeps the files few and the final merge to one pass.
+pub(crate) fn take_for_early_merge(
+    spills: &mut Vec<SpilledRun>,
+    fan_in: usize,
+) -> Option<Vec<SpilledRun>> {
+    if spills.len() < fan_in * 2 {
+        return None;
+    }
+    let mut sized: Vec<(u64, SpilledRun)> = std::mem::take(spills)
+        .into_iter()
+        .map(|run| (run.bytes().unwrap_or(u64::MAX), run))
+        .collect();
+    sized.sort_by_key(|(bytes, _)| *bytes);
+    let group = fan_in.clamp(2, EARLY_FAN_IN);
+    let rest = sized.split_off(group);
+    spills.extend(rest.into_iter().map(|(_, run)| run));
+    Some(sized.into_iter().map(|(_, run)| run).collect())
+}
+
+/// Merges runs taken by [`take_for_early_merge`] into one.
+pub(crate) fn merge_early(group: Vec<SpilledRun>, temp_dir: &Path) -> Result<SpilledRun, Error> {
+    Ok(SpilledRun::new(vec![merge_group(group, temp_dir)?]))
 }
 
 /// A binary min-heap of run indices ordered by their current song name. Exhausted runs are
@@ -344,7 +380,29 @@ impl RunHeap {
 
 #[cfg(test)]
 mod tests {
-    use super::first_pass;
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn runs_are_merged_early_when_they_pile_up() {
+        let run = |bytes: usize| {
+            let mut file = tempfile::tempfile().expect("temp file");
+            file.write_all(&vec![0; bytes]).expect("write");
+            SpilledRun::new(vec![file])
+        };
+        let mut spills: Vec<SpilledRun> = (1..8).map(run).collect();
+        assert!(take_for_early_merge(&mut spills, 4).is_none());
+        spills.push(run(100));
+        let group = take_for_early_merge(&mut spills, 4).expect("8 runs, 4 at once");
+        let sizes = |runs: &[SpilledRun]| -> Vec<u64> {
+            let mut sizes: Vec<u64> = runs.iter().map(|r| r.bytes().expect("size")).collect();
+            sizes.sort_unstable();
+            sizes
+        };
+        assert_eq!(sizes(&group), [1, 2, 3, 4]);
+        assert_eq!(sizes(&spills), [5, 6, 7, 100]);
+    }
 
     #[test]
     fn first_pass_merges_just_enough_of_the_smallest_runs() {

@@ -8,6 +8,7 @@ mod output;
 mod parse;
 mod partial;
 mod pipeline;
+mod rounds;
 mod run;
 mod scan;
 mod shards;

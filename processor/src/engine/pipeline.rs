@@ -2,7 +2,6 @@
 //! their own tables (spilling sorted runs to disk when the tables together outgrow the
 //! memory budget), and the tables and runs are merged into the sorted CSV output.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +12,8 @@ use memmap2::Mmap;
 use super::budget::{Plan, TableBudget};
 use super::merge::{fan_in, merge_in_memory, merge_with_spills};
 use super::output::write_header;
+use super::rounds::Rounds;
+use super::run::SpilledRun;
 use super::shards::ShardedTable;
 use super::source::{Block, produce_mapped, produce_stream};
 use super::worker::worker;
@@ -69,8 +70,12 @@ pub(crate) struct Shared<'a> {
     pub abort: AtomicBool,
     /// Line ends per block, for turning block-relative lines into file lines.
     pub block_lines: Mutex<Vec<u64>>,
-    pub spills: Mutex<Vec<File>>,
+    /// Spilled runs (some of them merged early).
+    pub spills: Mutex<Vec<SpilledRun>>,
+    /// Runs spilled.
+    pub spilled_runs: AtomicU64,
     pub budget: TableBudget,
+    pub rounds: Rounds,
     pub temp_dir: PathBuf,
 }
 
@@ -139,7 +144,9 @@ pub(crate) fn run(
         abort: AtomicBool::new(false),
         block_lines: Mutex::new(Vec::new()),
         spills: Mutex::new(Vec::new()),
+        spilled_runs: AtomicU64::new(0),
         budget: TableBudget::new(plan.table_bytes, threads),
+        rounds: Rounds::new(threads),
         temp_dir: config.effective_temp_dir(),
     };
     let input_bytes = AtomicU64::new(0);
@@ -221,7 +228,7 @@ pub(crate) fn run(
 
     control.progress().set_phase(Phase::Merge);
     let spills = std::mem::take(&mut *shared.spills.lock_ok());
-    let spilled_runs = spills.len() as u64;
+    let spilled_runs = shared.spilled_runs.load(Ordering::Relaxed);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()

@@ -31,6 +31,8 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::hash::{u32_at, u64_at};
+use super::merge::sum_equal_dates;
+use super::rounds::RoundWork;
 use super::table::{NameKey, SongRef, name_key};
 use super::validate::PackedDate;
 use crate::Error;
@@ -91,16 +93,58 @@ impl Run for TableRun<'_> {
     }
 }
 
-/// Writes `songs` (sorted) to a new anonymous file in `dir`; returns it rewound.
-pub(crate) fn spill(songs: &[SongRef<'_>], dir: &Path) -> Result<File, Error> {
+/// Writes range `part` of a spill round's songs (all of its tables' songs whose names are in
+/// the range), sorted, to a new anonymous file in `dir`, summing the songs that several tables
+/// share; returns the file rewound.
+pub(crate) fn spill_range(work: &RoundWork, part: usize, dir: &Path) -> Result<File, Error> {
     let mut writer = SpillWriter::create(dir)?;
+    let Some((lo, hi)) = work.range(part) else {
+        return writer.finish();
+    };
+    // The bounds are quantiles of a sample: ranges are about even.
+    let mut songs = Vec::with_capacity(work.songs() / work.ranges() * 5 / 4);
+    for table in &work.tables {
+        table.songs_in_into(lo, hi, &mut songs);
+    }
+    songs.sort_unstable_by(SongRef::cmp_name);
     let mut days = Vec::new();
-    for song in songs {
+    let mut rest = &songs[..];
+    while let Some((first, next)) = rest.split_first() {
+        let same = 1 + next
+            .iter()
+            .take_while(|song| song.key() == first.key() && song.name == first.name)
+            .count();
         days.clear();
-        song.sorted_days_into(&mut days);
-        writer.write(song.name, &days)?;
+        for song in &rest[..same] {
+            song.sorted_days_into(&mut days);
+        }
+        if same > 1 {
+            days.sort_unstable_by_key(|entry| entry.0);
+            sum_equal_dates(first.name, &mut days)?;
+        }
+        writer.write(first.name, &days)?;
+        rest = &rest[same..];
     }
     writer.finish()
+}
+
+/// A spilled run: files holding consecutive ranges of its songs, in order.
+pub(crate) struct SpilledRun {
+    files: Vec<File>,
+}
+
+impl SpilledRun {
+    pub(crate) fn new(files: Vec<File>) -> Self {
+        SpilledRun { files }
+    }
+
+    /// Bytes on disk.
+    pub(crate) fn bytes(&self) -> io::Result<u64> {
+        self.files
+            .iter()
+            .map(|file| file.metadata().map(|m| m.len()))
+            .sum()
+    }
 }
 
 /// Writes a sorted run to an anonymous temporary file.
@@ -163,9 +207,25 @@ fn write_song(out: &mut impl Write, name: &[u8], days: &[(PackedDate, u64)]) -> 
 /// Read buffer of a spilled run being merged.
 pub(crate) const RUN_BUFFER_BYTES: usize = 64 << 10;
 
-/// A spilled run read back from its file.
+/// The files of a [`SpilledRun`] read one after the other.
+struct Files(std::collections::VecDeque<File>);
+
+impl Read for Files {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while let Some(file) = self.0.front_mut() {
+            let read = file.read(buf)?;
+            if read > 0 || buf.is_empty() {
+                return Ok(read);
+            }
+            self.0.pop_front();
+        }
+        Ok(0)
+    }
+}
+
+/// A spilled run read back from its files.
 pub(crate) struct DiskRun {
-    reader: BufReader<File>,
+    reader: BufReader<Files>,
     name: Vec<u8>,
     key: NameKey,
     days: Vec<(PackedDate, u64)>,
@@ -174,9 +234,9 @@ pub(crate) struct DiskRun {
 }
 
 impl DiskRun {
-    pub(crate) fn open(file: File, dir: &Path) -> Result<Self, Error> {
+    pub(crate) fn open(run: SpilledRun, dir: &Path) -> Result<Self, Error> {
         let mut run = DiskRun {
-            reader: BufReader::with_capacity(RUN_BUFFER_BYTES, file),
+            reader: BufReader::with_capacity(RUN_BUFFER_BYTES, Files(run.files.into())),
             name: Vec::new(),
             key: (0, 0),
             days: Vec::new(),

@@ -4,7 +4,7 @@
 //! a table small enough for the CPU caches instead of missing to memory on every row.
 
 use super::hash::{hash_bytes, u32_at, u64_at};
-use super::table::{SongRef, SongTable, SumOverflow};
+use super::table::{SongBound, SongRef, SongTable, SumOverflow};
 use super::validate::{PackedDate, date_string};
 
 /// log2 of the number of shards.
@@ -72,16 +72,17 @@ impl ShardedTable {
     /// Adds all buffered rows to the shard tables.
     #[cfg(test)]
     pub(crate) fn flush(&mut self) -> Result<(), Overflowed> {
-        while !self.flush_within(|_| false)? {}
+        while !self.flush_within(|_, _| false)? {}
         Ok(())
     }
 
     /// Adds buffered rows to the shard tables, shard after shard, until all are added
-    /// (returns true) or `over`, called with [`ShardedTable::heap_bytes`] after each shard,
-    /// says the tables are over budget (returns false: spill, then call again).
+    /// (returns true) or `over`, called with [`ShardedTable::table_bytes`] and
+    /// [`ShardedTable::buffer_bytes`] after each shard, says to stop (returns false: spill,
+    /// then call again).
     pub(crate) fn flush_within(
         &mut self,
-        mut over: impl FnMut(usize) -> bool,
+        mut over: impl FnMut(usize, usize) -> bool,
     ) -> Result<bool, Overflowed> {
         for shard in 0..SHARDS {
             let (table, buffer) = (&mut self.shards[shard], &mut self.buffers[shard]);
@@ -106,7 +107,7 @@ impl ShardedTable {
             }
             self.buffered -= buffer.len();
             buffer.clear();
-            if over(self.heap_bytes()) {
+            if over(self.table_bytes(), self.buffer_bytes()) {
                 return Ok(self.buffered == 0);
             }
         }
@@ -124,9 +125,9 @@ impl ShardedTable {
         }
     }
 
-    /// Estimated heap bytes held, buffers included.
-    pub(crate) fn heap_bytes(&self) -> usize {
-        self.table_bytes() + self.buffers.iter().map(Vec::capacity).sum::<usize>()
+    /// Heap bytes of the row buffers.
+    pub(crate) fn buffer_bytes(&self) -> usize {
+        self.buffers.iter().map(Vec::capacity).sum()
     }
 
     /// Estimated heap bytes of the tables alone (what a spill frees).
@@ -134,9 +135,41 @@ impl ShardedTable {
         self.shards.iter().map(SongTable::heap_bytes).sum()
     }
 
+    /// Songs in the tables.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(SongTable::len).sum()
+    }
+
+    /// Appends the names of at least `count` songs (or all) to `out`: those of the first
+    /// shards, a random sample since songs go to shards by hash.
+    pub(crate) fn sample_names<'a>(&'a self, count: usize, out: &mut Vec<&'a [u8]>) {
+        let start = out.len();
+        for shard in &self.shards {
+            if out.len() - start >= count {
+                break;
+            }
+            out.extend(shard.names());
+        }
+    }
+
+    /// Appends the songs whose names are in `lo..hi` (`None`: unbounded) to `out`.
+    pub(crate) fn songs_in_into<'a>(
+        &'a self,
+        lo: Option<&SongBound>,
+        hi: Option<&SongBound>,
+        out: &mut Vec<SongRef<'a>>,
+    ) {
+        for shard in &self.shards {
+            out.extend(shard.songs().filter(|song| {
+                lo.is_none_or(|lo| lo.at_or_before(song))
+                    && hi.is_none_or(|hi| !hi.at_or_before(song))
+            }));
+        }
+    }
+
     /// The songs in the tables (not the buffers), sorted by name.
     pub(crate) fn sorted_songs(&self) -> Vec<SongRef<'_>> {
-        let mut songs = Vec::with_capacity(self.shards.iter().map(SongTable::len).sum());
+        let mut songs = Vec::with_capacity(self.len());
         for shard in &self.shards {
             shard.songs_into(&mut songs);
         }

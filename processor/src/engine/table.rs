@@ -49,6 +49,30 @@ impl<'a> SongRef<'a> {
     }
 }
 
+/// A song name that starts a range of names, with its [`NameKey`] for quick comparisons.
+pub(crate) struct SongBound {
+    key: NameKey,
+    name: Vec<u8>,
+}
+
+impl SongBound {
+    pub(crate) fn new(name: &[u8]) -> Self {
+        SongBound {
+            key: name_key(name),
+            name: name.to_vec(),
+        }
+    }
+
+    /// Whether `song`'s name sorts at or after this bound.
+    #[inline]
+    pub(crate) fn at_or_before(&self, song: &SongRef<'_>) -> bool {
+        self.key
+            .cmp(&song.key)
+            .then_with(|| self.name.as_slice().cmp(song.name))
+            .is_le()
+    }
+}
+
 /// A name's first 24 bytes as big-endian words, zero padded: names with different keys
 /// compare as their keys do, so most comparisons need not touch the names.
 pub(crate) type NameKey = (u128, u64);
@@ -169,11 +193,19 @@ impl SongTable {
 
     /// Appends the songs with their names to `out` (unsorted).
     pub(crate) fn songs_into<'a>(&'a self, out: &mut Vec<SongRef<'a>>) {
-        out.extend(
-            self.songs
-                .iter()
-                .map(|song| SongRef::new(song.name(&self.arena), song)),
-        );
+        out.extend(self.songs());
+    }
+
+    /// The songs with their names (unsorted).
+    pub(crate) fn songs(&self) -> impl Iterator<Item = SongRef<'_>> {
+        self.songs
+            .iter()
+            .map(|song| SongRef::new(song.name(&self.arena), song))
+    }
+
+    /// The song names (unsorted).
+    pub(crate) fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.songs.iter().map(|song| song.name(&self.arena))
     }
 }
 

@@ -1,19 +1,22 @@
-//! A worker thread: parses the blocks it receives into its sharded table, spilling sorted
-//! runs when the tables of all workers together outgrow the memory budget.
+//! A worker thread: parses the blocks it receives into its sharded table; when the tables of
+//! all workers together outgrow the memory budget, they spill them together (see `rounds`).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use memmap2::Mmap;
 
+use super::merge::{fan_in, merge_early, take_for_early_merge};
 use super::parse::{Parser, RowSink, Stop};
 use super::pipeline::{LocatedInvalid, LockOk, Shared};
-use super::run::spill;
+use super::rounds::{Part, Room};
+use super::run::{SpilledRun, spill_range};
 use super::shards::ShardedTable;
 use super::source::{Block, BlockData, MAX_RECORD_BYTES};
 use super::validate::PackedDate;
-use crate::Phase;
 use crate::error::{Field, show_value};
+use crate::{Error, Phase};
 
 /// Feeds parsed rows of one block into a worker's table, flushing the buffered rows (and
 /// spilling) as soon as they fill.
@@ -35,7 +38,7 @@ impl RowSink for TableSink<'_, '_> {
             );
         }
         self.table.add(song, date, plays);
-        if self.table.wants_flush() {
+        if self.table.wants_flush() || self.spiller.round_due(self.shared) {
             return self.flush();
         }
         Ok(())
@@ -82,7 +85,12 @@ pub(crate) fn worker(
     let mut table = ShardedTable::new(flush_at);
     let mut spiller = Spiller {
         me,
-        round: shared.budget.round(),
+        joined: 0,
+        countdown: ROUND_CHECK_ROWS,
+    };
+    let mut participant = Participant {
+        shared,
+        parsing: true,
     };
     let mut parser = Parser::default();
     for block in blocks {
@@ -127,64 +135,105 @@ pub(crate) fn worker(
     if !shared.stopped() {
         spiller.flush(&mut table, shared);
     }
+    // Until every worker is done parsing, this one's tables still take part in spill rounds.
+    participant.done_parsing();
+    while let Some(round) = shared.rounds.idle(spiller.joined, || shared.stopped()) {
+        if !spiller.spill(round, &mut table, shared) {
+            break;
+        }
+    }
     table
 }
 
-/// A worker's part in the shared table budget.
+/// A worker's place in the spill rounds, given up when it returns or panics.
+struct Participant<'a, 's> {
+    shared: &'a Shared<'s>,
+    parsing: bool,
+}
+
+impl Participant<'_, '_> {
+    fn done_parsing(&mut self) {
+        if std::mem::take(&mut self.parsing) {
+            self.shared.rounds.done_parsing();
+        }
+    }
+}
+
+impl Drop for Participant<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The others must not wait for this worker in a round.
+            self.shared.abort.store(true, Ordering::Relaxed);
+        }
+        self.done_parsing();
+        self.shared.rounds.leave();
+    }
+}
+
+/// Rows parsed between two checks for a spill round started by another worker.
+const ROUND_CHECK_ROWS: u32 = 1024;
+
+/// A worker's part in the shared table budget and its spill rounds.
 struct Spiller {
     me: usize,
-    /// The last spill round this worker took part in.
-    round: u64,
+    /// The latest round this worker took part in.
+    joined: u64,
+    /// Rows until the next check for a round.
+    countdown: u32,
 }
 
 impl Spiller {
-    /// Adds the buffered rows to the table. Spills when the tables of all workers together
-    /// outgrow the budget (starting a round: the other workers spill too at their next
-    /// flush, so that the threads' runs stay about the same size), or when another worker
-    /// started a round.
+    /// True, every [`ROUND_CHECK_ROWS`] rows, when another worker started a round that this
+    /// one must join (the round waits for it).
+    #[inline]
+    fn round_due(&mut self, shared: &Shared<'_>) -> bool {
+        self.countdown -= 1;
+        if self.countdown > 0 {
+            return false;
+        }
+        self.countdown = ROUND_CHECK_ROWS;
+        shared.rounds.latest() != self.joined
+    }
+
+    /// Adds the buffered rows to the table, joining a round another worker started, or
+    /// starting one when the tables of all workers together outgrow the budget.
     fn flush(&mut self, table: &mut ShardedTable, shared: &Shared<'_>) {
-        let budget = &shared.budget;
+        let (budget, rounds) = (&shared.budget, &shared.rounds);
         loop {
-            let round = budget.round();
-            if round != self.round {
-                self.round = round;
-                // Tables well below the fair share are not worth a run of their own.
-                if table.table_bytes() >= budget.share() / 4 && !self.spill(table, shared) {
-                    return;
-                }
+            let latest = rounds.latest();
+            if latest != self.joined && !self.spill(latest, table, shared) {
+                return;
             }
             // Published after each shard: the workers flush at the same time, and a flush
-            // adds a large part of a small budget when most rows are new groups.
-            let over = |bytes| {
-                budget.publish(self.me, bytes);
-                bytes + budget.others(self.me) > budget.total()
+            // adds a large part of a small budget when most rows are new groups. A round
+            // another worker started is joined at once (it waits for this one).
+            let joined = self.joined;
+            let over = |tables, buffers| {
+                budget.publish(self.me, tables, buffers);
+                budget.over(rounds.pending_bytes()) || rounds.latest() != joined
             };
             let done = match table.flush_within(over) {
                 Ok(done) => done,
                 Err(overflow) => return shared.fail(overflow.into()),
             };
-            let bytes = table.heap_bytes();
-            budget.publish(self.me, bytes);
-            if bytes + budget.others(self.me) > budget.total() {
-                if budget.others_spilling() {
-                    // Room is being made; a run of these tables now would be small.
-                    budget.wait_for_spills(|| shared.stopped());
-                    continue;
-                }
-                self.round = budget.start_round(self.round);
-                if table.table_bytes() < budget.share() / 4 {
-                    // The others hold the budget without spilling (finished, or waiting for
-                    // input): the round asks them to, and these few rows go over budget
-                    // rather than into a tiny run.
-                    if let Err(overflow) = table.flush_within(|_| false) {
-                        shared.fail(overflow.into());
+            budget.publish(self.me, table.table_bytes(), table.buffer_bytes());
+            if rounds.latest() != self.joined {
+                continue;
+            }
+            if budget.over(rounds.pending_bytes()) {
+                match rounds.need_room() {
+                    Room::Join(round) => {
+                        if !self.spill(round, table, shared) {
+                            return;
+                        }
                     }
-                    budget.publish(self.me, table.heap_bytes());
+                    // The memory of a round's tables is freed once it is written.
+                    Room::Wait(round) => rounds.wait_written(round, || shared.stopped()),
+                }
+                if shared.stopped() {
                     return;
                 }
-                if !self.spill(table, shared) {
-                    return;
-                }
+                continue;
             }
             if done {
                 return;
@@ -192,39 +241,65 @@ impl Spiller {
         }
     }
 
-    /// Writes the tables as a sorted run and empties them; false on error (recorded). The
-    /// tables count against the budget until they are written and freed.
-    fn spill(&self, table: &mut ShardedTable, shared: &Shared<'_>) -> bool {
-        let spilling = shared.budget.spilling();
+    /// Hands the tables in to `round` and writes this worker's range of the round's run.
+    /// False when the run stops (an error is recorded).
+    fn spill(&mut self, round: u64, table: &mut ShardedTable, shared: &Shared<'_>) -> bool {
+        self.joined = round;
         shared.control.progress().set_phase(Phase::Spill);
         let started = Instant::now();
         let full = table.take_tables();
-        let songs = full.sorted_songs();
-        let written = spill(&songs, &shared.temp_dir);
+        let bytes = full.table_bytes();
+        shared.budget.publish(self.me, 0, table.buffer_bytes());
+        let Some(part) = shared.rounds.join(round, full, bytes, || shared.stopped()) else {
+            if !shared.stopped() {
+                shared.fail(Error::Threads(format!("spill round {round} lost a worker")));
+            }
+            return false;
+        };
+        let written = spill_range(&part.work, part.index, &shared.temp_dir);
+        let Part { index, work } = part;
         tracing::debug!(
             worker = self.me,
-            round = self.round,
-            songs = songs.len(),
-            estimated_bytes = full.heap_bytes(),
+            round,
+            part = index,
+            estimated_bytes = bytes,
             seconds = started.elapsed().as_secs_f64(),
-            "spilled a run"
+            "wrote a range of a spilled run"
         );
-        drop(songs);
-        drop(full);
-        return_free_memory();
-        shared.budget.publish(self.me, table.heap_bytes());
-        drop(spilling);
-        shared.control.progress().set_phase(Phase::Read);
-        match written {
-            Ok(file) => {
-                shared.spills.lock_ok().push(file);
-                true
-            }
+        let file = match written {
+            Ok(file) => Some(file),
             Err(error) => {
                 shared.fail(error);
-                false
+                None
+            }
+        };
+        let written = file.is_some();
+        // The round ends (the others may go on) as soon as its last range is written; the
+        // last worker to let go of the tables frees them.
+        let run = shared.rounds.finish(round, index, file);
+        if let Some(work) = Arc::into_inner(work) {
+            drop(work);
+            return_free_memory();
+        }
+        if let Some(files) = run {
+            shared.spilled_runs.fetch_add(1, Ordering::Relaxed);
+            let early = {
+                let mut spills = shared.spills.lock_ok();
+                spills.push(SpilledRun::new(files));
+                take_for_early_merge(&mut spills, fan_in(shared.config.memory_limit))
+            };
+            if let Some(group) = early {
+                match merge_early(group, &shared.temp_dir) {
+                    Ok(merged) => shared.spills.lock_ok().push(merged),
+                    Err(error) => {
+                        shared.fail(error);
+                        return false;
+                    }
+                }
             }
         }
+        shared.control.progress().set_phase(Phase::Read);
+        written
     }
 }
 
