@@ -10,7 +10,7 @@ use super::run::{
     AnyRun, DiskRun, RUN_BUFFER_BYTES, Run, SongDays, SpillWriter, SpilledRun, TableRun,
 };
 use super::shards::ShardedTable;
-use super::table::SongRef;
+use super::table::{SongRef, cmp_same_key};
 use super::validate::{PackedDate, date_string};
 use super::writer::WriteBuf;
 use crate::Error;
@@ -63,9 +63,11 @@ pub(crate) fn merge_songs<R: Run>(
         same.clear();
         same.push(first);
         while let Some(next) = heap.peek() {
-            if runs[next].key() == runs[first].key()
-                && runs[next].current().map(|c| c.0) == runs[first].current().map(|c| c.0)
-            {
+            let same_name = || match (runs[next].current(), runs[first].current()) {
+                (Some(a), Some(b)) => cmp_same_key(a.0, b.0).is_eq(),
+                _ => false,
+            };
+            if runs[next].key() == runs[first].key() && same_name() {
                 same.push(heap.pop(runs).unwrap_or(next));
             } else {
                 break;
@@ -325,7 +327,7 @@ impl RunHeap {
             return ka < kb;
         }
         match (runs[a].current(), runs[b].current()) {
-            (Some(x), Some(y)) => x.0 < y.0,
+            (Some(x), Some(y)) => cmp_same_key(x.0, y.0).is_lt(),
             (Some(_), None) => true,
             _ => false,
         }

@@ -6,20 +6,25 @@
 //! number of threads, and all threads work while it is written.
 
 use std::fs::File;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use super::pipeline::LockOk;
+use super::run::spill_range;
 use super::shards::ShardedTable;
 use super::table::SongBound;
+use crate::Error;
 
 /// Songs sampled per range to place the range bounds.
-const SAMPLES_PER_RANGE: usize = 64;
+const SAMPLES_PER_RANGE: usize = 256;
 
 /// The tables of a round, and where its ranges of names start.
 pub(crate) struct RoundWork {
-    pub tables: Vec<ShardedTable>,
+    /// Read by every worker writing a range, then freed by the worker that handed it in.
+    tables: Vec<RwLock<Option<ShardedTable>>>,
+    songs: usize,
     /// `bounds[i]` starts range `i + 1`.
     bounds: Vec<SongBound>,
 }
@@ -36,28 +41,43 @@ impl RoundWork {
             .filter_map(|i| sample.get(i * sample.len() / ranges))
             .map(|name| SongBound::new(name))
             .collect();
-        RoundWork { tables, bounds }
+        RoundWork {
+            songs: tables.iter().map(ShardedTable::len).sum(),
+            tables: tables.into_iter().map(|t| RwLock::new(Some(t))).collect(),
+            bounds,
+        }
     }
 
-    /// Songs in the round's tables.
-    pub(crate) fn songs(&self) -> usize {
-        self.tables.iter().map(ShardedTable::len).sum()
-    }
-
-    /// The number of ranges the bounds make.
-    pub(crate) fn ranges(&self) -> usize {
-        self.bounds.len() + 1
-    }
-
-    /// Range `part` of the names: from the first bound (included) to the second (excluded),
-    /// `None` being unbounded; `None` for a part past the bounds (few songs: nothing to write).
-    pub(crate) fn range(&self, part: usize) -> Option<(Option<&SongBound>, Option<&SongBound>)> {
-        let lo = match part.checked_sub(1) {
-            None => None,
-            Some(i) => Some(self.bounds.get(i)?),
+    /// Writes range `part` of the round's songs to a new file in `dir` (see
+    /// [`spill_range`]); returns it rewound.
+    pub(crate) fn write(&self, part: usize, dir: &Path) -> Result<File, Error> {
+        let guards: Vec<_> = self.tables.iter().map(read_ok).collect();
+        let tables: Vec<&ShardedTable> = guards.iter().filter_map(|t| t.as_ref()).collect();
+        let (lo, hi) = match part.checked_sub(1) {
+            None => (None, self.bounds.first()),
+            // A part past the bounds (few songs) has nothing to write.
+            Some(i) if i >= self.bounds.len() => return spill_range(&[], None, None, 0, dir),
+            Some(i) => (self.bounds.get(i), self.bounds.get(part)),
         };
-        Some((lo, self.bounds.get(part)))
+        // The bounds are quantiles of a sample: ranges are about even.
+        let expected = self.songs / (self.bounds.len() + 1) * 5 / 4;
+        spill_range(&tables, lo, hi, expected, dir)
     }
+
+    /// Frees the tables handed in as part `part` (once every range is written).
+    pub(crate) fn free(&self, part: usize) {
+        if let Some(table) = self.tables.get(part) {
+            let freed = match table.write() {
+                Ok(mut table) => table.take(),
+                Err(poisoned) => poisoned.into_inner().take(),
+            };
+            drop(freed);
+        }
+    }
+}
+
+fn read_ok<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What [`Rounds::need_room`] tells a worker whose tables are over budget.
@@ -206,8 +226,8 @@ impl Rounds {
 
     /// Reports a written range (`None`: it failed, and the error is recorded elsewhere).
     /// The last one gets the run's files in range order (if all were written). The round's
-    /// tables no longer count against the budget: they are freed as the workers drop their
-    /// [`Part::work`] right after this.
+    /// tables no longer count against the budget: each worker frees its own right after
+    /// this ([`RoundWork::free`], once [`Rounds::wait_written`] says all are written).
     pub(crate) fn finish(&self, round: u64, index: usize, file: Option<File>) -> Option<Vec<File>> {
         let mut state = self.state.lock_ok();
         let Stage::Writing {
@@ -309,7 +329,7 @@ impl Rounds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::run::{DiskRun, Run, SpilledRun, spill_range};
+    use crate::engine::run::{DiskRun, Run, SpilledRun};
 
     fn table(songs: &[&str]) -> ShardedTable {
         let mut table = ShardedTable::new(1 << 10);
@@ -346,7 +366,7 @@ mod tests {
                     let (rounds, dir) = (&rounds, dir.path());
                     scope.spawn(move || {
                         let part = rounds.join(round, tables, 1000, never).expect("joined");
-                        let file = spill_range(&part.work, part.index, dir).expect("written");
+                        let file = part.work.write(part.index, dir).expect("written");
                         // Both have joined: a new round must wait for this one's memory.
                         assert!(matches!(rounds.need_room(), Room::Wait(r) if r == round));
                         assert_eq!(rounds.pending_bytes(), 2000);

@@ -23,7 +23,9 @@
 //! Extsort's cost is in its spill (sorting boxed records, one encode call per record) and an
 //! allocation per record read back; its merge alone is on par with this one. The variant's
 //! parsing (csv crate, a key allocation per row) is slower too, but that is not what the
-//! comparison is about. Reproduce (about 2 minutes per budget):
+//! comparison is about. (Measured before the shared table budget and spill rounds of issue #2:
+//! the engine's runs no longer multiply with threads, e.g. 26 at 96 MB with two threads.)
+//! Reproduce (about 2 minutes per budget):
 //! `cargo run --release -p bench --bin spill_merge -- compare --size 256M --limit 96M`.
 
 use std::fs::File;
@@ -32,8 +34,8 @@ use std::path::{Path, PathBuf};
 
 use super::hash::{u32_at, u64_at};
 use super::merge::sum_equal_dates;
-use super::rounds::RoundWork;
-use super::table::{NameKey, SongRef, name_key};
+use super::shards::ShardedTable;
+use super::table::{NameKey, SongBound, SongRef, name_key, prefetch_ahead};
 use super::validate::PackedDate;
 use crate::Error;
 
@@ -70,6 +72,7 @@ impl<'a> TableRun<'a> {
 
     fn load(&mut self) {
         self.days.clear();
+        prefetch_ahead(self.order, self.pos);
         if let Some(song) = self.order.get(self.pos) {
             song.sorted_days_into(&mut self.days);
         }
@@ -93,26 +96,29 @@ impl Run for TableRun<'_> {
     }
 }
 
-/// Writes range `part` of a spill round's songs (all of its tables' songs whose names are in
-/// the range), sorted, to a new anonymous file in `dir`, summing the songs that several tables
-/// share; returns the file rewound.
-pub(crate) fn spill_range(work: &RoundWork, part: usize, dir: &Path) -> Result<File, Error> {
+/// Writes the songs of `tables` whose names are in `lo..hi` (`None`: unbounded), sorted, to
+/// a new anonymous file in `dir`, summing the songs that several tables share; returns the
+/// file rewound. `expected` is about how many songs that is.
+pub(crate) fn spill_range(
+    tables: &[&ShardedTable],
+    lo: Option<&SongBound>,
+    hi: Option<&SongBound>,
+    expected: usize,
+    dir: &Path,
+) -> Result<File, Error> {
     let mut writer = SpillWriter::create(dir)?;
-    let Some((lo, hi)) = work.range(part) else {
-        return writer.finish();
-    };
-    // The bounds are quantiles of a sample: ranges are about even.
-    let mut songs = Vec::with_capacity(work.songs() / work.ranges() * 5 / 4);
-    for table in &work.tables {
+    let mut songs = Vec::with_capacity(expected);
+    for table in tables {
         table.songs_in_into(lo, hi, &mut songs);
     }
     songs.sort_unstable_by(SongRef::cmp_name);
     let mut days = Vec::new();
     let mut rest = &songs[..];
     while let Some((first, next)) = rest.split_first() {
+        prefetch_ahead(&songs, songs.len() - rest.len());
         let same = 1 + next
             .iter()
-            .take_while(|song| song.key() == first.key() && song.name == first.name)
+            .take_while(|song| song.cmp_name(first).is_eq())
             .count();
         days.clear();
         for song in &rest[..same] {

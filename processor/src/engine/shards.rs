@@ -140,16 +140,10 @@ impl ShardedTable {
         self.shards.iter().map(SongTable::len).sum()
     }
 
-    /// Appends the names of at least `count` songs (or all) to `out`: those of the first
-    /// shards, a random sample since songs go to shards by hash.
+    /// Appends the names of `count` songs (or all) to `out`: the first ones of the first
+    /// shards, a random sample since songs go to shards and buckets by hash.
     pub(crate) fn sample_names<'a>(&'a self, count: usize, out: &mut Vec<&'a [u8]>) {
-        let start = out.len();
-        for shard in &self.shards {
-            if out.len() - start >= count {
-                break;
-            }
-            out.extend(shard.names());
-        }
+        out.extend(self.shards.iter().flat_map(SongTable::names).take(count));
     }
 
     /// Appends the songs whose names are in `lo..hi` (`None`: unbounded) to `out`.

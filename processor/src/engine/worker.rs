@@ -1,7 +1,6 @@
 //! A worker thread: parses the blocks it receives into its sharded table; when the tables of
 //! all workers together outgrow the memory budget, they spill them together (see `rounds`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -11,7 +10,7 @@ use super::merge::{fan_in, merge_early, take_for_early_merge};
 use super::parse::{Parser, RowSink, Stop};
 use super::pipeline::{LocatedInvalid, LockOk, Shared};
 use super::rounds::{Part, Room};
-use super::run::{SpilledRun, spill_range};
+use super::run::SpilledRun;
 use super::shards::ShardedTable;
 use super::source::{Block, BlockData, MAX_RECORD_BYTES};
 use super::validate::PackedDate;
@@ -256,7 +255,7 @@ impl Spiller {
             }
             return false;
         };
-        let written = spill_range(&part.work, part.index, &shared.temp_dir);
+        let written = part.work.write(part.index, &shared.temp_dir);
         let Part { index, work } = part;
         tracing::debug!(
             worker = self.me,
@@ -274,13 +273,14 @@ impl Spiller {
             }
         };
         let written = file.is_some();
-        // The round ends (the others may go on) as soon as its last range is written; the
-        // last worker to let go of the tables frees them.
+        // The round ends (the others may go on) once its last range is written; then each
+        // worker frees the tables it handed in. The memory stays with the allocator for the
+        // next round's tables: giving it back to the system (`return_free_memory`) after
+        // each round cost more page faults than anything else in a spill.
         let run = shared.rounds.finish(round, index, file);
-        if let Some(work) = Arc::into_inner(work) {
-            drop(work);
-            return_free_memory();
-        }
+        shared.rounds.wait_written(round, || shared.stopped());
+        work.free(index);
+        drop(work);
         if let Some(files) = run {
             shared.spilled_runs.fetch_add(1, Ordering::Relaxed);
             let early = {
@@ -303,9 +303,8 @@ impl Spiller {
     }
 }
 
-/// Gives freed heap pages back to the system (after a spill; after a run in long-lived
-/// processes), so that resident memory tracks the budget rather than the allocator's
-/// high-water mark.
+/// Gives freed heap pages back to the system (after a run in long-lived processes), so that
+/// resident memory tracks the work in progress rather than the allocator's high-water mark.
 pub fn return_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory held by glibc's allocator.
