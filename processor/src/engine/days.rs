@@ -128,6 +128,16 @@ impl Days {
         }
     }
 
+    /// Where the sums live when not inline (for prefetching).
+    #[inline]
+    pub(crate) fn heap_ptr(&self) -> Option<*const u8> {
+        match self {
+            Days::One(..) | Days::Map(_) => None,
+            Days::Small(list) => Some(list.as_ptr().cast()),
+            Days::Dense { slots, .. } => Some(slots.as_ptr().cast()),
+        }
+    }
+
     fn entries(&self) -> Vec<(PackedDate, u64)> {
         let mut all = Vec::new();
         self.sorted_into(&mut all);

@@ -6,16 +6,47 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::output::push_song_rows;
-use super::run::{AnyRun, DiskRun, Run, SongDays, SpillWriter, TableRun};
+use super::run::{
+    AnyRun, DiskRun, RUN_BUFFER_BYTES, Run, SongDays, SpillWriter, SpilledRun, TableRun,
+};
 use super::shards::ShardedTable;
-use super::table::SongRef;
+use super::table::{SongRef, cmp_same_key};
 use super::validate::{PackedDate, date_string};
 use super::writer::WriteBuf;
 use crate::Error;
 
-/// Most spilled runs merged at once; more are first merged in groups (few in unit tests, so
-/// that they exercise the grouping).
-const MAX_FAN_IN: usize = if cfg!(test) { 8 } else { 64 };
+/// Fewest spilled runs merged at once, whatever the memory limit (few in unit tests, so that
+/// they exercise the intermediate merges).
+const MIN_FAN_IN: usize = if cfg!(test) { 8 } else { 64 };
+/// Most spilled runs merged at once (each reads through a buffer of [`RUN_BUFFER_BYTES`]).
+const MAX_FAN_IN: usize = 256;
+
+/// How many spilled runs one merge reads at once under `memory_limit`: their read buffers
+/// take at most about a quarter of it (what the input blocks held before the merge).
+pub(crate) fn fan_in(memory_limit: u64) -> usize {
+    let fit = memory_limit / 4 / RUN_BUFFER_BYTES as u64;
+    usize::try_from(fit).map_or(MAX_FAN_IN, |fit| fit.clamp(MIN_FAN_IN, MAX_FAN_IN))
+}
+
+/// Groups of runs (indices into `sizes`, their byte sizes) to merge first so that at most
+/// `fan_in` remain: just enough merges, of the smallest runs, so that the fewest bytes are
+/// read and written twice. Empty when the runs fit one merge.
+fn first_pass(sizes: &[u64], fan_in: usize) -> Vec<Vec<usize>> {
+    let fan_in = fan_in.max(2);
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|&i| sizes[i]);
+    let mut excess = sizes.len().saturating_sub(fan_in);
+    let mut groups = Vec::new();
+    let mut next = 0;
+    while excess > 0 && next < order.len() {
+        // A group of g runs leaves one: g - 1 fewer.
+        let size = (excess + 1).min(fan_in).min(order.len() - next);
+        groups.push(order[next..next + size].to_vec());
+        next += size;
+        excess = excess.saturating_sub(size - 1);
+    }
+    groups
+}
 /// Output is flushed to the writer in pieces of about this size.
 const OUTPUT_CHUNK: usize = 1 << 20;
 
@@ -32,9 +63,11 @@ pub(crate) fn merge_songs<R: Run>(
         same.clear();
         same.push(first);
         while let Some(next) = heap.peek() {
-            if runs[next].key() == runs[first].key()
-                && runs[next].current().map(|c| c.0) == runs[first].current().map(|c| c.0)
-            {
+            let same_name = || match (runs[next].current(), runs[first].current()) {
+                (Some(a), Some(b)) => cmp_same_key(a.0, b.0).is_eq(),
+                _ => false,
+            };
+            if runs[next].key() == runs[first].key() && same_name() {
                 same.push(heap.pop(runs).unwrap_or(next));
             } else {
                 break;
@@ -64,7 +97,7 @@ pub(crate) fn merge_songs<R: Run>(
 }
 
 /// Sums adjacent entries of the same date in place (`days` sorted by date).
-fn sum_equal_dates(name: &[u8], days: &mut Vec<(PackedDate, u64)>) -> Result<(), Error> {
+pub(crate) fn sum_equal_dates(name: &[u8], days: &mut Vec<(PackedDate, u64)>) -> Result<(), Error> {
     let mut write = 0;
     for read in 0..days.len() {
         if write > 0 && days[write - 1].0 == days[read].0 {
@@ -164,45 +197,25 @@ pub(crate) fn merge_in_memory(
     Ok(groups)
 }
 
-/// Merges spilled runs and the tables left in memory in one k-way merge.
+/// Merges spilled runs and the tables left in memory in one k-way merge, after merging
+/// groups of the smallest runs first if there are more than `fan_in`.
 pub(crate) fn merge_with_spills(
     pool: &rayon::ThreadPool,
     tables: &[ShardedTable],
-    spills: Vec<File>,
+    spills: Vec<SpilledRun>,
+    fan_in: usize,
     temp_dir: &Path,
     write: WriteBuf<'_>,
 ) -> Result<u64, Error> {
     let orders: Vec<Vec<SongRef<'_>>> =
         pool.install(|| tables.par_iter().map(ShardedTable::sorted_songs).collect());
-    let mut files = spills;
-    while files.len() > MAX_FAN_IN {
-        // Too many runs to read at once (buffers, file descriptors): merge groups of them
-        // into longer runs first, in parallel.
-        let mut groups = Vec::new();
-        while files.len() >= MAX_FAN_IN {
-            groups.push(files.split_off(files.len() - MAX_FAN_IN));
-        }
-        let merged: Vec<Result<File, Error>> = pool.install(|| {
-            groups
-                .into_par_iter()
-                .map(|group| {
-                    let mut runs = group
-                        .into_iter()
-                        .map(|file| DiskRun::open(file, temp_dir))
-                        .collect::<Result<Vec<_>, Error>>()?;
-                    let mut writer = SpillWriter::create(temp_dir)?;
-                    merge_songs(&mut runs, &mut |(name, days)| writer.write(name, days))?;
-                    writer.finish()
-                })
-                .collect()
-        });
-        for file in merged {
-            files.push(file?);
-        }
+    let mut spilled = spills;
+    while spilled.len() > fan_in {
+        spilled = merge_first_pass(pool, spilled, fan_in, temp_dir)?;
     }
     let mut runs: Vec<AnyRun<'_>> = Vec::new();
-    for file in files {
-        runs.push(AnyRun::Disk(DiskRun::open(file, temp_dir)?));
+    for run in spilled {
+        runs.push(AnyRun::Disk(DiskRun::open(run, temp_dir)?));
     }
     for order in orders.iter().filter(|order| !order.is_empty()) {
         runs.push(AnyRun::Table(TableRun::new(order)));
@@ -211,6 +224,82 @@ pub(crate) fn merge_with_spills(
     let groups = merge_runs(&mut runs, &mut buf, OUTPUT_CHUNK, write)?;
     write(&mut buf)?;
     Ok(groups)
+}
+
+/// Merges the groups of [`first_pass`] into longer runs (in parallel); returns the runs left.
+fn merge_first_pass(
+    pool: &rayon::ThreadPool,
+    runs: Vec<SpilledRun>,
+    fan_in: usize,
+    temp_dir: &Path,
+) -> Result<Vec<SpilledRun>, Error> {
+    let sizes = runs
+        .iter()
+        .map(|run| {
+            run.bytes().map_err(|source| Error::Temp {
+                path: temp_dir.to_path_buf(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<u64>, Error>>()?;
+    let plan = first_pass(&sizes, fan_in);
+    let mut slots: Vec<Option<SpilledRun>> = runs.into_iter().map(Some).collect();
+    let groups: Vec<Vec<SpilledRun>> = plan
+        .iter()
+        .map(|group| group.iter().filter_map(|&i| slots[i].take()).collect())
+        .collect();
+    let merged: Vec<Result<File, Error>> = pool.install(|| {
+        groups
+            .into_par_iter()
+            .map(|group| merge_group(group, temp_dir))
+            .collect()
+    });
+    let mut left: Vec<SpilledRun> = slots.into_iter().flatten().collect();
+    for file in merged {
+        left.push(SpilledRun::new(vec![file?]));
+    }
+    Ok(left)
+}
+
+/// Merges `group` into one run written to a new file.
+fn merge_group(group: Vec<SpilledRun>, temp_dir: &Path) -> Result<File, Error> {
+    let mut runs = group
+        .into_iter()
+        .map(|run| DiskRun::open(run, temp_dir))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let mut writer = SpillWriter::create(temp_dir)?;
+    merge_songs(&mut runs, &mut |(name, days)| writer.write(name, days))?;
+    writer.finish()
+}
+
+/// Most runs an early merge reads at once (their buffers come on top of the budget while the
+/// workers go on parsing).
+const EARLY_FAN_IN: usize = 8 << 20 >> 16;
+
+/// When `spills` holds twice as many runs as one merge reads (`fan_in`), takes out the
+/// smallest ones for [`merge_early`]: runs hold open files, and merging them as they pile up
+/// keeps the files few and the final merge to one pass.
+pub(crate) fn take_for_early_merge(
+    spills: &mut Vec<SpilledRun>,
+    fan_in: usize,
+) -> Option<Vec<SpilledRun>> {
+    if spills.len() < fan_in * 2 {
+        return None;
+    }
+    let mut sized: Vec<(u64, SpilledRun)> = std::mem::take(spills)
+        .into_iter()
+        .map(|run| (run.bytes().unwrap_or(u64::MAX), run))
+        .collect();
+    sized.sort_by_key(|(bytes, _)| *bytes);
+    let group = fan_in.clamp(2, EARLY_FAN_IN);
+    let rest = sized.split_off(group);
+    spills.extend(rest.into_iter().map(|(_, run)| run));
+    Some(sized.into_iter().map(|(_, run)| run).collect())
+}
+
+/// Merges runs taken by [`take_for_early_merge`] into one.
+pub(crate) fn merge_early(group: Vec<SpilledRun>, temp_dir: &Path) -> Result<SpilledRun, Error> {
+    Ok(SpilledRun::new(vec![merge_group(group, temp_dir)?]))
 }
 
 /// A binary min-heap of run indices ordered by their current song name. Exhausted runs are
@@ -236,7 +325,7 @@ impl RunHeap {
             return ka < kb;
         }
         match (runs[a].current(), runs[b].current()) {
-            (Some(x), Some(y)) => x.0 < y.0,
+            (Some(x), Some(y)) => cmp_same_key(x.0, y.0).is_lt(),
             (Some(_), None) => true,
             _ => false,
         }
@@ -286,5 +375,50 @@ impl RunHeap {
             }
         }
         Some(top)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn runs_are_merged_early_when_they_pile_up() {
+        let run = |bytes: usize| {
+            let mut file = tempfile::tempfile().expect("temp file");
+            file.write_all(&vec![0; bytes]).expect("write");
+            SpilledRun::new(vec![file])
+        };
+        let mut spills: Vec<SpilledRun> = (1..8).map(run).collect();
+        assert!(take_for_early_merge(&mut spills, 4).is_none());
+        spills.push(run(100));
+        let group = take_for_early_merge(&mut spills, 4).expect("8 runs, 4 at once");
+        let sizes = |runs: &[SpilledRun]| -> Vec<u64> {
+            let mut sizes: Vec<u64> = runs.iter().map(|r| r.bytes().expect("size")).collect();
+            sizes.sort_unstable();
+            sizes
+        };
+        assert_eq!(sizes(&group), [1, 2, 3, 4]);
+        assert_eq!(sizes(&spills), [5, 6, 7, 100]);
+    }
+
+    #[test]
+    fn first_pass_merges_just_enough_of_the_smallest_runs() {
+        assert!(first_pass(&[5, 1, 3], 3).is_empty());
+        // 5 runs, 3 at once: one group of the 3 smallest leaves 3.
+        assert_eq!(first_pass(&[50, 10, 40, 20, 30], 3), vec![vec![1, 3, 4]]);
+        // 10 runs, 4 at once: groups of 4 and 4 leave 10 - 3 - 3 = 4.
+        let sizes: Vec<u64> = (0..10).rev().collect();
+        let groups = first_pass(&sizes, 4);
+        assert_eq!(groups, vec![vec![9, 8, 7, 6], vec![5, 4, 3, 2]]);
+        // 12 runs, 4 at once: 3 + 3 + 2 fewer; 4 left.
+        let groups = first_pass(&[1; 12], 4);
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 3]);
+        // Very many runs: the groups may still leave more than fan_in (another pass).
+        let groups = first_pass(&[1; 40], 4);
+        assert_eq!(groups.len(), 10);
+        assert_eq!(40 - groups.iter().map(|g| g.len() - 1).sum::<usize>(), 10);
     }
 }

@@ -1,5 +1,6 @@
 //! The aggregation pipeline: input -> parse -> aggregate -> (spill) -> merge -> CSV output.
 
+mod budget;
 mod days;
 mod hash;
 mod merge;
@@ -7,6 +8,7 @@ mod output;
 mod parse;
 mod partial;
 mod pipeline;
+mod rounds;
 mod run;
 mod scan;
 mod shards;

@@ -1,8 +1,7 @@
 //! Runs the engine: a producer cuts the input into blocks, worker threads parse them into
-//! their own tables (spilling sorted runs to disk above their share of the memory budget),
-//! and the tables and runs are merged into the sorted CSV output.
+//! their own tables (spilling sorted runs to disk when the tables together outgrow the
+//! memory budget), and the tables and runs are merged into the sorted CSV output.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,10 +9,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use memmap2::Mmap;
 
-use super::merge::{merge_in_memory, merge_with_spills};
+use super::budget::{Plan, TableBudget};
+use super::merge::{fan_in, merge_in_memory, merge_with_spills};
 use super::output::write_header;
+use super::rounds::Rounds;
+use super::run::SpilledRun;
 use super::shards::ShardedTable;
-use super::source::{Block, MAX_RECORD_BYTES, produce_mapped, produce_stream};
+use super::source::{Block, produce_mapped, produce_stream};
 use super::worker::worker;
 use super::writer::with_writer_thread;
 use crate::error::{Field, InvalidRow};
@@ -68,8 +70,12 @@ pub(crate) struct Shared<'a> {
     pub abort: AtomicBool,
     /// Line ends per block, for turning block-relative lines into file lines.
     pub block_lines: Mutex<Vec<u64>>,
-    pub spills: Mutex<Vec<File>>,
-    pub table_budget: usize,
+    /// Spilled runs (some of them merged early).
+    pub spills: Mutex<Vec<SpilledRun>>,
+    /// Runs spilled.
+    pub spilled_runs: AtomicU64,
+    pub budget: TableBudget,
+    pub rounds: Rounds,
     pub temp_dir: PathBuf,
 }
 
@@ -125,12 +131,8 @@ pub(crate) fn run(
     control: &Control,
 ) -> Result<Summary, Error> {
     let threads = config.effective_threads().max(1);
-    let in_flight = threads * 2 + 2;
-    let block_bytes = config.block_bytes.max(1);
-    let overhead = (in_flight * (block_bytes + MAX_RECORD_BYTES) + (16 << 20)) as u64;
-    // 20% slack: the estimate misses allocator rounding and fragmentation.
-    let table_budget =
-        (config.memory_limit.saturating_sub(overhead) / 5 * 4 / threads as u64).max(64 << 10);
+    let plan = Plan::new(config.memory_limit, threads, config.block_bytes);
+    let (in_flight, block_bytes) = (plan.in_flight, plan.block_bytes);
     let shared = Shared {
         config,
         control,
@@ -142,7 +144,9 @@ pub(crate) fn run(
         abort: AtomicBool::new(false),
         block_lines: Mutex::new(Vec::new()),
         spills: Mutex::new(Vec::new()),
-        table_budget: table_budget as usize,
+        spilled_runs: AtomicU64::new(0),
+        budget: TableBudget::new(plan.table_bytes, threads),
+        rounds: Rounds::new(threads),
         temp_dir: config.effective_temp_dir(),
     };
     let input_bytes = AtomicU64::new(0);
@@ -158,10 +162,10 @@ pub(crate) fn run(
 
     let (header, tables) = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
-            .map(|_| {
+            .map(|me| {
                 let (rx, pool_tx) = (block_rx.clone(), pool_tx.clone());
                 let (shared, input_bytes, rows) = (&shared, &input_bytes, &rows);
-                scope.spawn(move || worker(rx, pool_tx, map, shared, input_bytes, rows))
+                scope.spawn(move || worker(me, rx, pool_tx, map, shared, input_bytes, rows))
             })
             .collect();
         drop(block_rx);
@@ -179,7 +183,7 @@ pub(crate) fn run(
                             return buf;
                         }
                         created += 1;
-                        return Vec::with_capacity(block_bytes + MAX_RECORD_BYTES);
+                        return Vec::with_capacity(plan.buffer_capacity());
                     }
                     pool_rx.recv().unwrap_or_default()
                 };
@@ -193,6 +197,8 @@ pub(crate) fn run(
             .collect();
         (header, tables)
     });
+    // The pooled stream buffers are not needed for the merge.
+    drop(pool_rx);
 
     if control.is_cancelled() {
         return Err(Error::Cancelled);
@@ -222,7 +228,7 @@ pub(crate) fn run(
 
     control.progress().set_phase(Phase::Merge);
     let spills = std::mem::take(&mut *shared.spills.lock_ok());
-    let spilled_runs = spills.len() as u64;
+    let spilled_runs = shared.spilled_runs.load(Ordering::Relaxed);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -237,7 +243,8 @@ pub(crate) fn run(
         if spills.is_empty() {
             merge_in_memory(&pool, &tables, write)
         } else {
-            merge_with_spills(&pool, &tables, spills, &shared.temp_dir, write)
+            let fan_in = fan_in(config.memory_limit);
+            merge_with_spills(&pool, &tables, spills, fan_in, &shared.temp_dir, write)
         }
     })?;
     Ok(Summary {

@@ -4,7 +4,7 @@
 //! a table small enough for the CPU caches instead of missing to memory on every row.
 
 use super::hash::{hash_bytes, u32_at, u64_at};
-use super::table::{SongRef, SongTable, SumOverflow};
+use super::table::{SongBound, SongRef, SongTable, SumOverflow};
 use super::validate::{PackedDate, date_string};
 
 /// log2 of the number of shards.
@@ -37,9 +37,12 @@ pub(crate) struct ShardedTable {
 impl ShardedTable {
     /// A table that buffers up to about `flush_at` bytes of rows before adding them.
     pub(crate) fn new(flush_at: usize) -> Self {
+        // A shard's buffer gets its share with some room for unevenness, so that buffers
+        // rarely grow (doubling would hold up to twice what they need).
+        let per_shard = flush_at / SHARDS + flush_at / SHARDS / 4 + 2 * ROW_HEADER;
         ShardedTable {
             shards: (0..SHARDS).map(|_| SongTable::default()).collect(),
-            buffers: vec![Vec::new(); SHARDS],
+            buffers: (0..SHARDS).map(|_| Vec::with_capacity(per_shard)).collect(),
             buffered: 0,
             flush_at,
         }
@@ -69,13 +72,18 @@ impl ShardedTable {
     /// Adds all buffered rows to the shard tables.
     #[cfg(test)]
     pub(crate) fn flush(&mut self) -> Result<(), Overflowed> {
-        while !self.flush_within(usize::MAX)? {}
+        while !self.flush_within(|_, _| false)? {}
         Ok(())
     }
 
     /// Adds buffered rows to the shard tables, shard after shard, until all are added
-    /// (returns true) or the estimate exceeds `budget` (returns false: spill, then call again).
-    pub(crate) fn flush_within(&mut self, budget: usize) -> Result<bool, Overflowed> {
+    /// (returns true) or `over`, called with [`ShardedTable::table_bytes`] and
+    /// [`ShardedTable::buffer_bytes`] after each shard, says to stop (returns false: spill,
+    /// then call again).
+    pub(crate) fn flush_within(
+        &mut self,
+        mut over: impl FnMut(usize, usize) -> bool,
+    ) -> Result<bool, Overflowed> {
         for shard in 0..SHARDS {
             let (table, buffer) = (&mut self.shards[shard], &mut self.buffers[shard]);
             if buffer.is_empty() {
@@ -99,7 +107,7 @@ impl ShardedTable {
             }
             self.buffered -= buffer.len();
             buffer.clear();
-            if self.heap_bytes() > budget {
+            if over(self.table_bytes(), self.buffer_bytes()) {
                 return Ok(self.buffered == 0);
             }
         }
@@ -117,15 +125,45 @@ impl ShardedTable {
         }
     }
 
-    /// Estimated heap bytes held, buffers included.
-    pub(crate) fn heap_bytes(&self) -> usize {
-        self.shards.iter().map(SongTable::heap_bytes).sum::<usize>()
-            + self.buffers.iter().map(Vec::capacity).sum::<usize>()
+    /// Heap bytes of the row buffers.
+    pub(crate) fn buffer_bytes(&self) -> usize {
+        self.buffers.iter().map(Vec::capacity).sum()
+    }
+
+    /// Estimated heap bytes of the tables alone (what a spill frees).
+    pub(crate) fn table_bytes(&self) -> usize {
+        self.shards.iter().map(SongTable::heap_bytes).sum()
+    }
+
+    /// Songs in the tables.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(SongTable::len).sum()
+    }
+
+    /// Appends the names of `count` songs (or all) to `out`: the first ones of the first
+    /// shards, a random sample since songs go to shards and buckets by hash.
+    pub(crate) fn sample_names<'a>(&'a self, count: usize, out: &mut Vec<&'a [u8]>) {
+        out.extend(self.shards.iter().flat_map(SongTable::names).take(count));
+    }
+
+    /// Appends the songs whose names are in `lo..hi` (`None`: unbounded) to `out`.
+    pub(crate) fn songs_in_into<'a>(
+        &'a self,
+        lo: Option<&SongBound>,
+        hi: Option<&SongBound>,
+        out: &mut Vec<SongRef<'a>>,
+    ) {
+        for shard in &self.shards {
+            out.extend(shard.songs().filter(|song| {
+                lo.is_none_or(|lo| lo.at_or_before(song))
+                    && hi.is_none_or(|hi| !hi.at_or_before(song))
+            }));
+        }
     }
 
     /// The songs in the tables (not the buffers), sorted by name.
     pub(crate) fn sorted_songs(&self) -> Vec<SongRef<'_>> {
-        let mut songs = Vec::new();
+        let mut songs = Vec::with_capacity(self.len());
         for shard in &self.shards {
             shard.songs_into(&mut songs);
         }

@@ -41,12 +41,84 @@ impl<'a> SongRef<'a> {
     pub(crate) fn cmp_name(&self, other: &Self) -> std::cmp::Ordering {
         self.key
             .cmp(&other.key)
-            .then_with(|| self.name.cmp(other.name))
+            .then_with(|| cmp_same_key(self.name, other.name))
     }
 
     /// Appends the song's (date, sum) pairs sorted by date.
     pub(crate) fn sorted_days_into(&self, out: &mut Vec<(PackedDate, u64)>) {
         self.song.days.sorted_into(out);
+    }
+
+    /// Asks the CPU to start loading the song's entry (name and sums): walks in name order
+    /// jump around tables far larger than the caches, and waiting for each entry in turn
+    /// would leave the CPU idle most of the time.
+    #[inline]
+    pub(crate) fn prefetch(&self) {
+        let entry = (self.song as *const Song).cast::<u8>();
+        prefetch(entry);
+        prefetch(entry.wrapping_add(size_of::<Song>() - 1));
+    }
+
+    /// Asks the CPU to start loading the song's sums kept apart from its entry (after
+    /// [`SongRef::prefetch`], once the entry is loaded).
+    #[inline]
+    pub(crate) fn prefetch_days(&self) {
+        if let Some(days) = self.song.days.heap_ptr() {
+            prefetch(days);
+        }
+    }
+}
+
+/// Songs ahead of the current one whose entries [`prefetch_ahead`] asks for (enough to cover
+/// a miss to memory, few enough to stay in the first-level cache).
+const PREFETCH_AHEAD: usize = 16;
+
+/// Prefetches for a walk over `songs` at `at`: the entry of the song [`PREFETCH_AHEAD`]
+/// ahead, and the sums of the one half as far (whose entry should have arrived).
+#[inline]
+pub(crate) fn prefetch_ahead(songs: &[SongRef<'_>], at: usize) {
+    if let Some(song) = songs.get(at + PREFETCH_AHEAD) {
+        song.prefetch();
+    }
+    if let Some(song) = songs.get(at + PREFETCH_AHEAD / 2) {
+        song.prefetch_days();
+    }
+}
+
+/// A hint to load the cache line holding `ptr`; never faults, whatever the address.
+#[inline(always)]
+fn prefetch(ptr: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch instruction only hints the cache; it reads nothing the program
+    // sees and does not fault on any address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ptr;
+}
+
+/// A song name that starts a range of names, with its [`NameKey`] for quick comparisons.
+pub(crate) struct SongBound {
+    key: NameKey,
+    name: Vec<u8>,
+}
+
+impl SongBound {
+    pub(crate) fn new(name: &[u8]) -> Self {
+        SongBound {
+            key: name_key(name),
+            name: name.to_vec(),
+        }
+    }
+
+    /// Whether `song`'s name sorts at or after this bound.
+    #[inline]
+    pub(crate) fn at_or_before(&self, song: &SongRef<'_>) -> bool {
+        self.key
+            .cmp(&song.key)
+            .then_with(|| self.name.as_slice().cmp(song.name))
+            .is_le()
     }
 }
 
@@ -54,11 +126,27 @@ impl<'a> SongRef<'a> {
 /// compare as their keys do, so most comparisons need not touch the names.
 pub(crate) type NameKey = (u128, u64);
 
+/// Orders two names that have the same [`NameKey`]. Names that fit the key are then equal up
+/// to the shorter one's length, with only zero bytes after it: the lengths decide, without
+/// comparing bytes (a song met in several tables or runs would otherwise cost a `memcmp`
+/// call at every comparison).
+#[inline]
+pub(crate) fn cmp_same_key(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    if a.len() <= KEY_BYTES && b.len() <= KEY_BYTES {
+        a.len().cmp(&b.len())
+    } else {
+        a.cmp(b)
+    }
+}
+
+/// Bytes of a name in its [`NameKey`].
+const KEY_BYTES: usize = 24;
+
 /// The [`NameKey`] of `name`.
 #[inline]
 pub(crate) fn name_key(name: &[u8]) -> NameKey {
-    let mut prefix = [0u8; 24];
-    let len = name.len().min(24);
+    let mut prefix = [0u8; KEY_BYTES];
+    let len = name.len().min(KEY_BYTES);
     prefix[..len].copy_from_slice(&name[..len]);
     let (high, low) = prefix.split_at(16);
     let high: [u8; 16] = high.try_into().unwrap_or_default();
@@ -175,32 +263,38 @@ impl SongTable {
         );
     }
 
-    /// Estimated heap bytes held, plus the growth of the slot array once it is over half
-    /// full: all shards fill at the same pace and double together, so the budget must leave
-    /// room for that jump before it happens.
+    /// Estimated heap bytes held. The growth of the slot array is not reserved ahead: tables
+    /// are filled shard after shard and checked against the budget after each, so a doubling
+    /// overshoots by one shard's slots at most, and a table spills with its slots nearly full.
     pub(crate) fn heap_bytes(&self) -> usize {
         // hashbrown allocates a power of two of buckets, at most 7/8 of them usable; each
         // song also takes a `SongRef` in the sorted order built to spill or merge.
-        let slots = self.songs.capacity() * 8 / 7 * (size_of::<Song>() + 1);
-        let growth = if self.songs.len() * 2 > self.songs.capacity() {
-            slots
-        } else {
-            0
-        };
-        slots
-            + growth
+        self.songs.capacity() * 8 / 7 * (size_of::<Song>() + 1)
             + self.songs.len() * size_of::<SongRef<'_>>()
             + self.arena.capacity()
             + self.days_bytes
     }
 
+    /// Songs held.
+    pub(crate) fn len(&self) -> usize {
+        self.songs.len()
+    }
+
     /// Appends the songs with their names to `out` (unsorted).
     pub(crate) fn songs_into<'a>(&'a self, out: &mut Vec<SongRef<'a>>) {
-        out.extend(
-            self.songs
-                .iter()
-                .map(|song| SongRef::new(song.name(&self.arena), song)),
-        );
+        out.extend(self.songs());
+    }
+
+    /// The songs with their names (unsorted).
+    pub(crate) fn songs(&self) -> impl Iterator<Item = SongRef<'_>> {
+        self.songs
+            .iter()
+            .map(|song| SongRef::new(song.name(&self.arena), song))
+    }
+
+    /// The song names (unsorted).
+    pub(crate) fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.songs.iter().map(|song| song.name(&self.arena))
     }
 }
 

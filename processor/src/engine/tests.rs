@@ -3,9 +3,14 @@
 
 use std::io::Write;
 
+use fixtures::{Length, Skew, Spec};
 use proptest::prelude::*;
 
-use crate::{Config, Control, Input, aggregate_to_writer};
+use super::parse::{Parser, RowSink, Stop};
+use super::shards::ShardedTable;
+use super::validate::PackedDate;
+use crate::error::Field;
+use crate::{Config, Control, Input, Summary, aggregate_to_writer};
 
 fn run_engine(input: &[u8], config: &Config, as_file: bool) -> Vec<u8> {
     let mut out = Vec::new();
@@ -26,6 +31,41 @@ fn run_engine(input: &[u8], config: &Config, as_file: bool) -> Vec<u8> {
         .expect("engine succeeds");
     }
     out
+}
+
+/// Runs the engine on a file, returning the output and the summary.
+fn run_file(input: &[u8], config: &Config) -> (Vec<u8>, Summary) {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(input).expect("write input");
+    let mut out = Vec::new();
+    let summary = aggregate_to_writer(Input::File(file.path()), &mut out, config, &Control::new())
+        .expect("engine succeeds");
+    (out, summary)
+}
+
+/// The in-memory size of all the groups of `input` (a valid CSV with its header): the memory
+/// estimate of one table holding them all, the measure of the engine's memory budget.
+fn groups_bytes(input: &[u8]) -> usize {
+    struct Sink<'a>(&'a mut ShardedTable);
+    impl RowSink for Sink<'_> {
+        fn row(&mut self, song: &[u8], date: PackedDate, plays: u64, _: u64) -> Result<(), Stop> {
+            self.0.add(song, date, plays);
+            Ok(())
+        }
+        fn invalid(&mut self, _: u64, _: Option<Field>, _: String) -> Result<(), Stop> {
+            Err(Stop)
+        }
+    }
+    let rows = input
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(&input[..0], |end| &input[end + 1..]);
+    let mut table = ShardedTable::new(1 << 20);
+    Parser::default()
+        .parse_block(rows, &mut Sink(&mut table))
+        .expect("valid input");
+    table.flush().expect("no overflow");
+    table.table_bytes()
 }
 
 fn song_name() -> impl Strategy<Value = String> {
@@ -135,8 +175,9 @@ fn forced_spills_are_counted_and_merged() {
     let mut out = Vec::new();
     let summary = aggregate_to_writer(Input::File(file.path()), &mut out, &config, &Control::new())
         .expect("engine succeeds");
-    // More runs than one merge reads at once: exercises the intermediate merges too.
-    assert!(summary.spilled_runs > 64, "{summary:?}");
+    // More runs than one merge reads at once: exercises the early and intermediate merges.
+    let fan_in = super::merge::fan_in(config.memory_limit) as u64;
+    assert!(summary.spilled_runs > fan_in, "{summary:?}");
     assert_eq!(summary.rows_read, 20000);
     assert_eq!(out, fixtures::reference::aggregate(&input));
     assert_eq!(
@@ -218,4 +259,46 @@ fn skip_invalid_reports_first_rows_in_order() {
         "{:?}",
         summary.invalid_samples
     );
+}
+
+/// Under a small memory limit the engine spills about as many runs as the groups' size over
+/// the limit, whatever the number of threads: the tables get most of the limit (the input
+/// blocks shrink with it) and the threads share it instead of a fixed split per thread.
+#[test]
+fn spilled_runs_follow_the_groups_size_over_the_limit() {
+    // Wide data: most rows are a group of their own, as in the hardest case for the budget.
+    let input = fixtures::generate(Spec {
+        length: Length::Rows(300_000),
+        songs: 200_000,
+        days: 365,
+        skew: Skew::Uniform,
+        ..Spec::default()
+    })
+    .expect("a valid spec");
+    let groups = groups_bytes(&input);
+    let (expected, in_memory) = run_file(&input, &Config::default());
+    assert_eq!(in_memory.spilled_runs, 0);
+    for threads in [1, 2] {
+        for limit in [12u64 << 20, 24 << 20] {
+            let config = Config {
+                threads,
+                memory_limit: limit,
+                ..Config::default()
+            };
+            let (out, summary) = run_file(&input, &config);
+            assert!(out == expected, "different output with {config:?}");
+            // The tables get a little less than the limit (the rest is for input blocks and
+            // slack), and a song split over several runs costs its overhead in each: a
+            // factor 4 leaves room for both. The old split (a fixed 16 MiB and 5 MiB per
+            // block off the limit, the rest halved per thread) spilled some 400 runs here.
+            let bound = 4 * groups as u64 / limit + 1;
+            assert!(
+                summary.spilled_runs >= 1 && summary.spilled_runs <= bound,
+                "{} runs for {} MiB of groups under {} MiB with {threads} threads (bound {bound})",
+                summary.spilled_runs,
+                groups >> 20,
+                limit >> 20,
+            );
+        }
+    }
 }

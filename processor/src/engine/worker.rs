@@ -1,22 +1,27 @@
-//! A worker thread: parses the blocks it receives into its sharded table, spilling sorted
-//! runs when the table outgrows the worker's share of the memory budget.
+//! A worker thread: parses the blocks it receives into its sharded table; when the tables of
+//! all workers together outgrow the memory budget, they spill them together (see `rounds`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use memmap2::Mmap;
 
+use super::merge::{fan_in, merge_early, take_for_early_merge};
 use super::parse::{Parser, RowSink, Stop};
 use super::pipeline::{LocatedInvalid, LockOk, Shared};
-use super::run::spill;
+use super::rounds::{Part, Room};
+use super::run::SpilledRun;
 use super::shards::ShardedTable;
 use super::source::{Block, BlockData, MAX_RECORD_BYTES};
 use super::validate::PackedDate;
-use crate::Phase;
 use crate::error::{Field, show_value};
+use crate::{Error, Phase};
 
-/// Feeds parsed rows of one block into a worker's table.
+/// Feeds parsed rows of one block into a worker's table, flushing the buffered rows (and
+/// spilling) as soon as they fill.
 struct TableSink<'a, 's> {
     table: &'a mut ShardedTable,
+    spiller: &'a mut Spiller,
     shared: &'a Shared<'s>,
     block: u64,
 }
@@ -32,6 +37,9 @@ impl RowSink for TableSink<'_, '_> {
             );
         }
         self.table.add(song, date, plays);
+        if self.table.wants_flush() || self.spiller.round_due(self.shared) {
+            return self.flush();
+        }
         Ok(())
     }
 
@@ -50,8 +58,20 @@ impl RowSink for TableSink<'_, '_> {
     }
 }
 
-/// A worker: parses blocks into its table until the blocks run out.
+impl TableSink<'_, '_> {
+    #[cold]
+    fn flush(&mut self) -> Result<(), Stop> {
+        if self.shared.stopped() {
+            return Err(Stop);
+        }
+        self.spiller.flush(self.table, self.shared);
+        Ok(())
+    }
+}
+
+/// Worker `me`: parses blocks into its table until the blocks run out.
 pub(crate) fn worker(
+    me: usize,
     blocks: crossbeam_channel::Receiver<Block>,
     pool: crossbeam_channel::Sender<Vec<u8>>,
     map: Option<&Mmap>,
@@ -59,8 +79,18 @@ pub(crate) fn worker(
     input_bytes: &AtomicU64,
     rows: &AtomicU64,
 ) -> ShardedTable {
-    let flush_at = (shared.table_budget / 6).clamp(1 << 14, 128 << 20);
+    // Larger batches keep big tables' shards in cache longer; small budgets gain little.
+    let flush_at = (shared.budget.share() / 16).clamp(1 << 14, 128 << 20);
     let mut table = ShardedTable::new(flush_at);
+    let mut spiller = Spiller {
+        me,
+        joined: 0,
+        countdown: ROUND_CHECK_ROWS,
+    };
+    let mut participant = Participant {
+        shared,
+        parsing: true,
+    };
     let mut parser = Parser::default();
     for block in blocks {
         let len = block.data.len();
@@ -72,6 +102,7 @@ pub(crate) fn worker(
             };
             let mut sink = TableSink {
                 table: &mut table,
+                spiller: &mut spiller,
                 shared,
                 block: block.index,
             };
@@ -92,9 +123,6 @@ pub(crate) fn worker(
                 input_bytes.fetch_add(len as u64, Ordering::Relaxed);
                 shared.control.progress().add_read(len as u64, stats.rows);
             }
-            if table.wants_flush() && !shared.stopped() {
-                flush_and_spill(&mut table, shared);
-            }
         }
         match block.data {
             BlockData::Mapped { start, end } => release(map, start, end),
@@ -104,39 +132,179 @@ pub(crate) fn worker(
         }
     }
     if !shared.stopped() {
-        flush_and_spill(&mut table, shared);
+        spiller.flush(&mut table, shared);
+    }
+    // Until every worker is done parsing, this one's tables still take part in spill rounds.
+    participant.done_parsing();
+    while let Some(round) = shared.rounds.idle(spiller.joined, || shared.stopped()) {
+        if !spiller.spill(round, &mut table, shared) {
+            break;
+        }
     }
     table
 }
 
-/// Adds the buffered rows to the table, spilling sorted runs whenever the table outgrows
-/// the worker's share of the memory budget.
-fn flush_and_spill(table: &mut ShardedTable, shared: &Shared<'_>) {
-    loop {
-        let done = match table.flush_within(shared.table_budget) {
-            Ok(done) => done,
-            Err(overflow) => return shared.fail(overflow.into()),
-        };
-        if table.heap_bytes() > shared.table_budget {
-            shared.control.progress().set_phase(Phase::Spill);
-            let full = table.take_tables();
-            match spill(&full.sorted_songs(), &shared.temp_dir) {
-                Ok(file) => shared.spills.lock_ok().push(file),
-                Err(error) => return shared.fail(error),
-            }
-            drop(full);
-            return_free_memory();
-            shared.control.progress().set_phase(Phase::Read);
-        }
-        if done {
-            return;
+/// A worker's place in the spill rounds, given up when it returns or panics.
+struct Participant<'a, 's> {
+    shared: &'a Shared<'s>,
+    parsing: bool,
+}
+
+impl Participant<'_, '_> {
+    fn done_parsing(&mut self) {
+        if std::mem::take(&mut self.parsing) {
+            self.shared.rounds.done_parsing();
         }
     }
 }
 
-/// Gives freed heap pages back to the system (after a spill; after a run in long-lived
-/// processes), so that resident memory tracks the budget rather than the allocator's
-/// high-water mark.
+impl Drop for Participant<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The others must not wait for this worker in a round.
+            self.shared.abort.store(true, Ordering::Relaxed);
+        }
+        self.done_parsing();
+        self.shared.rounds.leave();
+    }
+}
+
+/// Rows parsed between two checks for a spill round started by another worker.
+const ROUND_CHECK_ROWS: u32 = 1024;
+
+/// A worker's part in the shared table budget and its spill rounds.
+struct Spiller {
+    me: usize,
+    /// The latest round this worker took part in.
+    joined: u64,
+    /// Rows until the next check for a round.
+    countdown: u32,
+}
+
+impl Spiller {
+    /// True, every [`ROUND_CHECK_ROWS`] rows, when another worker started a round that this
+    /// one must join (the round waits for it).
+    #[inline]
+    fn round_due(&mut self, shared: &Shared<'_>) -> bool {
+        self.countdown -= 1;
+        if self.countdown > 0 {
+            return false;
+        }
+        self.countdown = ROUND_CHECK_ROWS;
+        shared.rounds.latest() != self.joined
+    }
+
+    /// Adds the buffered rows to the table, joining a round another worker started, or
+    /// starting one when the tables of all workers together outgrow the budget.
+    fn flush(&mut self, table: &mut ShardedTable, shared: &Shared<'_>) {
+        let (budget, rounds) = (&shared.budget, &shared.rounds);
+        loop {
+            let latest = rounds.latest();
+            if latest != self.joined && !self.spill(latest, table, shared) {
+                return;
+            }
+            // Published after each shard: the workers flush at the same time, and a flush
+            // adds a large part of a small budget when most rows are new groups. A round
+            // another worker started is joined at once (it waits for this one).
+            let joined = self.joined;
+            let over = |tables, buffers| {
+                budget.publish(self.me, tables, buffers);
+                budget.over(rounds.pending_bytes()) || rounds.latest() != joined
+            };
+            let done = match table.flush_within(over) {
+                Ok(done) => done,
+                Err(overflow) => return shared.fail(overflow.into()),
+            };
+            budget.publish(self.me, table.table_bytes(), table.buffer_bytes());
+            if rounds.latest() != self.joined {
+                continue;
+            }
+            if budget.over(rounds.pending_bytes()) {
+                match rounds.need_room() {
+                    Room::Join(round) => {
+                        if !self.spill(round, table, shared) {
+                            return;
+                        }
+                    }
+                    // The memory of a round's tables is freed once it is written.
+                    Room::Wait(round) => rounds.wait_written(round, || shared.stopped()),
+                }
+                if shared.stopped() {
+                    return;
+                }
+                continue;
+            }
+            if done {
+                return;
+            }
+        }
+    }
+
+    /// Hands the tables in to `round` and writes this worker's range of the round's run.
+    /// False when the run stops (an error is recorded).
+    fn spill(&mut self, round: u64, table: &mut ShardedTable, shared: &Shared<'_>) -> bool {
+        self.joined = round;
+        shared.control.progress().set_phase(Phase::Spill);
+        let started = Instant::now();
+        let full = table.take_tables();
+        let bytes = full.table_bytes();
+        shared.budget.publish(self.me, 0, table.buffer_bytes());
+        let Some(part) = shared.rounds.join(round, full, bytes, || shared.stopped()) else {
+            if !shared.stopped() {
+                shared.fail(Error::Threads(format!("spill round {round} lost a worker")));
+            }
+            return false;
+        };
+        let written = part.work.write(part.index, &shared.temp_dir);
+        let Part { index, work } = part;
+        tracing::debug!(
+            worker = self.me,
+            round,
+            part = index,
+            estimated_bytes = bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "wrote a range of a spilled run"
+        );
+        let file = match written {
+            Ok(file) => Some(file),
+            Err(error) => {
+                shared.fail(error);
+                None
+            }
+        };
+        let written = file.is_some();
+        // The round ends (the others may go on) once its last range is written; then each
+        // worker frees the tables it handed in. The memory stays with the allocator for the
+        // next round's tables: giving it back to the system (`return_free_memory`) after
+        // each round cost more page faults than anything else in a spill.
+        let run = shared.rounds.finish(round, index, file);
+        shared.rounds.wait_written(round, || shared.stopped());
+        work.free(index);
+        drop(work);
+        if let Some(files) = run {
+            shared.spilled_runs.fetch_add(1, Ordering::Relaxed);
+            let early = {
+                let mut spills = shared.spills.lock_ok();
+                spills.push(SpilledRun::new(files));
+                take_for_early_merge(&mut spills, fan_in(shared.config.memory_limit))
+            };
+            if let Some(group) = early {
+                match merge_early(group, &shared.temp_dir) {
+                    Ok(merged) => shared.spills.lock_ok().push(merged),
+                    Err(error) => {
+                        shared.fail(error);
+                        return false;
+                    }
+                }
+            }
+        }
+        shared.control.progress().set_phase(Phase::Read);
+        written
+    }
+}
+
+/// Gives freed heap pages back to the system (after a run in long-lived processes), so that
+/// resident memory tracks the work in progress rather than the allocator's high-water mark.
 pub fn return_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory held by glibc's allocator.
