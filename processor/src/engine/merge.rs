@@ -47,6 +47,7 @@ fn first_pass(sizes: &[u64], fan_in: usize) -> Vec<Vec<usize>> {
     }
     groups
 }
+
 /// Output is flushed to the writer in pieces of about this size.
 const OUTPUT_CHUNK: usize = 1 << 20;
 
