@@ -47,6 +47,7 @@ fn first_pass(sizes: &[u64], fan_in: usize) -> Vec<Vec<usize>> {
     }
     groups
 }
+
 /// Output is flushed to the writer in pieces of about this size.
 const OUTPUT_CHUNK: usize = 1 << 20;
 
@@ -276,14 +277,16 @@ fn merge_group(group: Vec<SpilledRun>, temp_dir: &Path) -> Result<File, Error> {
 /// workers go on parsing).
 const EARLY_FAN_IN: usize = 8 << 20 >> 16;
 
-/// When `spills` holds twice as many runs as one merge reads (`fan_in`), takes out the
-/// smallest ones for [`merge_early`]: runs hold open files, and merging them as they pile up
-/// keeps the files few and the final merge to one pass.
+/// When `spills` holds twice as many files as one merge reads runs (`fan_in`), takes out the
+/// smallest runs for [`merge_early`]: runs hold open files (one per range of a spill round),
+/// and merging them as they pile up keeps the files few (well under the usual limit of 1024
+/// per process) and the final merge to one pass.
 pub(crate) fn take_for_early_merge(
     spills: &mut Vec<SpilledRun>,
     fan_in: usize,
 ) -> Option<Vec<SpilledRun>> {
-    if spills.len() < fan_in * 2 {
+    let files: usize = spills.iter().map(SpilledRun::files).sum();
+    if files < fan_in * 2 {
         return None;
     }
     let mut sized: Vec<(u64, SpilledRun)> = std::mem::take(spills)

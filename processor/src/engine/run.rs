@@ -144,6 +144,11 @@ impl SpilledRun {
         SpilledRun { files }
     }
 
+    /// Files it holds open.
+    pub(crate) fn files(&self) -> usize {
+        self.files.len()
+    }
+
     /// Bytes on disk.
     pub(crate) fn bytes(&self) -> io::Result<u64> {
         self.files
