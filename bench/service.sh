@@ -16,7 +16,10 @@
 #   MARIADB_URL      server URL without database, default mysql://root@127.0.0.1:3306
 #                    (a database bench_service is created and dropped)
 #   SYNC_UPLOADS=1   the task manager's setting: 0 accepts uploads before they are on the disk
-#   EARLY_AGGREGATION=1  the task manager's setting: 0 waits for the whole upload (embedded)
+#   EARLY_AGGREGATION=1  the task manager's setting: 0 starts processing once the upload is complete
+#   RATE=200M        upload with curl at this rate (a network slower than loopback) instead of
+#                    `processor upload`, and report the time from the end of the upload to the
+#                    downloaded result, against the CLI alone
 #
 # Builds the release binaries, writes data into bench/data/ and results into
 # bench/results/service-<UTC time>/.
@@ -84,6 +87,16 @@ stop_service() {
     PIDS=()
 }
 
+# Drops the database and queues of the distributed mode (MODE $1).
+cleanup_distributed() {
+    local queue
+    [[ $1 == distributed ]] || return 0
+    mariadb -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS $DATABASE" || true
+    for queue in "bench_service_$$" "bench_service_$$.dead"; do
+        rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
+    done
+}
+
 # Resident KB of process $1 (0 when gone), without forking.
 rss_kb() {
     local key value _
@@ -120,6 +133,22 @@ service_run() {
     echo "$(echo "$end - $start" | bc -l) $peak"
 }
 
+# Uploads INPUT with curl at RATE, waits, downloads into OUTPUT; prints "upload_seconds
+# result_seconds_after_the_upload".
+rated_run() {
+    local input=$1 output=$2 start uploaded end id
+    start=$(date +%s.%N)
+    curl -fsS --limit-rate "$RATE" -X POST -T "$input" -H 'Content-Type: text/csv' \
+        -o "$WORK/upload.json" "$URL/v1/data_processor/upload" || die "upload failed"
+    uploaded=$(date +%s.%N)
+    id=$(sed -n 's/.*"task_id":"\([^"]*\)".*/\1/p' "$WORK/upload.json")
+    [[ -n $id ]] || die "no task id in $(cat "$WORK/upload.json")"
+    until curl -fsS "$URL/v1/tasks/status/$id?wait=60" | grep -q '"status":"\(DONE\|FAILED\|CANCELLED\)"'; do :; done
+    curl -fsS -o "$output" "$URL/v1/data_processor/download/$id" || die "download failed (task $id)"
+    end=$(date +%s.%N)
+    echo "$(echo "$uploaded - $start" | bc -l) $(echo "$end - $uploaded" | bc -l)"
+}
+
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 main() {
@@ -127,7 +156,7 @@ main() {
     local arg
     for arg in "$@"; do
         case $arg in
-            -h | --help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+            -h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
             embedded | distributed) modes+=("$arg") ;;
             *) die "unknown mode '$arg' (embedded, distributed)" ;;
         esac
@@ -144,13 +173,22 @@ main() {
     input=$(dataset "$name")
     RESULTS=$BENCH_DIR/results/service-$(date -u +%Y%m%dT%H%M%SZ)
     mkdir -p "$RESULTS"
-    local runs=${RUNS:-3} mode run cli service peak queue
+    local runs=${RUNS:-3} mode run cli service peak upload after
     say "$name: $(du -h "$input" | cut -f1), $runs run(s), modes: ${modes[*]}, SYNC_UPLOADS=${SYNC_UPLOADS:-1}"
     for mode in "${modes[@]}"; do
         start_service "$mode"
-        : >"$WORK/cli" && : >"$WORK/service" && : >"$WORK/peak"
+        : >"$WORK/cli" && : >"$WORK/service" && : >"$WORK/peak" && : >"$WORK/after"
         for ((run = 1; run <= runs; run++)); do
             cli=$(seconds "$PROCESSOR" aggregate "$input" -o "$WORK/cli.csv" --quiet)
+            if [[ -n ${RATE:-} ]]; then
+                read -r upload after < <(rated_run "$input" "$WORK/service.csv")
+                cmp -s "$WORK/cli.csv" "$WORK/service.csv" || die "$mode: the service's result differs from the CLI's"
+                printf '    %-12s run %s: CLI %6.2f s, upload at %s %6.2f s, result %5.2f s after it\n' \
+                    "$mode" "$run" "$cli" "$RATE" "$upload" "$after" >&2
+                echo "$cli" >>"$WORK/cli" && echo "$after" >>"$WORK/after"
+                rm -f "$WORK/cli.csv" "$WORK/service.csv" "$WORK/$mode"/raw_data/*.csv "$WORK/$mode"/processed_data/*.csv
+                continue
+            fi
             read -r service peak < <(service_run "$input" "$WORK/service.csv")
             cmp -s "$WORK/cli.csv" "$WORK/service.csv" || die "$mode: the service's result differs from the CLI's"
             printf '    %-12s run %s: CLI %6.2f s, service %6.2f s, task manager %4d MB during the upload\n' \
@@ -160,18 +198,21 @@ main() {
             rm -f "$WORK/$mode"/raw_data/*.csv "$WORK/$mode"/processed_data/*.csv
         done
         cli=$(median <"$WORK/cli")
+        if [[ -n ${RATE:-} ]]; then
+            after=$(median <"$WORK/after")
+            printf '%s, upload at %s: result %.2f s after the upload, CLI alone %.2f s (%.2fx)\n' \
+                "$mode" "$RATE" "$after" "$cli" "$(echo "$after / $cli" | bc -l)" | tee -a "$RESULTS/table.txt"
+            stop_service
+            cleanup_distributed "$mode"
+            continue
+        fi
         service=$(median <"$WORK/service")
         peak=$(sort -n "$WORK/peak" | tail -n 1)
         printf '%s: CLI %.2f s, service %.2f s (%.2fx), task manager peak RSS during uploads %d MB\n' \
             "$mode" "$cli" "$service" "$(echo "$service / $cli" | bc -l)" $((peak / 1024)) |
             tee -a "$RESULTS/table.txt"
         stop_service
-        if [[ $mode == distributed ]]; then
-            mariadb -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS $DATABASE" || true
-            for queue in "bench_service_$$" "bench_service_$$.dead"; do
-                rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
-            done
-        fi
+        cleanup_distributed "$mode"
     done
     say "results in $RESULTS"
 }
