@@ -110,7 +110,8 @@ pub async fn upload(
     // The task's id, and its aggregation started while the upload arrives when possible.
     let id = Uuid::new_v4();
     let arrival = Arrival::new();
-    let early = match (limits.early, file.try_clone(), storage_path(&state, &temp)) {
+    let arriving = state.storage.relative_path(temp.path());
+    let early = match (limits.early, file.try_clone(), arriving) {
         (true, Ok(reader), Some(arriving)) => {
             let upload = EarlyUpload {
                 id,
@@ -236,11 +237,6 @@ fn header_checked(head: &[u8], at_end: bool) -> Result<bool, ApiError> {
             "the upload is not a play-count CSV: {e}"
         ))),
     }
-}
-
-/// The path of an upload's temporary file relative to the storage root.
-fn storage_path(state: &SharedState, temp: &tempfile::NamedTempFile) -> Option<String> {
-    state.storage.relative_path(temp.path())
 }
 
 /// The `Content-Length` header, when present and valid.
