@@ -17,7 +17,6 @@ mod cleanup;
 #[path = "distributed/worker_process.rs"]
 mod worker_process;
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -249,14 +248,11 @@ async fn assert_done_with(tm: &TestServer, id: Uuid, expected: &[u8], workers: &
 
 /// The names of the files of task `id` in `processed_data/` (results and partial results).
 fn files_of(tm: &TestServer, id: Uuid) -> Vec<String> {
-    let dir: PathBuf = tm.storage_dir().join("processed_data");
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("processed_data")
-        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into())
-        .filter(|name: &String| name.contains(&id.to_string()))
-        .collect();
-    names.sort();
-    names
+    let id = id.to_string();
+    tm.processed_data_files()
+        .into_iter()
+        .filter(|name| name.contains(&id))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
