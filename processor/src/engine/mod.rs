@@ -3,6 +3,7 @@
 mod budget;
 mod days;
 mod hash;
+mod hot;
 mod merge;
 mod output;
 mod parse;

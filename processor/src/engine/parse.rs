@@ -4,17 +4,33 @@
 
 use std::ops::Range;
 
-use super::scan::find_delimiter;
+use super::scan::{Delimiters, find_delimiter};
 use super::validate::{PackedDate, check_header, parse_date, parse_date_exact, parse_plays};
 use crate::error::{Field, InvalidRow};
 
-/// Receives the parsed rows of a block. Returning `Err(Stop)` ends the block early; the sink
-/// keeps the reason itself.
-pub(crate) trait RowSink {
+/// Receives the parsed rows of a block (`'d`: the block's bytes). Returning `Err(Stop)` ends
+/// the block early; the sink keeps the reason itself.
+pub(crate) trait RowSink<'d> {
     /// A valid row whose record starts `line` lines into the block.
     fn row(&mut self, song: &[u8], date: PackedDate, plays: u64, line: u64) -> Result<(), Stop>;
+    /// A valid row whose song is a slice of the block, which the sink may keep until
+    /// [`RowSink::end`].
+    #[inline]
+    fn block_row(
+        &mut self,
+        song: &'d [u8],
+        date: PackedDate,
+        plays: u64,
+        line: u64,
+    ) -> Result<(), Stop> {
+        self.row(song, date, plays, line)
+    }
     /// An invalid record starting `line` lines into the block.
     fn invalid(&mut self, line: u64, field: Option<Field>, reason: String) -> Result<(), Stop>;
+    /// The block's rows are all given.
+    fn end(&mut self) -> Result<(), Stop> {
+        Ok(())
+    }
 }
 
 /// Signal from a [`RowSink`] to stop parsing.
@@ -104,14 +120,15 @@ impl DateCache {
 impl Parser {
     /// Parses `data`, which starts at a record start and ends at a record end (or the input's
     /// end), feeding `sink`.
-    pub(crate) fn parse_block(
+    pub(crate) fn parse_block<'d>(
         &mut self,
-        data: &[u8],
-        sink: &mut impl RowSink,
+        data: &'d [u8],
+        sink: &mut impl RowSink<'d>,
     ) -> Result<BlockStats, Stop> {
         let n = data.len();
         let mut p = 0;
         let mut stats = BlockStats::default();
+        let mut delimiters = Delimiters::new(data);
         while p < n {
             match data[p] {
                 b'\n' => {
@@ -128,8 +145,8 @@ impl Parser {
                 _ => {}
             }
             stats.rows += 1;
-            if let Some(fast) = fast_record(data, p, &mut self.dates) {
-                sink.row(&data[p..fast.song_end], fast.date, fast.plays, stats.lines)?;
+            if let Some(fast) = fast_record(data, p, &mut delimiters, &mut self.dates) {
+                sink.block_row(&data[p..fast.song_end], fast.date, fast.plays, stats.lines)?;
                 p = fast.next;
                 stats.lines += fast.newlines;
                 continue;
@@ -139,16 +156,14 @@ impl Parser {
             p = next;
             stats.lines += newlines;
             match result {
-                Ok((song, date, plays)) => {
-                    let song = match song {
-                        Some(range) => &data[range],
-                        None => &self.song[..],
-                    };
-                    sink.row(song, date, plays, line)?;
+                Ok((Some(range), date, plays)) => {
+                    sink.block_row(&data[range], date, plays, line)?
                 }
+                Ok((None, date, plays)) => sink.row(&self.song, date, plays, line)?,
                 Err(err) => sink.invalid(line, err.field, err.reason)?,
             }
         }
+        sink.end()?;
         Ok(stats)
     }
 
@@ -243,12 +258,15 @@ struct FastRecord {
 /// The fast path: `song,YYYY-MM-DD,digits` with a plain song, ending in `\n`, `\r\n` or the
 /// end of the data. `None` sends the record to the general path.
 #[inline]
-fn fast_record(data: &[u8], start: usize, dates: &mut DateCache) -> Option<FastRecord> {
+fn fast_record(
+    data: &[u8],
+    start: usize,
+    delimiters: &mut Delimiters<'_>,
+    dates: &mut DateCache,
+) -> Option<FastRecord> {
     let n = data.len();
-    if data[start] == b'"' {
-        return None;
-    }
-    let song_end = find_delimiter(data, start);
+    // A quoted song stops here: its quote is a delimiter at `start`.
+    let song_end = delimiters.next(start);
     if song_end == start || song_end >= n || data[song_end] != b',' {
         return None;
     }
@@ -257,30 +275,30 @@ fn fast_record(data: &[u8], start: usize, dates: &mut DateCache) -> Option<FastR
     if data.get(date_start + 10) != Some(&b',') {
         return None;
     }
+    // A valid date holds digits and dashes only, so the next delimiter ends the plays.
     let date = dates.parse(date_text)?;
     let digits_start = date_start + 11;
-    let mut q = digits_start;
-    let mut plays: u64 = 0;
-    while q < n {
-        let digit = data[q].wrapping_sub(b'0');
-        if digit > 9 {
-            break;
-        }
-        plays = plays.wrapping_mul(10).wrapping_add(u64::from(digit));
-        q += 1;
-    }
-    // Up to 19 digits always fit u64; longer numbers take the checked general path.
-    let digits = q - digits_start;
-    if digits == 0 || digits > 19 {
-        return None;
-    }
-    let (next, newlines) = match data.get(q) {
-        None => (q, 0),
-        Some(b'\n') => (q + 1, 1),
-        Some(b'\r') if q + 1 == n => (n, 0),
-        Some(b'\r') if data[q + 1] == b'\n' => (q + 2, 1),
+    let end = delimiters.next(digits_start);
+    let (next, newlines) = match data.get(end) {
+        None => (end, 0),
+        Some(b'\n') => (end + 1, 1),
         Some(_) => return None,
     };
+    // `end > digits_start - 1`, the comma: a CR before the line end is not a digit.
+    let digits_end = if data[end - 1] == b'\r' { end - 1 } else { end };
+    let digits = data.get(digits_start..digits_end)?;
+    // Up to 19 digits always fit u64; longer numbers take the checked general path.
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut plays: u64 = 0;
+    for &byte in digits {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        plays = plays * 10 + u64::from(digit);
+    }
     Some(FastRecord {
         song_end,
         date,
@@ -469,7 +487,7 @@ mod tests {
         invalid: Vec<(u64, Option<Field>, String)>,
     }
 
-    impl RowSink for Collect {
+    impl RowSink<'_> for Collect {
         fn row(
             &mut self,
             song: &[u8],

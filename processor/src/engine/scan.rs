@@ -1,5 +1,170 @@
 //! Byte scanning: delimiter search and record boundaries that respect quoted fields.
 
+/// Finds the delimiters (`,`, `"`, `\n`) of a block in order, 64 bytes at a time: one pass of
+/// vector compares yields a bit mask per 64-byte window, and each search is then a shift and
+/// a count of trailing zeros. Records are about 30 bytes, so a window serves two of them.
+pub(crate) struct Delimiters<'a> {
+    data: &'a [u8],
+    /// Whether the CPU has AVX2 (32-byte compares).
+    avx2: bool,
+    /// Start of the current window.
+    base: usize,
+    /// Delimiter bits of `data[base..base + 64]` (bit `i`: byte `base + i`).
+    mask: u64,
+}
+
+impl<'a> Delimiters<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
+        let avx2 = has_avx2();
+        Delimiters {
+            data,
+            avx2,
+            base: 0,
+            mask: window_mask(data, 0, avx2),
+        }
+    }
+
+    /// Index of the first delimiter in `data[from..]`, or `data.len()`.
+    #[inline(always)]
+    pub(crate) fn next(&mut self, from: usize) -> usize {
+        let offset = from.wrapping_sub(self.base);
+        if offset < 64 {
+            let mask = self.mask & (u64::MAX << offset);
+            if mask != 0 {
+                return self.base + mask.trailing_zeros() as usize;
+            }
+        }
+        self.next_in_later_window(from)
+    }
+
+    /// [`Delimiters::next`] past the current window. Searches move forward: the window
+    /// only ever jumps ahead (or, should a caller go back, to the window of `from`).
+    #[inline(never)]
+    fn next_in_later_window(&mut self, from: usize) -> usize {
+        let len = self.data.len();
+        let mut base = if from.wrapping_sub(self.base) < 64 {
+            self.base + 64
+        } else {
+            from & !63
+        };
+        while base < len {
+            self.base = base;
+            self.mask = window_mask(self.data, base, self.avx2);
+            let mask = self.mask & (u64::MAX << from.saturating_sub(base));
+            if mask != 0 {
+                return base + mask.trailing_zeros() as usize;
+            }
+            base += 64;
+        }
+        len
+    }
+}
+
+/// The delimiter bits of `data[base..base + 64]` (bytes past the end count as none).
+#[inline]
+fn window_mask(data: &[u8], base: usize, avx2: bool) -> u64 {
+    let rest = data.get(base..).unwrap_or_default();
+    match rest.first_chunk::<64>() {
+        Some(window) => delimiter_mask(window, avx2),
+        None => tail_mask(rest, avx2),
+    }
+}
+
+/// [`window_mask`] of the last bytes, fewer than a window.
+#[cold]
+#[inline(never)]
+fn tail_mask(rest: &[u8], avx2: bool) -> u64 {
+    let mut padded = [0u8; 64];
+    padded[..rest.len()].copy_from_slice(rest);
+    delimiter_mask(&padded, avx2)
+}
+
+/// Whether the CPU has AVX2 (checked once, then cached by the standard library).
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
+/// The delimiters by their low four bits: a byte is a delimiter exactly when it equals the
+/// entry its low four bits select (`0x80` matches no byte the lookup compares it with:
+/// bytes from `0x80` up select 0).
+#[cfg(target_arch = "x86_64")]
+const BY_LOW_NIBBLE: [u8; 16] = {
+    let mut table = [0x80u8; 16];
+    table[(b',' & 15) as usize] = b',';
+    table[(b'"' & 15) as usize] = b'"';
+    table[(b'\n' & 15) as usize] = b'\n';
+    table
+};
+
+/// Bit `i` set when `window[i]` is `,`, `"` or `\n`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn delimiter_mask(window: &[u8; 64], avx2: bool) -> u64 {
+    if avx2 {
+        // SAFETY: the caller found AVX2 on this CPU.
+        unsafe { avx2_delimiter_mask(window) }
+    } else {
+        // SAFETY: SSE2 is part of the x86_64 baseline: every CPU that runs this target has it.
+        unsafe { sse2_delimiter_mask(window) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn avx2_delimiter_mask(window: &[u8; 64]) -> u64 {
+    use std::arch::x86_64::{
+        __m128i, __m256i, _mm_loadu_si128, _mm256_broadcastsi128_si256, _mm256_cmpeq_epi8,
+        _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_shuffle_epi8,
+    };
+    // SAFETY: `BY_LOW_NIBBLE` holds 16 readable bytes; no alignment requirement.
+    let table = unsafe { _mm_loadu_si128(BY_LOW_NIBBLE.as_ptr().cast::<__m128i>()) };
+    let table = _mm256_broadcastsi128_si256(table);
+    let mut mask = 0u64;
+    for (i, half) in window.chunks_exact(32).enumerate() {
+        // SAFETY: `half` holds 32 readable bytes; the load has no alignment requirement.
+        let bytes = unsafe { _mm256_loadu_si256(half.as_ptr().cast::<__m256i>()) };
+        let hits = _mm256_cmpeq_epi8(_mm256_shuffle_epi8(table, bytes), bytes);
+        mask |= u64::from(_mm256_movemask_epi8(hits) as u32) << (32 * i);
+    }
+    mask
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn sse2_delimiter_mask(window: &[u8; 64]) -> u64 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    let (comma, quote, newline) = (
+        _mm_set1_epi8(b',' as i8),
+        _mm_set1_epi8(b'"' as i8),
+        _mm_set1_epi8(b'\n' as i8),
+    );
+    let mut mask = 0u64;
+    for (i, part) in window.chunks_exact(16).enumerate() {
+        // SAFETY: `part` holds 16 readable bytes; the load has no alignment requirement.
+        let bytes = unsafe { _mm_loadu_si128(part.as_ptr().cast::<__m128i>()) };
+        let hits = _mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(bytes, comma), _mm_cmpeq_epi8(bytes, quote)),
+            _mm_cmpeq_epi8(bytes, newline),
+        );
+        mask |= u64::from(_mm_movemask_epi8(hits) as u16) << (16 * i);
+    }
+    mask
+}
+
+/// Bit `i` set when `window[i]` is `,`, `"` or `\n`.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn delimiter_mask(window: &[u8; 64], _avx2: bool) -> u64 {
+    window.iter().enumerate().fold(0, |mask, (i, &b)| {
+        mask | (u64::from((b == b',') | (b == b'"') | (b == b'\n')) << i)
+    })
+}
+
 /// Index of the first `,`, `"` or `\n` in `data[from..]`, or `data.len()`.
 #[inline]
 pub(crate) fn find_delimiter(data: &[u8], from: usize) -> usize {
@@ -54,6 +219,57 @@ pub(crate) fn last_record_end(data: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delimiters_found_window_by_window_match_a_byte_search() {
+        // Delimiters near window edges, runs without any, and a tail shorter than a window.
+        let mut data = Vec::new();
+        for i in 0..300usize {
+            data.push(match i % 23 {
+                0 => b',',
+                5 if i % 3 == 0 => b'"',
+                7 => b'\n',
+                _ => b'a' + (i % 26) as u8,
+            });
+            if i == 100 {
+                data.extend_from_slice(&[b'x'; 150]);
+            }
+        }
+        for len in [0, 1, 63, 64, 65, 127, 128, data.len()] {
+            let data = &data[..len];
+            let mut delimiters = Delimiters::new(data);
+            let mut from = 0;
+            while from <= len {
+                let expected = find_delimiter(data, from);
+                assert_eq!(delimiters.next(from), expected, "len {len}, from {from}");
+                from = expected + 1;
+            }
+            // Any start, also going back.
+            let mut delimiters = Delimiters::new(data);
+            for from in (0..=len).rev().chain(0..=len) {
+                assert_eq!(
+                    delimiters.next(from),
+                    find_delimiter(data, from),
+                    "from {from}"
+                );
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_masks_flag_exactly_the_delimiters() {
+        for offset in (0..256).step_by(64) {
+            let window: [u8; 64] = std::array::from_fn(|i| (offset + i) as u8);
+            let expected = window.iter().enumerate().fold(0u64, |mask, (i, &b)| {
+                mask | (u64::from(matches!(b, b',' | b'"' | b'\n')) << i)
+            });
+            assert_eq!(delimiter_mask(&window, false), expected, "sse2 at {offset}");
+            if has_avx2() {
+                assert_eq!(delimiter_mask(&window, true), expected, "avx2 at {offset}");
+            }
+        }
+    }
 
     #[test]
     fn delimiters() {

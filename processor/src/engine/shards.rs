@@ -3,7 +3,8 @@
 //! to that shard's table in one go, so the random accesses of the hash lookups stay within
 //! a table small enough for the CPU caches instead of missing to memory on every row.
 
-use super::hash::{hash_bytes, u32_at, u64_at};
+use super::hash::{u32_at, u64_at};
+use super::hot::{self, HotSongs};
 use super::table::{SongBound, SongRef, SongTable, SumOverflow};
 use super::validate::{PackedDate, date_string};
 
@@ -29,9 +30,84 @@ pub(crate) struct Overflowed {
 
 pub(crate) struct ShardedTable {
     shards: Vec<SongTable>,
-    buffers: Vec<Vec<u8>>,
+    buffers: Buffers,
+    hot: HotSongs,
+}
+
+/// The rows waiting to be added to the shard tables, by shard.
+struct Buffers {
+    shards: Vec<RowBuffer>,
     buffered: usize,
     flush_at: usize,
+}
+
+impl Buffers {
+    /// Appends a row to its shard's buffer.
+    #[inline]
+    fn push(&mut self, hash: u64, song: &[u8], date: PackedDate, plays: u64) {
+        let mut header = [0u8; ROW_HEADER];
+        header[..8].copy_from_slice(&hash.to_le_bytes());
+        header[8..16].copy_from_slice(&plays.to_le_bytes());
+        header[16..20].copy_from_slice(&date.to_le_bytes());
+        header[20..].copy_from_slice(&(song.len() as u32).to_le_bytes());
+        self.shards[shard_of(hash)].push(&header, song);
+        self.buffered += ROW_HEADER + song.len();
+    }
+}
+
+/// A shard's buffered rows: `bytes[..len]`. The bytes beyond stay allocated and initialised,
+/// so that a row is written with a few fixed-size copies rather than a `memcpy` call.
+#[derive(Default, Clone)]
+struct RowBuffer {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl RowBuffer {
+    fn with_capacity(bytes: usize) -> Self {
+        RowBuffer {
+            bytes: vec![0; bytes],
+            len: 0,
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, header: &[u8; ROW_HEADER], song: &[u8]) {
+        let end = self.len + ROW_HEADER + song.len();
+        if end > self.bytes.len() {
+            self.grow(end);
+        }
+        let row = &mut self.bytes[self.len..end];
+        let (head, name) = row.split_at_mut(ROW_HEADER);
+        head.copy_from_slice(header);
+        copy_short(name, song);
+        self.len = end;
+    }
+
+    #[cold]
+    fn grow(&mut self, needed: usize) {
+        self.bytes.resize(needed.max(self.bytes.len() * 2), 0);
+    }
+
+    fn rows(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Copies `src` into `dst` (of the same length) with overlapping word copies for the short
+/// names most inputs hold.
+#[inline]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    let len = src.len();
+    if (8..=16).contains(&len) {
+        dst[..8].copy_from_slice(&src[..8]);
+        dst[len - 8..].copy_from_slice(&src[len - 8..]);
+    } else if (17..=32).contains(&len) {
+        dst[..16].copy_from_slice(&src[..16]);
+        dst[len - 16..].copy_from_slice(&src[len - 16..]);
+    } else {
+        dst.copy_from_slice(src);
+    }
 }
 
 impl ShardedTable {
@@ -40,38 +116,61 @@ impl ShardedTable {
         // A shard's buffer gets its share with some room for unevenness, so that buffers
         // rarely grow (doubling would hold up to twice what they need).
         let per_shard = flush_at / SHARDS + flush_at / SHARDS / 4 + 2 * ROW_HEADER;
+        // The cache of frequent songs takes at most a quarter of what the buffers hold.
+        let hot_slots = (flush_at / 4 / HotSongs::bytes_for(1)).clamp(16, hot::MAX_SLOTS);
         ShardedTable {
             shards: (0..SHARDS).map(|_| SongTable::default()).collect(),
-            buffers: (0..SHARDS).map(|_| Vec::with_capacity(per_shard)).collect(),
-            buffered: 0,
-            flush_at,
+            buffers: Buffers {
+                shards: (0..SHARDS)
+                    .map(|_| RowBuffer::with_capacity(per_shard))
+                    .collect(),
+                buffered: 0,
+                flush_at,
+            },
+            hot: HotSongs::new(hot_slots),
         }
     }
 
-    /// Buffers `plays` for (`song`, `date`); [`ShardedTable::flush_within`] adds them.
-    #[inline]
+    /// Sums `plays` for (`song`, `date`) in the cache of frequent songs, or buffers the row;
+    /// [`ShardedTable::flush_within`] adds the buffered rows, [`ShardedTable::drain_hot`]
+    /// the cached sums.
+    #[cfg(test)]
     pub(crate) fn add(&mut self, song: &[u8], date: PackedDate, plays: u64) {
-        let hash = hash_bytes(song);
-        let mut header = [0u8; ROW_HEADER];
-        header[..8].copy_from_slice(&hash.to_le_bytes());
-        header[8..16].copy_from_slice(&plays.to_le_bytes());
-        header[16..20].copy_from_slice(&date.to_le_bytes());
-        header[20..].copy_from_slice(&(song.len() as u32).to_le_bytes());
-        let buffer = &mut self.buffers[shard_of(hash)];
-        buffer.reserve(ROW_HEADER + song.len());
-        buffer.extend_from_slice(&header);
-        buffer.extend_from_slice(song);
-        self.buffered += ROW_HEADER + song.len();
+        self.add_hashed(super::hash::hash_bytes(song), song, date, plays);
+    }
+
+    /// [`ShardedTable::add`] with the song's hash (`hash_bytes(song)`).
+    #[inline(always)]
+    pub(crate) fn add_hashed(&mut self, hash: u64, song: &[u8], date: PackedDate, plays: u64) {
+        let buffers = &mut self.buffers;
+        let mut evicted = |hash, song: &[u8], date, sum| buffers.push(hash, song, date, sum);
+        if !self.hot.add(hash, song, date, plays, &mut evicted) {
+            self.buffers.push(hash, song, date, plays);
+        }
+    }
+
+    /// Starts loading what adding a row of the song with this hash, on `date`, will touch.
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, hash: u64, date: PackedDate) {
+        self.hot.prefetch(hash, date);
+    }
+
+    /// Moves the sums of the cache of frequent songs to the buffers (before the last flush).
+    pub(crate) fn drain_hot(&mut self) {
+        let buffers = &mut self.buffers;
+        self.hot
+            .drain(|hash, song, date, sum| buffers.push(hash, song, date, sum));
     }
 
     /// True when the buffers hold enough rows to be added to the tables.
     pub(crate) fn wants_flush(&self) -> bool {
-        self.buffered >= self.flush_at
+        self.buffers.buffered >= self.buffers.flush_at
     }
 
-    /// Adds all buffered rows to the shard tables.
+    /// Adds all cached and buffered rows to the shard tables.
     #[cfg(test)]
     pub(crate) fn flush(&mut self) -> Result<(), Overflowed> {
+        self.drain_hot();
         while !self.flush_within(|_, _| false)? {}
         Ok(())
     }
@@ -85,18 +184,19 @@ impl ShardedTable {
         mut over: impl FnMut(usize, usize) -> bool,
     ) -> Result<bool, Overflowed> {
         for shard in 0..SHARDS {
-            let (table, buffer) = (&mut self.shards[shard], &mut self.buffers[shard]);
-            if buffer.is_empty() {
+            let (table, buffer) = (&mut self.shards[shard], &mut self.buffers.shards[shard]);
+            let rows = buffer.rows();
+            if rows.is_empty() {
                 continue;
             }
             let mut at = 0;
-            while at + ROW_HEADER <= buffer.len() {
-                let header = &buffer[at..at + ROW_HEADER];
+            while at + ROW_HEADER <= rows.len() {
+                let header = &rows[at..at + ROW_HEADER];
                 let hash = u64_at(header, 0);
                 let plays = u64_at(header, 8);
                 let date = u32_at(header, 16);
                 let len = u32_at(header, 20) as usize;
-                let song = &buffer[at + ROW_HEADER..at + ROW_HEADER + len];
+                let song = &rows[at + ROW_HEADER..at + ROW_HEADER + len];
                 table
                     .add(song, hash, date, plays)
                     .map_err(|SumOverflow| Overflowed {
@@ -105,29 +205,34 @@ impl ShardedTable {
                     })?;
                 at += ROW_HEADER + len;
             }
-            self.buffered -= buffer.len();
-            buffer.clear();
+            self.buffers.buffered -= buffer.len;
+            buffer.len = 0;
             if over(self.table_bytes(), self.buffer_bytes()) {
-                return Ok(self.buffered == 0);
+                return Ok(self.buffers.buffered == 0);
             }
         }
         Ok(true)
     }
 
-    /// Takes the shard tables out (for spilling), leaving empty ones and the buffers.
+    /// Takes the shard tables out (for spilling), leaving empty ones, the buffers and the
+    /// cache of frequent songs (whose sums go to later tables).
     pub(crate) fn take_tables(&mut self) -> ShardedTable {
         let empty = (0..SHARDS).map(|_| SongTable::default()).collect();
         ShardedTable {
             shards: std::mem::replace(&mut self.shards, empty),
-            buffers: vec![Vec::new(); SHARDS],
-            buffered: 0,
-            flush_at: self.flush_at,
+            buffers: Buffers {
+                shards: vec![RowBuffer::default(); SHARDS],
+                buffered: 0,
+                flush_at: self.buffers.flush_at,
+            },
+            hot: HotSongs::new(1),
         }
     }
 
-    /// Heap bytes of the row buffers.
+    /// Heap bytes of the row buffers and of the cache of frequent songs.
     pub(crate) fn buffer_bytes(&self) -> usize {
-        self.buffers.iter().map(Vec::capacity).sum()
+        let rows = self.buffers.shards.iter().map(|b| b.bytes.len());
+        rows.sum::<usize>() + self.hot.heap_bytes()
     }
 
     /// Estimated heap bytes of the tables alone (what a spill frees).

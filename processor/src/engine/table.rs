@@ -87,7 +87,7 @@ pub(crate) fn prefetch_ahead(songs: &[SongRef<'_>], at: usize) {
 
 /// A hint to load the cache line holding `ptr`; never faults, whatever the address.
 #[inline(always)]
-fn prefetch(ptr: *const u8) {
+pub(crate) fn prefetch(ptr: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch instruction only hints the cache; it reads nothing the program
     // sees and does not fault on any address.

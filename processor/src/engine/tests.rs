@@ -47,7 +47,7 @@ fn run_file(input: &[u8], config: &Config) -> (Vec<u8>, Summary) {
 /// estimate of one table holding them all, the measure of the engine's memory budget.
 fn groups_bytes(input: &[u8]) -> usize {
     struct Sink<'a>(&'a mut ShardedTable);
-    impl RowSink for Sink<'_> {
+    impl RowSink<'_> for Sink<'_> {
         fn row(&mut self, song: &[u8], date: PackedDate, plays: u64, _: u64) -> Result<(), Stop> {
             self.0.add(song, date, plays);
             Ok(())

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use memmap2::Mmap;
 
+use super::hash::hash_bytes;
 use super::merge::{fan_in, merge_early, take_for_early_merge};
 use super::parse::{Parser, RowSink, Stop};
 use super::pipeline::{LocatedInvalid, LockOk, Shared};
@@ -18,29 +19,55 @@ use crate::error::{Field, show_value};
 use crate::{Error, Phase};
 
 /// Feeds parsed rows of one block into a worker's table, flushing the buffered rows (and
-/// spilling) as soon as they fill.
-struct TableSink<'a, 's> {
+/// spilling) as soon as they fill. A row of the block is added one row late: its song's
+/// place in the cache of frequent songs is loaded meanwhile, while the next row is parsed.
+struct TableSink<'a, 's, 'd> {
     table: &'a mut ShardedTable,
     spiller: &'a mut Spiller,
     shared: &'a Shared<'s>,
     block: u64,
+    pending: Option<Pending<'d>>,
 }
 
-impl RowSink for TableSink<'_, '_> {
-    #[inline]
+/// A row held back by [`TableSink`], its song hashed.
+struct Pending<'d> {
+    hash: u64,
+    song: &'d [u8],
+    date: PackedDate,
+    plays: u64,
+}
+
+impl<'d> RowSink<'d> for TableSink<'_, '_, 'd> {
     fn row(&mut self, song: &[u8], date: PackedDate, plays: u64, line: u64) -> Result<(), Stop> {
-        if !song.is_ascii() && std::str::from_utf8(song).is_err() {
-            return self.invalid(
-                line,
-                Some(Field::Song),
-                format!("{} is not valid UTF-8", show_value(song)),
-            );
+        if !self.valid_utf8(song, line)? {
+            return Ok(());
         }
-        self.table.add(song, date, plays);
-        if self.table.wants_flush() || self.spiller.round_due(self.shared) {
-            return self.flush();
+        self.end()?;
+        self.add(hash_bytes(song), song, date, plays)
+    }
+
+    #[inline(always)]
+    fn block_row(
+        &mut self,
+        song: &'d [u8],
+        date: PackedDate,
+        plays: u64,
+        line: u64,
+    ) -> Result<(), Stop> {
+        if !self.valid_utf8(song, line)? {
+            return Ok(());
         }
-        Ok(())
+        let hash = hash_bytes(song);
+        self.table.prefetch(hash, date);
+        match self.pending.replace(Pending {
+            hash,
+            song,
+            date,
+            plays,
+        }) {
+            Some(row) => self.add(row.hash, row.song, row.date, row.plays),
+            None => Ok(()),
+        }
     }
 
     fn invalid(&mut self, line: u64, field: Option<Field>, reason: String) -> Result<(), Stop> {
@@ -56,9 +83,37 @@ impl RowSink for TableSink<'_, '_> {
             Err(Stop)
         }
     }
+
+    fn end(&mut self) -> Result<(), Stop> {
+        match self.pending.take() {
+            Some(row) => self.add(row.hash, row.song, row.date, row.plays),
+            None => Ok(()),
+        }
+    }
 }
 
-impl TableSink<'_, '_> {
+impl TableSink<'_, '_, '_> {
+    /// Whether the song is valid UTF-8; if not, the row is invalid (and skipped, or the
+    /// block stops).
+    #[inline(always)]
+    fn valid_utf8(&mut self, song: &[u8], line: u64) -> Result<bool, Stop> {
+        if song.is_ascii() || std::str::from_utf8(song).is_ok() {
+            return Ok(true);
+        }
+        let reason = format!("{} is not valid UTF-8", show_value(song));
+        self.invalid(line, Some(Field::Song), reason)
+            .map(|()| false)
+    }
+
+    #[inline(always)]
+    fn add(&mut self, hash: u64, song: &[u8], date: PackedDate, plays: u64) -> Result<(), Stop> {
+        self.table.add_hashed(hash, song, date, plays);
+        if self.table.wants_flush() || self.spiller.round_due(self.shared) {
+            return self.flush();
+        }
+        Ok(())
+    }
+
     #[cold]
     fn flush(&mut self) -> Result<(), Stop> {
         if self.shared.stopped() {
@@ -105,6 +160,7 @@ pub(crate) fn worker(
                 spiller: &mut spiller,
                 shared,
                 block: block.index,
+                pending: None,
             };
             if block.oversized {
                 // The input cannot be resynchronised after this record: an error in any mode.
@@ -132,6 +188,7 @@ pub(crate) fn worker(
         }
     }
     if !shared.stopped() {
+        table.drain_hot();
         spiller.flush(&mut table, shared);
     }
     // Until every worker is done parsing, this one's tables still take part in spill rounds.
