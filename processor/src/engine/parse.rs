@@ -130,6 +130,14 @@ impl Parser {
         let mut stats = BlockStats::default();
         let mut delimiters = Delimiters::new(data);
         while p < n {
+            // A blank line is no fast record (its line end is a delimiter at `p`).
+            if let Some(fast) = fast_record(data, p, &mut delimiters, &mut self.dates) {
+                sink.block_row(&data[p..fast.song_end], fast.date, fast.plays, stats.lines)?;
+                stats.rows += 1;
+                p = fast.next;
+                stats.lines += fast.newlines;
+                continue;
+            }
             match data[p] {
                 b'\n' => {
                     p += 1;
@@ -145,12 +153,6 @@ impl Parser {
                 _ => {}
             }
             stats.rows += 1;
-            if let Some(fast) = fast_record(data, p, &mut delimiters, &mut self.dates) {
-                sink.block_row(&data[p..fast.song_end], fast.date, fast.plays, stats.lines)?;
-                p = fast.next;
-                stats.lines += fast.newlines;
-                continue;
-            }
             let line = stats.lines;
             let (result, next, newlines) = self.general_record(data, p);
             p = next;
