@@ -294,9 +294,14 @@ pub(crate) fn take_for_early_merge(
         .map(|run| (run.bytes().unwrap_or(u64::MAX), run))
         .collect();
     sized.sort_by_key(|(bytes, _)| *bytes);
-    let group = fan_in.clamp(2, EARLY_FAN_IN);
+    // Runs of many files (one per thread) may be fewer than a group.
+    let group = fan_in.clamp(2, EARLY_FAN_IN).min(sized.len());
     let rest = sized.split_off(group);
     spills.extend(rest.into_iter().map(|(_, run)| run));
+    if group < 2 {
+        spills.extend(sized.into_iter().map(|(_, run)| run));
+        return None;
+    }
     Some(sized.into_iter().map(|(_, run)| run).collect())
 }
 
@@ -405,6 +410,22 @@ mod tests {
         };
         assert_eq!(sizes(&group), [1, 2, 3, 4]);
         assert_eq!(sizes(&spills), [5, 6, 7, 100]);
+        // Runs of several files each (one per thread): fewer runs than a group, all merged.
+        let files = |bytes: usize| {
+            let files = (0..4).map(|_| {
+                let mut file = tempfile::tempfile().expect("temp file");
+                file.write_all(&vec![0; bytes]).expect("write");
+                file
+            });
+            SpilledRun::new(files.collect())
+        };
+        let mut spills: Vec<SpilledRun> = (1..4).map(files).collect();
+        let group = take_for_early_merge(&mut spills, 4).expect("12 files, 4 at once");
+        assert_eq!(group.len(), 3);
+        assert!(spills.is_empty());
+        let mut spills = vec![files(1)];
+        assert!(take_for_early_merge(&mut spills, 2).is_none(), "one run");
+        assert_eq!(spills.len(), 1);
     }
 
     #[test]
