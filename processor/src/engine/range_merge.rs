@@ -8,9 +8,11 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::merge::merge_runs;
+use super::pipeline::LockOk;
 use super::run::{AnyRun, DiskRun, RUN_BUFFER_BYTES, SpilledRun, TableRun};
 use super::spill_index::{Pivot, output_estimate};
 use super::table::SongRef;
@@ -158,6 +160,12 @@ pub(crate) fn merge_ranges(
         estimate,
         "final merge"
     );
+    // Output buffers the writer gave back, for the ranges' next pieces.
+    let spare: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    let chunk = || {
+        let recycled = spare.lock_ok().pop();
+        recycled.unwrap_or_else(|| Vec::with_capacity(OUTPUT_CHUNK + OUTPUT_CHUNK / 16))
+    };
     let merge_range = |part: usize, sink: &mut dyn FnMut(Vec<u8>) -> Result<(), Error>| {
         let start = part.checked_sub(1).map(|i| &pivots[i]);
         let end = pivots.get(part);
@@ -172,7 +180,6 @@ pub(crate) fn merge_ranges(
                 merged.push(AnyRun::Table(TableRun::new(songs)));
             }
         }
-        let chunk = || Vec::with_capacity(OUTPUT_CHUNK + OUTPUT_CHUNK / 16);
         let mut buf = chunk();
         let groups = merge_runs(&mut merged, &mut buf, OUTPUT_CHUNK, &mut |full| {
             sink(std::mem::replace(full, chunk()))
@@ -189,7 +196,15 @@ pub(crate) fn merge_ranges(
         plan.window,
         merge_range,
         &mut |piece| match piece {
-            Piece::Output(mut buf) => write(&mut buf),
+            Piece::Output(mut buf) => {
+                write(&mut buf)?;
+                let mut spare = spare.lock_ok();
+                if buf.capacity() > OUTPUT_CHUNK && spare.len() < plan.window * 2 {
+                    buf.clear();
+                    spare.push(buf);
+                }
+                Ok(())
+            }
             Piece::Done(count) => {
                 groups += count;
                 Ok(())

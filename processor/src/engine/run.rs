@@ -6,7 +6,10 @@
 //! Spill format, little endian, per song: `u32` name length, name bytes, `u32` date count,
 //! then per date `u32` packed date and `u64` sum. Runs group dates under their song, which
 //! makes them smaller than one record per (song, date) as a generic external sorter writes
-//! when a song has several dates in a run, and slightly larger when it has one.
+//! when a song has several dates in a run, and slightly larger when it has one. Each file
+//! keeps a sparse index of its songs (`spill_index`), so that the final merge can read a range
+//! of names from each run in parallel (`range_merge`); files are read with positional reads,
+//! so that several ranges share them.
 //!
 //! Why not the extsort crate (issue #2): measured with `bench/src/bin/spill_merge.rs` against
 //! an extsort 0.5 variant (rows summed in a `HashMap` up to half the budget, each fill pushed
