@@ -1,13 +1,13 @@
 //! K-way merge of sorted runs into CSV rows, summing the groups that several runs share.
 
-use std::fs::File;
 use std::path::Path;
 
 use rayon::prelude::*;
 
 use super::output::push_song_rows;
+use super::range_merge::{MergePlan, merge_ranges};
 use super::run::{
-    AnyRun, DiskRun, RUN_BUFFER_BYTES, Run, SongDays, SpillWriter, SpilledRun, TableRun,
+    DiskRun, RUN_BUFFER_BYTES, Run, SongDays, SpillFile, SpillWriter, SpilledRun, TableRun,
 };
 use super::shards::ShardedTable;
 use super::table::{SongRef, cmp_same_key};
@@ -47,9 +47,6 @@ fn first_pass(sizes: &[u64], fan_in: usize) -> Vec<Vec<usize>> {
     }
     groups
 }
-
-/// Output is flushed to the writer in pieces of about this size.
-const OUTPUT_CHUNK: usize = 1 << 20;
 
 /// Merges `runs` in name order, calling `emit` once per song with its (date, sum) pairs in
 /// date order, summed over the runs that share the song.
@@ -198,13 +195,16 @@ pub(crate) fn merge_in_memory(
     Ok(groups)
 }
 
-/// Merges spilled runs and the tables left in memory in one k-way merge, after merging
-/// groups of the smallest runs first if there are more than `fan_in`.
+/// Merges spilled runs and the tables left in memory, after merging groups of the smallest
+/// runs first if there are more than `fan_in`: in parallel ranges of names (see
+/// `range_merge`) whose buffers take about `merge_bytes` (or what a merge of `fan_in` runs
+/// reads through, if more).
 pub(crate) fn merge_with_spills(
     pool: &rayon::ThreadPool,
     tables: &[ShardedTable],
     spills: Vec<SpilledRun>,
     fan_in: usize,
+    merge_bytes: usize,
     temp_dir: &Path,
     write: WriteBuf<'_>,
 ) -> Result<u64, Error> {
@@ -214,17 +214,11 @@ pub(crate) fn merge_with_spills(
     while spilled.len() > fan_in {
         spilled = merge_first_pass(pool, spilled, fan_in, temp_dir)?;
     }
-    let mut runs: Vec<AnyRun<'_>> = Vec::new();
-    for run in spilled {
-        runs.push(AnyRun::Disk(DiskRun::open(run, temp_dir)?));
-    }
-    for order in orders.iter().filter(|order| !order.is_empty()) {
-        runs.push(AnyRun::Table(TableRun::new(order)));
-    }
-    let mut buf = Vec::with_capacity(OUTPUT_CHUNK * 2);
-    let groups = merge_runs(&mut runs, &mut buf, OUTPUT_CHUNK, write)?;
-    write(&mut buf)?;
-    Ok(groups)
+    let orders: Vec<Vec<SongRef<'_>>> = orders.into_iter().filter(|o| !o.is_empty()).collect();
+    // At least what the read buffers of one merge of `fan_in` runs take.
+    let memory = merge_bytes.max(fan_in * RUN_BUFFER_BYTES);
+    let plan = MergePlan::new(memory, spilled.len(), pool.current_num_threads());
+    merge_ranges(pool, &spilled, &orders, plan, temp_dir, write)
 }
 
 /// Merges the groups of [`first_pass`] into longer runs (in parallel); returns the runs left.
@@ -249,7 +243,7 @@ fn merge_first_pass(
         .iter()
         .map(|group| group.iter().filter_map(|&i| slots[i].take()).collect())
         .collect();
-    let merged: Vec<Result<File, Error>> = pool.install(|| {
+    let merged: Vec<Result<SpillFile, Error>> = pool.install(|| {
         groups
             .into_par_iter()
             .map(|group| merge_group(group, temp_dir))
@@ -262,11 +256,11 @@ fn merge_first_pass(
     Ok(left)
 }
 
-/// Merges `group` into one run written to a new file.
-fn merge_group(group: Vec<SpilledRun>, temp_dir: &Path) -> Result<File, Error> {
+/// Merges `group` into one run written to a new file (the group's files close at the end).
+fn merge_group(group: Vec<SpilledRun>, temp_dir: &Path) -> Result<SpillFile, Error> {
     let mut runs = group
-        .into_iter()
-        .map(|run| DiskRun::open(run, temp_dir))
+        .iter()
+        .map(|run| DiskRun::whole(run, temp_dir))
         .collect::<Result<Vec<_>, Error>>()?;
     let mut writer = SpillWriter::create(temp_dir)?;
     merge_songs(&mut runs, &mut |(name, days)| writer.write(name, days))?;
@@ -294,9 +288,14 @@ pub(crate) fn take_for_early_merge(
         .map(|run| (run.bytes().unwrap_or(u64::MAX), run))
         .collect();
     sized.sort_by_key(|(bytes, _)| *bytes);
-    let group = fan_in.clamp(2, EARLY_FAN_IN);
+    // Runs of many files (one per thread) may be fewer than a group.
+    let group = fan_in.clamp(2, EARLY_FAN_IN).min(sized.len());
     let rest = sized.split_off(group);
     spills.extend(rest.into_iter().map(|(_, run)| run));
+    if group < 2 {
+        spills.extend(sized.into_iter().map(|(_, run)| run));
+        return None;
+    }
     Some(sized.into_iter().map(|(_, run)| run).collect())
 }
 
@@ -386,14 +385,19 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use crate::engine::spill_index::SparseIndex;
 
     #[test]
     fn runs_are_merged_early_when_they_pile_up() {
-        let run = |bytes: usize| {
+        let file = |bytes: usize| {
             let mut file = tempfile::tempfile().expect("temp file");
             file.write_all(&vec![0; bytes]).expect("write");
-            SpilledRun::new(vec![file])
+            SpillFile {
+                file,
+                index: SparseIndex::new(),
+            }
         };
+        let run = |bytes: usize| SpilledRun::new(vec![file(bytes)]);
         let mut spills: Vec<SpilledRun> = (1..8).map(run).collect();
         assert!(take_for_early_merge(&mut spills, 4).is_none());
         spills.push(run(100));
@@ -405,6 +409,15 @@ mod tests {
         };
         assert_eq!(sizes(&group), [1, 2, 3, 4]);
         assert_eq!(sizes(&spills), [5, 6, 7, 100]);
+        // Runs of several files each: fewer runs than a group, all merged.
+        let files = |bytes: usize| SpilledRun::new((0..4).map(|_| file(bytes)).collect());
+        let mut spills: Vec<SpilledRun> = (1..4).map(files).collect();
+        let group = take_for_early_merge(&mut spills, 4).expect("12 files, 4 at once");
+        assert_eq!(group.len(), 3);
+        assert!(spills.is_empty());
+        let mut spills = vec![files(1)];
+        assert!(take_for_early_merge(&mut spills, 2).is_none(), "one run");
+        assert_eq!(spills.len(), 1);
     }
 
     #[test]

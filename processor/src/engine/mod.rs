@@ -9,11 +9,13 @@ mod output;
 mod parse;
 mod partial;
 mod pipeline;
+mod range_merge;
 mod rounds;
 mod run;
 mod scan;
 mod shards;
 mod source;
+mod spill_index;
 mod table;
 #[cfg(test)]
 mod tests;

@@ -244,7 +244,10 @@ pub(crate) fn run(
             merge_in_memory(&pool, &tables, write)
         } else {
             let fan_in = fan_in(config.memory_limit);
-            merge_with_spills(&pool, &tables, spills, fan_in, &shared.temp_dir, write)
+            // The merge's buffers get what the input blocks held.
+            let merge_bytes = plan.in_flight * plan.block_bytes;
+            let dir = &shared.temp_dir;
+            merge_with_spills(&pool, &tables, spills, fan_in, merge_bytes, dir, write)
         }
     })?;
     Ok(Summary {

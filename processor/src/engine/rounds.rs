@@ -5,14 +5,13 @@
 //! those files in order). So a run holds the whole budget's worth of groups whatever the
 //! number of threads, and all threads work while it is written.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use super::pipeline::LockOk;
-use super::run::spill_range;
+use super::run::{SpillFile, spill_range};
 use super::shards::ShardedTable;
 use super::table::SongBound;
 use crate::Error;
@@ -49,8 +48,8 @@ impl RoundWork {
     }
 
     /// Writes range `part` of the round's songs to a new file in `dir` (see
-    /// [`spill_range`]); returns it rewound.
-    pub(crate) fn write(&self, part: usize, dir: &Path) -> Result<File, Error> {
+    /// [`spill_range`]).
+    pub(crate) fn write(&self, part: usize, dir: &Path) -> Result<SpillFile, Error> {
         let guards: Vec<_> = self.tables.iter().map(read_ok).collect();
         let tables: Vec<&ShardedTable> = guards.iter().filter_map(|t| t.as_ref()).collect();
         let (lo, hi) = match part.checked_sub(1) {
@@ -107,7 +106,7 @@ enum Stage {
         work: Option<Arc<RoundWork>>,
         parts: usize,
         taken: usize,
-        files: Vec<Option<File>>,
+        files: Vec<Option<SpillFile>>,
         finished: usize,
     },
 }
@@ -228,7 +227,12 @@ impl Rounds {
     /// The last one gets the run's files in range order (if all were written). The round's
     /// tables no longer count against the budget: each worker frees its own right after
     /// this ([`RoundWork::free`], once [`Rounds::wait_written`] says all are written).
-    pub(crate) fn finish(&self, round: u64, index: usize, file: Option<File>) -> Option<Vec<File>> {
+    pub(crate) fn finish(
+        &self,
+        round: u64,
+        index: usize,
+        file: Option<SpillFile>,
+    ) -> Option<Vec<SpillFile>> {
         let mut state = self.state.lock_ok();
         let Stage::Writing {
             round: writing,
@@ -250,7 +254,7 @@ impl Rounds {
         if *finished < *parts {
             return None;
         }
-        let files: Option<Vec<File>> = std::mem::take(files).into_iter().collect();
+        let files: Option<Vec<SpillFile>> = std::mem::take(files).into_iter().collect();
         state.stage = Stage::Idle;
         self.pending.store(0, Ordering::Relaxed);
         self.changed.notify_all();
@@ -329,7 +333,7 @@ impl Rounds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::run::{DiskRun, Run, SpilledRun};
+    use crate::engine::run::{DiskRun, Run, SpillWriter, SpilledRun};
 
     fn table(songs: &[&str]) -> ShardedTable {
         let mut table = ShardedTable::new(1 << 10);
@@ -385,9 +389,10 @@ mod tests {
         assert_eq!(rounds.pending_bytes(), 0);
         assert!(
             run.iter()
-                .all(|file| file.metadata().expect("size").len() > 0)
+                .all(|f| f.file.metadata().expect("size").len() > 0)
         );
-        let mut disk = DiskRun::open(SpilledRun::new(run), dir.path()).expect("readable");
+        let run = SpilledRun::new(run);
+        let mut disk = DiskRun::whole(&run, dir.path()).expect("readable");
         let mut read = Vec::new();
         while let Some((name, days)) = disk.current() {
             let plays: u64 = days.iter().map(|d| d.1).sum();
@@ -417,7 +422,10 @@ mod tests {
         rounds.leave();
         let part = rounds.join(round, table(&["a"]), 10, never).expect("alone");
         assert_eq!(part.index, 0);
-        let file = tempfile::tempfile().expect("temp file");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = SpillWriter::create(dir.path())
+            .and_then(SpillWriter::finish)
+            .expect("temp file");
         drop(part);
         assert!(rounds.finish(round, 0, Some(file)).is_some());
         rounds.done_parsing();

@@ -6,7 +6,10 @@
 //! Spill format, little endian, per song: `u32` name length, name bytes, `u32` date count,
 //! then per date `u32` packed date and `u64` sum. Runs group dates under their song, which
 //! makes them smaller than one record per (song, date) as a generic external sorter writes
-//! when a song has several dates in a run, and slightly larger when it has one.
+//! when a song has several dates in a run, and slightly larger when it has one. Each file
+//! keeps a sparse index of its songs (`spill_index`), so that the final merge can read a range
+//! of names from each run in parallel (`range_merge`); files are read with positional reads,
+//! so that several ranges share them.
 //!
 //! Why not the extsort crate (issue #2): measured with `bench/src/bin/spill_merge.rs` against
 //! an extsort 0.5 variant (rows summed in a `HashMap` up to half the budget, each fill pushed
@@ -29,12 +32,13 @@
 //! `cargo run --release -p bench --bin spill_merge -- compare --size 256M --limit 96M`.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::hash::{u32_at, u64_at};
 use super::merge::sum_equal_dates;
 use super::shards::ShardedTable;
+use super::spill_index::{Pivot, SparseIndex};
 use super::table::{NameKey, SongBound, SongRef, name_key, prefetch_ahead};
 use super::validate::PackedDate;
 use crate::Error;
@@ -97,15 +101,15 @@ impl Run for TableRun<'_> {
 }
 
 /// Writes the songs of `tables` whose names are in `lo..hi` (`None`: unbounded), sorted, to
-/// a new anonymous file in `dir`, summing the songs that several tables share; returns the
-/// file rewound. `expected` is about how many songs that is.
+/// a new anonymous file in `dir`, summing the songs that several tables share. `expected` is
+/// about how many songs that is.
 pub(crate) fn spill_range(
     tables: &[&ShardedTable],
     lo: Option<&SongBound>,
     hi: Option<&SongBound>,
     expected: usize,
     dir: &Path,
-) -> Result<File, Error> {
+) -> Result<SpillFile, Error> {
     let mut writer = SpillWriter::create(dir)?;
     let mut songs = Vec::with_capacity(expected);
     for table in tables {
@@ -134,13 +138,19 @@ pub(crate) fn spill_range(
     writer.finish()
 }
 
+/// A spilled file with its sparse index.
+pub(crate) struct SpillFile {
+    pub file: File,
+    pub index: SparseIndex,
+}
+
 /// A spilled run: files holding consecutive ranges of its songs, in order.
 pub(crate) struct SpilledRun {
-    files: Vec<File>,
+    files: Vec<SpillFile>,
 }
 
 impl SpilledRun {
-    pub(crate) fn new(files: Vec<File>) -> Self {
+    pub(crate) fn new(files: Vec<SpillFile>) -> Self {
         SpilledRun { files }
     }
 
@@ -153,14 +163,31 @@ impl SpilledRun {
     pub(crate) fn bytes(&self) -> io::Result<u64> {
         self.files
             .iter()
-            .map(|file| file.metadata().map(|m| m.len()))
+            .map(|f| f.file.metadata().map(|m| m.len()))
             .sum()
+    }
+
+    /// The sparse indexes of its files, in order.
+    pub(crate) fn indexes(&self) -> impl Iterator<Item = &SparseIndex> {
+        self.files.iter().map(|f| &f.index)
+    }
+
+    /// Where to start reading for the songs from `pivot` on: the last indexed song at or
+    /// before it (file, offset), or the start.
+    fn start_for(&self, pivot: &Pivot) -> (usize, u64) {
+        self.files
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, f)| f.index.start_for(pivot).map(|offset| (i, offset)))
+            .unwrap_or((0, 0))
     }
 }
 
-/// Writes a sorted run to an anonymous temporary file.
+/// Writes a sorted run to an anonymous temporary file, indexing it as it goes.
 pub(crate) struct SpillWriter {
     writer: BufWriter<File>,
+    index: SparseIndex,
     dir: PathBuf,
 }
 
@@ -172,28 +199,29 @@ impl SpillWriter {
         })?;
         Ok(SpillWriter {
             writer: BufWriter::with_capacity(1 << 20, file),
+            index: SparseIndex::new(),
             dir: dir.to_path_buf(),
         })
     }
 
     /// Appends a song; songs must come in name order.
     pub(crate) fn write(&mut self, name: &[u8], days: &[(PackedDate, u64)]) -> Result<(), Error> {
+        let bytes = 8 + name.len() as u64 + 12 * days.len() as u64;
+        self.index.record(name, days.len(), bytes);
         write_song(&mut self.writer, name, days).map_err(|e| self.error(e))
     }
 
-    /// The finished run, rewound for reading.
-    pub(crate) fn finish(self) -> Result<File, Error> {
+    /// The finished run (read with positional reads: no need to rewind it).
+    pub(crate) fn finish(self) -> Result<SpillFile, Error> {
         let dir = self.dir;
-        let temp_err = |source| Error::Temp {
+        let file = self.writer.into_inner().map_err(|e| Error::Temp {
             path: dir.clone(),
-            source,
-        };
-        let mut file = self
-            .writer
-            .into_inner()
-            .map_err(|e| temp_err(e.into_error()))?;
-        file.seek(SeekFrom::Start(0)).map_err(temp_err)?;
-        Ok(file)
+            source: e.into_error(),
+        })?;
+        Ok(SpillFile {
+            file,
+            index: self.index,
+        })
     }
 
     fn error(&self, source: io::Error) -> Error {
@@ -215,46 +243,94 @@ fn write_song(out: &mut impl Write, name: &[u8], days: &[(PackedDate, u64)]) -> 
     Ok(())
 }
 
-/// Read buffer of a spilled run being merged.
+/// Read buffer of a spilled run being merged (at most: a merge of many runs in parallel
+/// ranges may give each less).
 pub(crate) const RUN_BUFFER_BYTES: usize = 64 << 10;
 
-/// The files of a [`SpilledRun`] read one after the other.
-struct Files(std::collections::VecDeque<File>);
+/// Reads `buf.len()` bytes at most from `file` at `offset`, leaving its cursor alone (so that
+/// several readers may share the file).
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
 
-impl Read for Files {
+/// Reads `buf.len()` bytes at most from `file` at `offset` (readers keep their own offsets).
+#[cfg(windows)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+}
+
+/// The files of a [`SpilledRun`] read one after the other from a position.
+struct FilesAt<'a> {
+    files: &'a [SpillFile],
+    file: usize,
+    offset: u64,
+}
+
+impl Read for FilesAt<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while let Some(file) = self.0.front_mut() {
-            let read = file.read(buf)?;
+        while let Some(f) = self.files.get(self.file) {
+            let read = read_at(&f.file, buf, self.offset)?;
             if read > 0 || buf.is_empty() {
+                self.offset += read as u64;
                 return Ok(read);
             }
-            self.0.pop_front();
+            self.file += 1;
+            self.offset = 0;
         }
         Ok(0)
     }
 }
 
-/// A spilled run read back from its files.
-pub(crate) struct DiskRun {
-    reader: BufReader<Files>,
+/// A spilled run read back from its files: all of it, or the songs of a range of names.
+pub(crate) struct DiskRun<'a> {
+    reader: BufReader<FilesAt<'a>>,
     name: Vec<u8>,
     key: NameKey,
     days: Vec<(PackedDate, u64)>,
     done: bool,
+    /// Songs from this one on are past the range.
+    end: Option<&'a Pivot>,
     dir: PathBuf,
 }
 
-impl DiskRun {
-    pub(crate) fn open(run: SpilledRun, dir: &Path) -> Result<Self, Error> {
+impl<'a> DiskRun<'a> {
+    /// Reads all of `run`.
+    pub(crate) fn whole(run: &'a SpilledRun, dir: &Path) -> Result<Self, Error> {
+        Self::range(run, None, None, RUN_BUFFER_BYTES, dir)
+    }
+
+    /// Reads the songs of `run` from `start` (included) to `end` (excluded), `None` meaning
+    /// unbounded, through a buffer of `buffer` bytes. It starts at the last indexed song at
+    /// or before `start` and skips the songs before it.
+    pub(crate) fn range(
+        run: &'a SpilledRun,
+        start: Option<&Pivot>,
+        end: Option<&'a Pivot>,
+        buffer: usize,
+        dir: &Path,
+    ) -> Result<Self, Error> {
+        let (file, offset) = start.map_or((0, 0), |pivot| run.start_for(pivot));
+        let files = FilesAt {
+            files: &run.files,
+            file,
+            offset,
+        };
         let mut run = DiskRun {
-            reader: BufReader::with_capacity(RUN_BUFFER_BYTES, Files(run.files.into())),
+            reader: BufReader::with_capacity(buffer, files),
             name: Vec::new(),
             key: (0, 0),
             days: Vec::new(),
             done: false,
+            end,
             dir: dir.to_path_buf(),
         };
         run.advance()?;
+        if let Some(start) = start {
+            while !run.done && start.cmp_name(run.key, &run.name).is_lt() {
+                run.advance()?;
+            }
+        }
         Ok(run)
     }
 
@@ -268,6 +344,12 @@ impl DiskRun {
         self.name.resize(u32::from_le_bytes(len) as usize, 0);
         self.reader.read_exact(&mut self.name)?;
         self.key = name_key(&self.name);
+        if self
+            .end
+            .is_some_and(|end| end.cmp_name(self.key, &self.name).is_ge())
+        {
+            return Ok(false);
+        }
         self.reader.read_exact(&mut len)?;
         let count = u32::from_le_bytes(len) as usize;
         self.days.clear();
@@ -280,7 +362,7 @@ impl DiskRun {
     }
 }
 
-impl Run for DiskRun {
+impl Run for DiskRun<'_> {
     fn current(&self) -> Option<SongDays<'_>> {
         (!self.done).then_some((&self.name[..], &self.days[..]))
     }
@@ -303,7 +385,7 @@ impl Run for DiskRun {
 /// Either kind of run, so that one merge takes both.
 pub(crate) enum AnyRun<'a> {
     Table(TableRun<'a>),
-    Disk(DiskRun),
+    Disk(DiskRun<'a>),
 }
 
 impl Run for AnyRun<'_> {

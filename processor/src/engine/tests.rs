@@ -148,6 +148,39 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Enough rows for several spilled runs (random ones amid many of a few thousand songs),
+    /// merged on several threads: under the unit tests' constants the final merge cuts the
+    /// songs into many ranges of a few rows each (see `range_merge`), merged in parallel.
+    #[test]
+    fn spilled_runs_merged_in_parallel_ranges_equal_reference(
+        random in prop::collection::vec(row(), 0..300),
+        filler in 3000usize..6000,
+        threads in 2usize..5,
+        block in prop_oneof![Just(256usize), Just(2048)],
+    ) {
+        let mut rows: Vec<(String, u32, u64)> = (0..filler)
+            .map(|i| (format!("song {}", i * 7919 % 2500), (i % 40) as u32, i as u64))
+            .collect();
+        for (i, row) in random.into_iter().enumerate() {
+            rows.insert(i * 7 % rows.len(), row);
+        }
+        let input = render(&rows, false, false, true);
+        let expected = fixtures::reference::aggregate(&input);
+        let config = Config {
+            threads,
+            memory_limit: 1,
+            block_bytes: block,
+            ..Config::default()
+        };
+        let (got, summary) = run_file(&input, &config);
+        prop_assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&expected));
+        prop_assert!(summary.spilled_runs > 1, "{:?}", summary);
+    }
+}
+
 #[test]
 fn seed_example() {
     let input = b"Song,Date,Number of Plays\nUmbrella,2020-01-02,200\nUmbrella,2020-01-01,100\nIn The End,2020-01-01,500\nUmbrella,2020-01-01,50\nIn The End,2020-01-01,1000\nUmbrella,2020-01-02,50\nIn The End,2020-01-02,500\n";
