@@ -5,20 +5,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures_util::TryStreamExt;
+use bytes::Bytes;
+use futures_util::StreamExt;
 use indicatif::ProgressBar;
 use reqwest::multipart::{Form, Part};
 use reqwest::{Body, Response};
 use serde::Deserialize;
 use task_protocol::TaskStatus;
 use tokio::io::AsyncWriteExt;
-use tokio_util::io::ReaderStream;
 use uuid::Uuid;
 
 /// Timeout of the short requests (status); uploads and downloads take as long as they need.
 const SHORT_REQUEST: Duration = Duration::from_secs(30);
-/// Read size when streaming the upload from disk.
-const UPLOAD_CHUNK: usize = 256 * 1024;
+/// Size of the pieces the upload is sent in.
+const UPLOAD_CHUNK: usize = 1 << 20;
 
 /// A task manager at a base URL.
 pub struct Api {
@@ -80,18 +80,14 @@ impl Api {
 
     /// Uploads `path` as the multipart field `file`, streamed from disk; returns the task id.
     pub async fn upload(&self, path: &Path, bar: &ProgressBar) -> anyhow::Result<Uuid> {
-        let file = tokio::fs::File::open(path)
-            .await
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let len = file
-            .metadata()
-            .await
-            .with_context(|| format!("cannot read {}", path.display()))?
-            .len();
+        let content = map_file(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let len = content.len() as u64;
         bar.set_length(len);
         let counter = bar.clone();
-        let stream = ReaderStream::with_capacity(file, UPLOAD_CHUNK)
-            .inspect_ok(move |chunk| counter.inc(chunk.len() as u64));
+        let stream = futures_util::stream::iter(chunks(content, UPLOAD_CHUNK)).map(move |chunk| {
+            counter.inc(chunk.len() as u64);
+            Ok::<_, std::io::Error>(chunk)
+        });
         let name = path
             .file_name()
             .map_or_else(|| "upload.csv".into(), |n| n.to_string_lossy().into_owned());
@@ -180,6 +176,28 @@ impl Api {
     }
 }
 
+/// The content of the file at `path`, mapped into memory: the upload sends it from the page
+/// cache without reading it into buffers first.
+fn map_file(path: &Path) -> std::io::Result<Bytes> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the map is only read. Another process truncating the file during the upload
+    // would fault (SIGBUS), as with any memory-mapped reader (the `aggregate` command maps
+    // its input too).
+    let map = unsafe { memmap2::Mmap::map(&file) }?;
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(Bytes::from_owner(map))
+}
+
+/// `content` in pieces of `size` bytes (the last one shorter), sharing its memory.
+fn chunks(content: Bytes, size: usize) -> impl Iterator<Item = Bytes> {
+    (0..content.len())
+        .step_by(size)
+        .map(move |start| content.slice(start..content.len().min(start + size)))
+}
+
 /// The response when it is a success, else an error with the server's `{"error": ...}` message.
 async fn success(response: Response, url: &str) -> anyhow::Result<Response> {
     let status = response.status();
@@ -192,4 +210,52 @@ async fn success(response: Response, url: &str) -> anyhow::Result<Response> {
         .and_then(|json| json.get("error")?.as_str().map(str::to_owned))
         .unwrap_or_else(|| body.chars().take(500).collect());
     bail!("{url}: HTTP {status}: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_sent_whole_in_pieces_of_its_own_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plays.csv");
+        let content: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        std::fs::write(&path, &content).unwrap();
+        let mapped = map_file(&path).unwrap();
+        assert_eq!(mapped, content);
+        for size in [
+            1,
+            7,
+            4096,
+            content.len() - 1,
+            content.len(),
+            content.len() + 1,
+        ] {
+            let pieces: Vec<Bytes> = chunks(mapped.clone(), size).collect();
+            assert!(
+                pieces
+                    .iter()
+                    .all(|piece| !piece.is_empty() && piece.len() <= size)
+            );
+            assert_eq!(
+                pieces.len(),
+                content.len().div_ceil(size),
+                "pieces of {size}"
+            );
+            assert_eq!(pieces.concat(), content, "pieces of {size}");
+            let whole = mapped.as_ptr_range();
+            assert!(pieces.iter().all(|piece| whole.contains(&piece.as_ptr())));
+        }
+    }
+
+    #[test]
+    fn an_empty_file_is_an_empty_upload_and_a_missing_one_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.csv");
+        std::fs::write(&path, b"").unwrap();
+        assert!(map_file(&path).unwrap().is_empty());
+        assert_eq!(chunks(Bytes::new(), 10).count(), 0);
+        assert!(map_file(&dir.path().join("missing.csv")).is_err());
+    }
 }
