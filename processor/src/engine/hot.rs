@@ -8,12 +8,11 @@
 //! sums go to the table like any row, and all of them do at the end, so the result does not
 //! depend on what the cache held.
 
-use super::hash::u64_at;
-use super::table::prefetch;
+use super::table::{INLINE, inline_name_is, prefetch};
 use super::validate::PackedDate;
 
 /// Longest name a slot holds (longer ones always go to the table).
-const NAME_BYTES: usize = 24;
+const NAME_BYTES: usize = INLINE;
 /// Dates a slot sums: the packed dates that differ only in their low bits, two calendar
 /// months (a packed date holds the day in its low five bits, the month above). The date
 /// alone then tells where its sum is, so that it can be prefetched with the slot.
@@ -60,17 +59,8 @@ impl Slot {
 
     #[inline(always)]
     fn holds(&self, hash: u64, song: &[u8]) -> bool {
-        self.hash == hash && usize::from(self.len) == song.len() && {
-            let len = song.len();
-            // `len` is 1..=24: compare with overlapping words where the name allows.
-            if len >= 8 {
-                u64_at(&self.name, 0) == u64_at(song, 0)
-                    && u64_at(&self.name, len - 8) == u64_at(song, len - 8)
-                    && (len <= 16 || u64_at(&self.name, 8) == u64_at(song, 8))
-            } else {
-                self.name[..len] == *song
-            }
-        }
+        // A free slot's length is 0, which no song's is.
+        self.hash == hash && usize::from(self.len) == song.len() && inline_name_is(&self.name, song)
     }
 
     /// Adds `plays` to `date` if the window holds it and the sum fits the slot.

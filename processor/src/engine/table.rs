@@ -155,7 +155,24 @@ pub(crate) fn name_key(name: &[u8]) -> NameKey {
 }
 
 /// Names up to this length live in the slot itself.
-const INLINE: usize = 24;
+pub(crate) const INLINE: usize = 24;
+
+/// Whether the first `name.len()` (at most [`INLINE`]) bytes of `stored` are `name`, compared
+/// by words rather than with a `memcmp` call for the short names that most inputs hold.
+#[inline(always)]
+pub(crate) fn inline_name_is(stored: &[u8; INLINE], name: &[u8]) -> bool {
+    let len = name.len();
+    if len >= 8 {
+        // Overlapping windows cover the name: [0, 8), [8, 16) and [len - 8, len).
+        u64_at(stored, 0) == u64_at(name, 0)
+            && u64_at(stored, len - 8) == u64_at(name, len - 8)
+            && (len <= 16 || u64_at(stored, 8) == u64_at(name, 8))
+    } else if len >= 4 {
+        u32_at(stored, 0) == u32_at(name, 0) && u32_at(stored, len - 4) == u32_at(name, len - 4)
+    } else {
+        stored[..len] == *name
+    }
+}
 
 pub(crate) struct Song {
     hash: u64,
@@ -166,8 +183,7 @@ pub(crate) struct Song {
 }
 
 impl Song {
-    /// Whether the song's name is `name`, comparing words rather than calling `memcmp` for
-    /// the short names that most inputs hold.
+    /// Whether the song's name is `name`.
     #[inline]
     fn is_named(&self, arena: &[u8], name: &[u8]) -> bool {
         let len = name.len();
@@ -177,17 +193,7 @@ impl Song {
         if len > INLINE {
             return self.name(arena) == name;
         }
-        let stored = &self.name[..];
-        if len >= 8 {
-            // Overlapping windows cover the name: [0, 8), [8, 16) and [len - 8, len).
-            u64_at(stored, 0) == u64_at(name, 0)
-                && u64_at(stored, len - 8) == u64_at(name, len - 8)
-                && (len <= 16 || u64_at(stored, 8) == u64_at(name, 8))
-        } else if len >= 4 {
-            u32_at(stored, 0) == u32_at(name, 0) && u32_at(stored, len - 4) == u32_at(name, len - 4)
-        } else {
-            stored[..len] == *name
-        }
+        inline_name_is(&self.name, name)
     }
 
     #[inline]
