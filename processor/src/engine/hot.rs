@@ -23,6 +23,8 @@ const MAX_SCORE: u8 = 8;
 /// Most slots in a cache (5 MiB: with its slots prefetched, it need not fit the second-level
 /// cache).
 pub(crate) const MAX_SLOTS: usize = 16384;
+/// Slots a cache starts with.
+const START_SLOTS: usize = 1024;
 /// Rows between two looks at the hit rate.
 const SAMPLE_ROWS: u32 = 1 << 16;
 /// Below this many hits per sample, the cache pauses (high-cardinality inputs).
@@ -102,6 +104,8 @@ impl Slot {
 /// The cache of a worker's most frequent songs.
 pub(crate) struct HotSongs {
     slots: Box<[Slot]>,
+    /// Slots the cache may grow to.
+    max_slots: usize,
     /// `slots.len() - 1`: a hash's slot is `hash & mask`.
     mask: usize,
     /// Rows until the next look at the hit rate.
@@ -112,12 +116,15 @@ pub(crate) struct HotSongs {
 }
 
 impl HotSongs {
-    /// A cache of `slots` slots (a power of two, at most [`MAX_SLOTS`]).
-    pub(crate) fn new(slots: usize) -> Self {
-        // A power of two, rounded down.
-        let slots = 1 << slots.clamp(1, MAX_SLOTS).ilog2();
+    /// A cache that may grow to `max_slots` slots (rounded down to a power of two, at most
+    /// [`MAX_SLOTS`]). It starts small, so that a small input does not pay for a large
+    /// cache, and doubles while it hits.
+    pub(crate) fn new(max_slots: usize) -> Self {
+        let max_slots = 1 << max_slots.clamp(1, MAX_SLOTS).ilog2();
+        let slots = max_slots.min(START_SLOTS);
         HotSongs {
             slots: (0..slots).map(|_| Slot::FREE).collect(),
+            max_slots,
             mask: slots - 1,
             countdown: SAMPLE_ROWS,
             hits: 0,
@@ -125,14 +132,15 @@ impl HotSongs {
         }
     }
 
-    /// Heap bytes of a cache of `slots` slots.
+    /// Heap bytes of a cache of `slots` slots (what a cache of that many slots at most is
+    /// budgeted for).
     pub(crate) fn bytes_for(slots: usize) -> usize {
         slots * size_of::<Slot>()
     }
 
-    /// Heap bytes held.
+    /// Heap bytes it may hold.
     pub(crate) fn heap_bytes(&self) -> usize {
-        Self::bytes_for(self.slots.len())
+        Self::bytes_for(self.max_slots)
     }
 
     /// Sums `plays` for (`song`, `date`) in the cache when it can; false when the row must go
@@ -148,7 +156,7 @@ impl HotSongs {
     ) -> bool {
         self.countdown -= 1;
         if self.countdown == 0 {
-            self.sample();
+            self.sample(emit);
         }
         if self.paused != 0 {
             return false;
@@ -206,14 +214,21 @@ impl HotSongs {
     }
 
     /// Checks the hit rate of the last sample: a cache that rarely hits only costs time, so
-    /// it pauses for a while (its songs keep their sums until [`HotSongs::drain`]).
+    /// it pauses for a while (its songs keep their sums until [`HotSongs::drain`]); one that
+    /// hits doubles until it reaches its size.
     #[cold]
-    fn sample(&mut self) {
+    #[inline(never)]
+    fn sample(&mut self, emit: &mut impl FnMut(u64, &[u8], PackedDate, u64)) {
         self.countdown = SAMPLE_ROWS;
         if self.paused != 0 {
             self.paused -= 1;
         } else if self.hits < MIN_SAMPLE_HITS {
             self.paused = PAUSE_SAMPLES;
+        } else if self.slots.len() < self.max_slots {
+            self.drain(&mut *emit);
+            let slots = self.slots.len() * 2;
+            self.slots = (0..slots).map(|_| Slot::FREE).collect();
+            self.mask = slots - 1;
         }
         self.hits = 0;
     }
@@ -287,6 +302,24 @@ mod tests {
             total += sum;
         });
         assert_eq!(total, 1000);
+    }
+
+    #[test]
+    fn a_cache_that_hits_grows_to_its_size_and_keeps_every_sum() {
+        let mut hot = HotSongs::new(START_SLOTS * 4);
+        assert_eq!(hot.slots.len(), START_SLOTS);
+        let (mut table, mut expected) = (Sums::new(), Sums::new());
+        for i in 0..u64::from(SAMPLE_ROWS) * 4 {
+            let song = format!("song {}", i % 3000);
+            let date = pack_date(2020, 3, 1 + (i % 28) as u32);
+            add(&mut hot, &mut table, song.as_bytes(), date, i);
+            *expected.entry((song.into_bytes(), date)).or_default() += i;
+        }
+        assert_eq!(hot.slots.len(), START_SLOTS * 4);
+        hot.drain(|_, name, date, sum| {
+            *table.entry((name.to_vec(), date)).or_default() += sum;
+        });
+        assert_eq!(table, expected);
     }
 
     #[test]
