@@ -2,9 +2,9 @@
 //! are skewed (a few thousand songs make most of the rows), and a row of a cached song is
 //! summed in place, in a structure small enough for the CPU caches (its slot prefetched while
 //! the next row is parsed), instead of being buffered and added to the big table later. On
-//! the skewed benchmark file three rows in four are summed here. The cache is direct-mapped by song hash;
-//! a song takes a slot from another only once that one has lost its hits to misses (so that
-//! the long tail of rare songs does not keep evicting the frequent ones). An evicted song's
+//! the skewed benchmark file three rows in four are summed here. The cache is direct-mapped
+//! by song hash; a song takes a slot from another only once that one has lost its hits to
+//! misses (so that the long tail of rare songs does not keep evicting the frequent ones). An evicted song's
 //! sums go to the table like any row, and all of them do at the end, so the result does not
 //! depend on what the cache held.
 
@@ -58,6 +58,11 @@ impl Slot {
         name: [0; NAME_BYTES],
         sums: [0; WINDOW],
     };
+
+    /// `count` free slots.
+    fn free(count: usize) -> Box<[Slot]> {
+        (0..count).map(|_| Slot::FREE).collect()
+    }
 
     #[inline(always)]
     fn holds(&self, hash: u64, song: &[u8]) -> bool {
@@ -123,7 +128,7 @@ impl HotSongs {
         let max_slots = 1 << max_slots.clamp(1, MAX_SLOTS).ilog2();
         let slots = max_slots.min(START_SLOTS);
         HotSongs {
-            slots: (0..slots).map(|_| Slot::FREE).collect(),
+            slots: Slot::free(slots),
             max_slots,
             mask: slots - 1,
             countdown: SAMPLE_ROWS,
@@ -227,7 +232,7 @@ impl HotSongs {
         } else if self.slots.len() < self.max_slots {
             self.drain(&mut *emit);
             let slots = self.slots.len() * 2;
-            self.slots = (0..slots).map(|_| Slot::FREE).collect();
+            self.slots = Slot::free(slots);
             self.mask = slots - 1;
         }
         self.hits = 0;

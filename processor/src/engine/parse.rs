@@ -286,7 +286,7 @@ fn fast_record(
         Some(b'\n') => (end + 1, 1),
         Some(_) => return None,
     };
-    // `end > digits_start - 1`, the comma: a CR before the line end is not a digit.
+    // `end - 1` is at least the comma before the plays; a CR ending the line is no digit.
     let digits_end = if data[end - 1] == b'\r' { end - 1 } else { end };
     let digits = data.get(digits_start..digits_end)?;
     // Up to 19 digits always fit u64; longer numbers take the checked general path.
