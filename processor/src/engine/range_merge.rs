@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use super::merge::merge_runs;
 use super::pipeline::LockOk;
 use super::run::{AnyRun, DiskRun, RUN_BUFFER_BYTES, SpilledRun, TableRun};
-use super::spill_index::{Pivot, output_estimate};
-use super::table::SongRef;
+use super::spill_index::output_estimate;
+use super::table::{Pivot, SongRef};
 use super::writer::WriteBuf;
 use crate::Error;
 

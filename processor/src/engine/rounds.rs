@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::pipeline::LockOk;
 use super::run::{SpillFile, spill_range};
 use super::shards::ShardedTable;
-use super::table::SongBound;
+use super::table::Pivot;
 use crate::Error;
 
 /// Songs sampled per range to place the range bounds.
@@ -25,7 +25,7 @@ pub(crate) struct RoundWork {
     tables: Vec<RwLock<Option<ShardedTable>>>,
     songs: usize,
     /// `bounds[i]` starts range `i + 1`.
-    bounds: Vec<SongBound>,
+    bounds: Vec<Pivot>,
 }
 
 impl RoundWork {
@@ -38,7 +38,7 @@ impl RoundWork {
         sample.sort_unstable();
         let bounds = (1..ranges)
             .filter_map(|i| sample.get(i * sample.len() / ranges))
-            .map(|name| SongBound::new(name))
+            .map(|name| Pivot::new(name))
             .collect();
         RoundWork {
             songs: tables.iter().map(ShardedTable::len).sum(),

@@ -38,8 +38,8 @@ use std::path::{Path, PathBuf};
 use super::hash::{u32_at, u64_at};
 use super::merge::sum_equal_dates;
 use super::shards::ShardedTable;
-use super::spill_index::{Pivot, SparseIndex};
-use super::table::{NameKey, SongBound, SongRef, name_key, prefetch_ahead};
+use super::spill_index::SparseIndex;
+use super::table::{NameKey, Pivot, SongRef, name_key, prefetch_ahead};
 use super::validate::PackedDate;
 use crate::Error;
 
@@ -105,8 +105,8 @@ impl Run for TableRun<'_> {
 /// about how many songs that is.
 pub(crate) fn spill_range(
     tables: &[&ShardedTable],
-    lo: Option<&SongBound>,
-    hi: Option<&SongBound>,
+    lo: Option<&Pivot>,
+    hi: Option<&Pivot>,
     expected: usize,
     dir: &Path,
 ) -> Result<SpillFile, Error> {

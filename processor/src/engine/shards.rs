@@ -5,7 +5,7 @@
 
 use super::hash::{u32_at, u64_at};
 use super::hot::{self, HotSongs};
-use super::table::{SongBound, SongRef, SongTable, SumOverflow};
+use super::table::{Pivot, SongRef, SongTable, SumOverflow};
 use super::validate::{PackedDate, date_string};
 
 /// log2 of the number of shards.
@@ -254,8 +254,8 @@ impl ShardedTable {
     /// Appends the songs whose names are in `lo..hi` (`None`: unbounded) to `out`.
     pub(crate) fn songs_in_into<'a>(
         &'a self,
-        lo: Option<&SongBound>,
-        hi: Option<&SongBound>,
+        lo: Option<&Pivot>,
+        hi: Option<&Pivot>,
         out: &mut Vec<SongRef<'a>>,
     ) {
         for shard in &self.shards {

@@ -5,9 +5,7 @@
 //! dropped and the stride doubles, so the memory they take is bounded by the number of open
 //! files, not by the input.
 
-use std::cmp::Ordering;
-
-use super::table::{NameKey, cmp_same_key, name_key};
+use super::table::{Pivot, name_key};
 
 /// Bytes between two entries of a file while it is small (tiny in unit tests, so that their
 /// few songs make several entries).
@@ -126,33 +124,6 @@ impl SparseIndex {
     /// [`output_estimate`] of all the songs of the file.
     pub(crate) fn estimate(&self) -> u64 {
         self.estimate
-    }
-}
-
-/// A song name where a range of names starts (and the previous one ends).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Pivot {
-    key: NameKey,
-    name: Box<[u8]>,
-}
-
-impl Pivot {
-    pub(crate) fn new(name: &[u8]) -> Self {
-        Pivot {
-            key: name_key(name),
-            name: name.into(),
-        }
-    }
-
-    pub(crate) fn name(&self) -> &[u8] {
-        &self.name
-    }
-
-    /// How the name `name` (with its [`name_key`] `key`) sorts against the pivot.
-    #[inline]
-    pub(crate) fn cmp_name(&self, key: NameKey, name: &[u8]) -> Ordering {
-        key.cmp(&self.key)
-            .then_with(|| cmp_same_key(name, &self.name))
     }
 }
 

@@ -98,27 +98,37 @@ pub(crate) fn prefetch(ptr: *const u8) {
     let _ = ptr;
 }
 
-/// A song name that starts a range of names, with its [`NameKey`] for quick comparisons.
-pub(crate) struct SongBound {
+/// A song name where a range of names starts (and the previous one ends), with its
+/// [`NameKey`] for quick comparisons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pivot {
     key: NameKey,
-    name: Vec<u8>,
+    name: Box<[u8]>,
 }
 
-impl SongBound {
+impl Pivot {
     pub(crate) fn new(name: &[u8]) -> Self {
-        SongBound {
+        Pivot {
             key: name_key(name),
-            name: name.to_vec(),
+            name: name.into(),
         }
     }
 
-    /// Whether `song`'s name sorts at or after this bound.
+    pub(crate) fn name(&self) -> &[u8] {
+        &self.name
+    }
+
+    /// How the name `name` (with its [`name_key`] `key`) sorts against the pivot.
+    #[inline]
+    pub(crate) fn cmp_name(&self, key: NameKey, name: &[u8]) -> std::cmp::Ordering {
+        key.cmp(&self.key)
+            .then_with(|| cmp_same_key(name, &self.name))
+    }
+
+    /// Whether `song`'s name sorts at or after the pivot.
     #[inline]
     pub(crate) fn at_or_before(&self, song: &SongRef<'_>) -> bool {
-        self.key
-            .cmp(&song.key)
-            .then_with(|| self.name.as_slice().cmp(song.name))
-            .is_le()
+        self.cmp_name(song.key, song.name).is_ge()
     }
 }
 
