@@ -150,7 +150,8 @@ pub(crate) fn merge_in_memory(
         return Ok(0);
     };
     let total: usize = orders.iter().map(Vec::len).sum();
-    let parts = (total / 16_384).clamp(1, 4096);
+    // Parts of a few MB of output: their buffers are reused (see `spare`).
+    let parts = (total / 4096).clamp(1, 16_384);
     let pivot_order = &orders[largest];
     let pivots: Vec<&[u8]> = (1..parts)
         .map(|j| pivot_order[j * pivot_order.len() / parts].name)
@@ -170,17 +171,24 @@ pub(crate) fn merge_in_memory(
         .collect();
     let window = pool.current_num_threads() * 2;
     let mut groups = 0;
+    // Output buffers come back emptied from the writer and serve later parts: fresh memory
+    // costs a page fault per page.
+    let mut spare: Vec<Vec<u8>> = Vec::new();
     for first in (0..parts).step_by(window) {
+        let last = (first + window).min(parts);
+        let bufs: Vec<Vec<u8>> = (first..last)
+            .map(|_| spare.pop().unwrap_or_default())
+            .collect();
         let merged: Vec<Result<(Vec<u8>, u64), Error>> = pool.install(|| {
-            (first..(first + window).min(parts))
+            (first..last)
                 .into_par_iter()
-                .map(|part| {
+                .zip(bufs)
+                .map(|(part, mut buf)| {
                     let mut runs: Vec<TableRun<'_>> = orders
                         .iter()
                         .zip(&bounds)
                         .map(|(order, b)| TableRun::new(&order[b[part]..b[part + 1]]))
                         .collect();
-                    let mut buf = Vec::new();
                     let groups = merge_runs(&mut runs, &mut buf, usize::MAX, &mut |_| Ok(()))?;
                     Ok((buf, groups))
                 })
@@ -190,6 +198,7 @@ pub(crate) fn merge_in_memory(
             let (mut buf, count) = result?;
             groups += count;
             write(&mut buf)?;
+            spare.push(buf);
         }
     }
     Ok(groups)

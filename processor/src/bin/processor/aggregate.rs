@@ -46,6 +46,9 @@ pub struct AggregateArgs {
 }
 
 pub fn run(args: AggregateArgs) -> ExitCode {
+    // Errors and the summary are printed below; logs (e.g. `RUST_LOG=processor=debug`: the
+    // engine's phases) only on request.
+    super::init_tracing("warn");
     match execute(&args) {
         Ok(summary) => {
             if summary.rows_skipped > 0 {

@@ -85,7 +85,7 @@ fn parse_amqp_uri(text: &str) -> Result<AMQPUri, String> {
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    super::init_tracing();
+    super::init_tracing("info");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
