@@ -6,6 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    keep_freed_memory();
     let dotenv = dotenvy::dotenv();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -23,6 +24,22 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("stopping");
     server.shutdown().await;
     Ok(())
+}
+
+/// Makes glibc's malloc keep freed memory for reuse. By default it gives blocks from 128 KiB
+/// (up to 32 MiB, adapting) back to the kernel on free, and frees the top of its heaps beyond
+/// twice that: the buffers an upload passes through were then taken fresh again and again,
+/// each page faulted in and zeroed anew, a third of the task manager's CPU while it received
+/// an upload (measured: 1.24 -> 0.79 CPU-s per GB, the engine's own speed unchanged). The
+/// memory kept is bounded: up to 32 MiB of free space at the top of each heap.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes malloc's tuning parameters; it is called before the
+    // service starts allocating in earnest, and any time is allowed.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
+    }
 }
 
 /// Waits for Ctrl-C or, on Unix, SIGTERM.
