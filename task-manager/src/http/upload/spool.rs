@@ -6,7 +6,7 @@
 //! follows the upload (early aggregation).
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::arrival::Arrival;
 
-/// Write buffer between the network and the disk.
+/// Bytes gathered for one write between the network and the disk.
 const WRITE_BUFFER: usize = 1 << 20;
 /// Chunks in flight between the network and the writer thread, at most.
 const CHUNKS_IN_FLIGHT: usize = 16;
@@ -83,42 +83,74 @@ impl Spool {
     }
 }
 
-/// The writer thread: writes the chunks as they come, then syncs the file if `sync`.
-/// Returns an error when the upload stopped before its end.
+/// The writer thread: writes the chunks as they come, gathered up to [`WRITE_BUFFER`] bytes
+/// per system call (vectored: the chunks are not copied into a buffer first), then syncs the
+/// file if `sync`. Returns an error when the upload stopped before its end.
 fn write_all(
-    file: File,
+    mut file: File,
     mut chunks: mpsc::Receiver<Piece>,
     sync: bool,
     arrival: Option<&Arrival>,
 ) -> io::Result<()> {
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+    let mut gathered: Vec<Bytes> = Vec::new();
+    let mut pending = 0usize;
     let mut written = 0u64;
     let mut written_back = 0u64;
     loop {
-        let chunk = match chunks.blocking_recv() {
-            Some(Piece::Chunk(chunk)) => chunk,
-            Some(Piece::End) => break,
-            None => return Err(io::Error::other("the upload stopped before its end")),
+        // Waits only when nothing is pending: what has arrived is written first.
+        let piece = match chunks.try_recv() {
+            Ok(piece) => Some(piece),
+            Err(mpsc::error::TryRecvError::Empty) if pending > 0 => None,
+            Err(_) => chunks.blocking_recv(),
         };
-        out.write_all(&chunk)?;
-        written += chunk.len() as u64;
+        match piece {
+            Some(Piece::Chunk(chunk)) => {
+                pending += chunk.len();
+                gathered.push(chunk);
+                if pending < WRITE_BUFFER {
+                    continue;
+                }
+            }
+            Some(Piece::End) => break,
+            None if pending > 0 => {}
+            None => return Err(io::Error::other("the upload stopped before its end")),
+        }
+        write_gathered(&mut file, &mut gathered)?;
+        written += std::mem::take(&mut pending) as u64;
         if let Some(arrival) = arrival {
-            arrival.advance(written - out.buffer().len() as u64);
+            arrival.advance(written);
         }
         if written - written_back >= WRITEBACK_STEP {
-            out.flush()?;
-            start_writeback(out.get_ref(), written_back, written - written_back);
+            start_writeback(&file, written_back, written - written_back);
             written_back = written;
         }
     }
-    out.flush()?;
+    write_gathered(&mut file, &mut gathered)?;
+    written += pending as u64;
     if let Some(arrival) = arrival {
         arrival.advance(written);
         arrival.complete();
     }
     if sync {
-        out.get_ref().sync_all()?;
+        file.sync_all()?;
     }
+    Ok(())
+}
+
+/// Writes all of `chunks` with vectored writes and empties it.
+fn write_gathered(file: &mut File, chunks: &mut Vec<Bytes>) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    drop(slices);
+    chunks.clear();
     Ok(())
 }
 
@@ -152,7 +184,9 @@ mod tests {
         let mut spool = Spool::new(file.reopen().unwrap(), true, None);
         let mut expected = Vec::new();
         for i in 0..1000u32 {
-            let chunk = Bytes::from(i.to_string().repeat(100));
+            // Small chunks gathered into one write, and now and then one larger than that.
+            let repeat = if i % 250 == 7 { WRITE_BUFFER } else { 100 };
+            let chunk = Bytes::from(i.to_string().repeat(repeat));
             expected.extend_from_slice(&chunk);
             spool.write(chunk).await.unwrap();
         }
