@@ -27,15 +27,17 @@ pub(crate) struct Block {
 pub(crate) enum BlockData {
     /// `start..end` of the memory map.
     Mapped { start: usize, end: usize },
-    /// A buffer from the pool (to be given back).
-    Owned(Vec<u8>),
+    /// The first `len` bytes of a buffer from the pool (to be given back). The bytes past
+    /// `len` stay initialised for the buffer's next use, so that reading into it does not
+    /// zero it first.
+    Owned { buf: Vec<u8>, len: usize },
 }
 
 impl BlockData {
     pub(crate) fn len(&self) -> usize {
         match self {
             BlockData::Mapped { start, end } => end - start,
-            BlockData::Owned(buf) => buf.len(),
+            BlockData::Owned { len, .. } => *len,
         }
     }
 }
@@ -169,24 +171,31 @@ pub(crate) fn produce_stream(
     let mut index = 0;
     let mut eof = false;
     while !eof && !control.is_cancelled() {
+        // `buf[..filled]` is the block so far, `carry` (the end of the previous read) first.
         let mut buf = take_buffer();
-        buf.clear();
-        buf.append(&mut carry);
+        let mut filled = carry.len();
+        if buf.len() < filled {
+            buf.resize(filled, 0);
+        }
+        buf[..filled].copy_from_slice(&carry);
+        carry.clear();
         let mut target = block_bytes;
         loop {
-            eof = fill(reader, &mut buf, target).map_err(read_err)?;
+            eof = fill(reader, &mut buf, &mut filled, target).map_err(read_err)?;
             if header.is_none() {
-                match header_of(&buf, eof)? {
+                match header_of(&buf[..filled], eof)? {
                     Some((skip, end)) => {
-                        buf.drain(..skip + end.end);
+                        let bytes = skip + end.end;
+                        buf.copy_within(bytes..filled, 0);
+                        filled -= bytes;
                         header = Some(Header {
                             newlines: end.newlines,
-                            bytes: skip + end.end,
+                            bytes,
                         });
                     }
-                    None if buf.len() >= MAX_RECORD_BYTES => return Err(header_too_long()),
+                    None if filled >= MAX_RECORD_BYTES => return Err(header_too_long()),
                     None => {
-                        target = buf.len() + block_bytes.max(buf.len());
+                        target = filled + block_bytes.max(filled);
                         continue;
                     }
                 }
@@ -194,10 +203,10 @@ pub(crate) fn produce_stream(
             // The same rule as `cut` for mapped input: the first record must end within
             // `limit` bytes unless the input ends there.
             let limit = block_bytes + MAX_RECORD_BYTES;
-            if buf.len() > limit && last_record_end(&buf[..limit]).is_none() {
+            if filled > limit && last_record_end(&buf[..limit]).is_none() {
                 let block = Block {
                     index,
-                    data: BlockData::Owned(buf),
+                    data: BlockData::Owned { buf, len: filled },
                     oversized: true,
                 };
                 send(block);
@@ -206,20 +215,20 @@ pub(crate) fn produce_stream(
             if eof {
                 break;
             }
-            if let Some(end) = last_record_end(&buf) {
-                carry.extend_from_slice(&buf[end..]);
-                buf.truncate(end);
+            if let Some(end) = last_record_end(&buf[..filled]) {
+                carry.extend_from_slice(&buf[end..filled]);
+                filled = end;
                 break;
             }
             // Doubling: a long record costs linear time whatever the block size.
-            target = (buf.len() + block_bytes.max(buf.len())).min(limit + 1);
+            target = (filled + block_bytes.max(filled)).min(limit + 1);
         }
-        if buf.is_empty() {
+        if filled == 0 {
             continue;
         }
         let block = Block {
             index,
-            data: BlockData::Owned(buf),
+            data: BlockData::Owned { buf, len: filled },
             oversized: false,
         };
         if !send(block) {
@@ -230,28 +239,33 @@ pub(crate) fn produce_stream(
     header.ok_or(Error::EmptyInput)
 }
 
-/// Reads until `buf` holds `target` bytes or the input ends; returns whether it ended.
-fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>, target: usize) -> std::io::Result<bool> {
-    let mut filled = buf.len();
-    if filled >= target {
+/// Reads into `buf[*filled..]` until `*filled` reaches `target` or the input ends; returns
+/// whether it ended. `buf` grows to `target` when shorter (only then are bytes zeroed).
+fn fill(
+    reader: &mut dyn Read,
+    buf: &mut Vec<u8>,
+    filled: &mut usize,
+    target: usize,
+) -> std::io::Result<bool> {
+    if *filled >= target {
         return Ok(false);
     }
-    buf.resize(target, 0);
-    let result = loop {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break Ok(true),
+    if buf.len() < target {
+        buf.resize(target, 0);
+    }
+    loop {
+        match reader.read(&mut buf[*filled..target]) {
+            Ok(0) => return Ok(true),
             Ok(n) => {
-                filled += n;
-                if filled == target {
-                    break Ok(false);
+                *filled += n;
+                if *filled == target {
+                    return Ok(false);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => break Err(e),
+            Err(e) => return Err(e),
         }
-    };
-    buf.truncate(filled);
-    result
+    }
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ pub(crate) fn worker(
         if !shared.stopped() && block.index <= shared.first_bad_block.load(Ordering::Relaxed) {
             let data: &[u8] = match (&block.data, map) {
                 (BlockData::Mapped { start, end }, Some(map)) => &map[*start..*end],
-                (BlockData::Owned(buf), _) => buf,
+                (BlockData::Owned { buf, len }, _) => &buf[..*len],
                 (BlockData::Mapped { .. }, None) => &[],
             };
             let mut sink = TableSink {
@@ -182,7 +182,7 @@ pub(crate) fn worker(
         }
         match block.data {
             BlockData::Mapped { start, end } => release(map, start, end),
-            BlockData::Owned(buf) => {
+            BlockData::Owned { buf, .. } => {
                 let _ = pool.try_send(buf);
             }
         }
