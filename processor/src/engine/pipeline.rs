@@ -16,7 +16,7 @@ use super::rounds::Rounds;
 use super::run::SpilledRun;
 use super::shards::ShardedTable;
 use super::source::{Block, produce_mapped, produce_stream};
-use super::worker::worker;
+use super::worker::{return_free_memory, worker};
 use super::writer::with_writer_thread;
 use crate::error::{Field, InvalidRow};
 use crate::{Config, Control, Error, Phase, Summary};
@@ -272,12 +272,16 @@ pub(crate) fn run(
 }
 
 /// Frees the tables on a thread of their own: hundreds of thousands of allocations, whose
-/// freeing the caller (syncing and renaming the output) need not wait for. Should no thread
-/// start, they are freed here (with the failed thread's closure).
+/// freeing the caller (syncing and renaming the output) need not wait for. The freed memory
+/// then goes back to the system, for long-lived callers (a service's next task). Should no
+/// thread start, the tables are freed here (with the failed thread's closure).
 fn drop_in_background(tables: Vec<ShardedTable>) {
     let spawned = std::thread::Builder::new()
         .name("free-tables".into())
-        .spawn(move || drop(tables));
+        .spawn(move || {
+            drop(tables);
+            return_free_memory();
+        });
     if let Err(error) = spawned {
         tracing::debug!(%error, "freed the tables in the calling thread");
     }
