@@ -15,7 +15,7 @@ use super::output::write_header;
 use super::rounds::Rounds;
 use super::run::SpilledRun;
 use super::shards::ShardedTable;
-use super::source::{Block, produce_mapped, produce_stream};
+use super::source::{Block, ReleaseFrontier, produce_mapped, produce_stream};
 use super::worker::{return_free_memory, worker};
 use super::writer::with_writer_thread;
 use crate::error::{Field, InvalidRow};
@@ -70,6 +70,8 @@ pub(crate) struct Shared<'a> {
     pub abort: AtomicBool,
     /// Line ends per block, for turning block-relative lines into file lines.
     pub block_lines: Mutex<Vec<u64>>,
+    /// Pages of the memory-mapped input that can be dropped.
+    pub frontier: ReleaseFrontier,
     /// Spilled runs (some of them merged early).
     pub spills: Mutex<Vec<SpilledRun>>,
     /// Runs spilled.
@@ -143,6 +145,7 @@ pub(crate) fn run(
         fatal: Mutex::new(None),
         abort: AtomicBool::new(false),
         block_lines: Mutex::new(Vec::new()),
+        frontier: ReleaseFrontier::default(),
         spills: Mutex::new(Vec::new()),
         spilled_runs: AtomicU64::new(0),
         budget: TableBudget::new(plan.table_bytes, threads),

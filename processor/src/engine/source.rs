@@ -1,7 +1,10 @@
 //! Cuts the input into blocks of whole records for the workers: ranges of a memory-mapped
 //! file, or buffers read from a stream (recycled through a pool, so memory stays bounded).
 
+use std::collections::BTreeMap;
 use std::io::Read;
+use std::ops::Range;
+use std::sync::{Mutex, PoisonError};
 
 use memmap2::Mmap;
 
@@ -39,6 +42,51 @@ impl BlockData {
             BlockData::Mapped { start, end } => end - start,
             BlockData::Owned { len, .. } => *len,
         }
+    }
+}
+
+/// Which pages of a memory-mapped input can be dropped from the process: those below the
+/// first block still being parsed. A finished block's own range is not enough: the page a
+/// block boundary falls in is shared with the next block, and when a dropped page is read
+/// again the kernel maps its neighbours with it (fault-around), pages of a block that was
+/// already released, which then stayed mapped: on 10 GB with `--memory-limit 512M`, file
+/// pages grew by about 2.5 MB a second and the peak RSS reached 960 MB (500 MB with the
+/// frontier). Below the frontier no page is read again (the blocks above it are populated
+/// ahead and nothing drops their pages first).
+#[derive(Debug, Default)]
+pub(crate) struct ReleaseFrontier {
+    state: Mutex<FrontierState>,
+}
+
+#[derive(Debug, Default)]
+struct FrontierState {
+    /// The first block not finished yet.
+    next: u64,
+    /// Bytes below this offset are dropped already.
+    upto: usize,
+    /// Finished blocks above `next`, by index: their end offsets.
+    finished: BTreeMap<u64, usize>,
+}
+
+impl ReleaseFrontier {
+    /// Block `index`, ending at byte `end`, is finished: returns the range of whole pages
+    /// (of `page` bytes) that can be dropped now, if any.
+    pub(crate) fn finish(&self, index: u64, end: usize, page: usize) -> Option<Range<usize>> {
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *guard;
+        state.finished.insert(index, end);
+        let mut frontier = None;
+        while let Some(end) = state.finished.remove(&state.next) {
+            frontier = Some(end);
+            state.next += 1;
+        }
+        // The page the frontier falls in is still the next block's.
+        let to = frontier? / page * page;
+        let from = state.upto;
+        (to > from).then(|| {
+            state.upto = to;
+            from..to
+        })
     }
 }
 
@@ -270,7 +318,7 @@ fn fill(
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_RECORD_BYTES, check_header, cut};
+    use super::{MAX_RECORD_BYTES, ReleaseFrontier, check_header, cut};
 
     #[test]
     fn blocks_end_at_record_ends_and_overlong_records_are_flagged() {
@@ -296,5 +344,23 @@ mod tests {
         let err = check_header(b"song,day\n", false).expect_err("wrong header");
         assert!(err.to_string().contains("song,day"), "{err}");
         assert!(check_header(b"", true).is_err());
+    }
+
+    #[test]
+    fn pages_are_released_below_the_first_unfinished_block_only() {
+        // Pages of 4096 bytes; blocks 0..=3 of 10 000 bytes: block i is [i * 10_000, end(i)).
+        let frontier = ReleaseFrontier::default();
+        let end = |i: u64| (i as usize + 1) * 10_000;
+        // Blocks finishing out of order release nothing until the ones before them are done.
+        assert_eq!(frontier.finish(1, end(1), 4096), None);
+        assert_eq!(frontier.finish(2, end(2), 4096), None);
+        // Block 0 done: everything below block 3's start (30 000), but not the page it
+        // falls in, which block 3 still reads.
+        assert_eq!(frontier.finish(0, end(0), 4096), Some(0..28_672));
+        // Block 3 done: from there on, each range once.
+        assert_eq!(frontier.finish(3, end(3), 4096), Some(28_672..36_864));
+        // A frontier within the page already reached releases nothing more.
+        assert_eq!(frontier.finish(4, 40_500, 4096), None);
+        assert_eq!(frontier.finish(5, 45_000, 4096), Some(36_864..40_960));
     }
 }

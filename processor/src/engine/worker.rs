@@ -147,6 +147,7 @@ pub(crate) fn worker(
         parsing: true,
     };
     let mut parser = Parser::default();
+    let page = page_size();
     for block in blocks {
         let len = block.data.len();
         if !shared.stopped() && block.index <= shared.first_bad_block.load(Ordering::Relaxed) {
@@ -181,7 +182,13 @@ pub(crate) fn worker(
             }
         }
         match block.data {
-            BlockData::Mapped { start, end } => release(map, start, end),
+            BlockData::Mapped { end, .. } => {
+                if let (Some(map), Some(range)) =
+                    (map, shared.frontier.finish(block.index, end, page))
+                {
+                    release(map, range);
+                }
+            }
             BlockData::Owned { buf, .. } => {
                 let _ = pool.try_send(buf);
             }
@@ -370,14 +377,22 @@ pub fn return_free_memory() {
     }
 }
 
-/// Drops the mapped pages of a finished block from this process (they stay in the page
+/// Drops mapped pages that no block reads again from this process (they stay in the page
 /// cache), so that resident memory does not grow with the input.
-fn release(map: Option<&Mmap>, start: usize, end: usize) {
-    if let Some(map) = map {
-        // SAFETY: the map is read-only and file-backed: after MADV_DONTNEED a later access
-        // reads the same bytes from the file again, so no live slice can observe a change.
-        let _ = unsafe {
-            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
-        };
-    }
+fn release(map: &Mmap, range: std::ops::Range<usize>) {
+    // SAFETY: the map is read-only and file-backed: after MADV_DONTNEED a later access
+    // reads the same bytes from the file again, so no live slice can observe a change.
+    let _ = unsafe {
+        map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len())
+    };
+}
+
+/// The system's page size (what [`release`] drops whole).
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a system setting.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size)
+        .ok()
+        .filter(|&size| size > 0)
+        .unwrap_or(4096)
 }
