@@ -244,6 +244,35 @@ fn a_failed_run_keeps_an_existing_output_file() {
     assert_eq!(entries(dir.path()), ["out.csv"]);
 }
 
+/// `-o /dev/null` and other outputs that are not regular files (here a FIFO, which needs no
+/// privileges to make) are written in place: renaming the finished file onto such a path would
+/// replace the device or pipe with a regular file (as root, `/dev/null` for the whole machine).
+#[cfg(unix)]
+#[test]
+fn an_output_that_is_a_fifo_is_written_into_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = temp_dir();
+    let fifo = dir.path().join("pipe");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).expect("read the FIFO"))
+    };
+    let seed = fixtures::golden_dir().join("seed");
+    let output = aggregate_file(&seed.join("input.csv"), &fifo);
+    assert_success(&output, "FIFO output");
+    // Checked before joining the reader, which would wait forever on a replaced FIFO.
+    let kind = fifo.symlink_metadata().expect("stat").file_type();
+    assert!(kind.is_fifo(), "the FIFO was replaced: {kind:?}");
+    let expected = std::fs::read(seed.join("expected.csv")).expect("read");
+    assert_output(&reader.join().expect("reader"), &expected, "FIFO output");
+    assert_eq!(entries(dir.path()), ["pipe"]);
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let dir = temp_dir();

@@ -28,7 +28,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
-pub use partial::{partial_file_beside, remove_stale_partials};
+pub use partial::{OutputFile, remove_stale_partials};
 pub(crate) use shards::Overflowed;
 pub use source::check_header;
 pub use worker::return_free_memory;
@@ -47,7 +47,8 @@ pub enum Input<'a> {
 }
 
 /// Aggregates `input` into the CSV file `output`, which appears only when the run succeeds:
-/// the result is written to a temporary file beside it and renamed.
+/// the result is written to a temporary file beside it and renamed (see [`OutputFile`]; a device
+/// or FIFO such as `/dev/null` is written in place).
 pub fn aggregate(
     input: Input<'_>,
     output: &Path,
@@ -58,10 +59,9 @@ pub fn aggregate(
         path: output.to_path_buf(),
         source,
     };
-    let mut temp = partial_file_beside(output).map_err(write_err)?;
-    let summary = aggregate_to_writer(input, temp.as_file_mut(), config, control)?;
-    temp.as_file().sync_all().map_err(write_err)?;
-    temp.persist(output).map_err(|e| write_err(e.error))?;
+    let out = OutputFile::create(output).map_err(write_err)?;
+    let summary = aggregate_to_writer(input, &mut out.file(), config, control)?;
+    out.commit().map_err(write_err)?;
     Ok(summary)
 }
 

@@ -1,16 +1,73 @@
-//! Partial output files: `.NAME.XXXX.partial` beside the output, renamed onto it once complete.
-//! Each is locked (`flock`) while its writer lives, so that the partial file of a writer that
-//! was killed can be told from one being written, and removed.
+//! Output files. A result bound for a regular file is written to a partial file
+//! (`.NAME.XXXX.partial`) beside it and renamed onto it once complete. Each partial file is
+//! locked (`flock`) while its writer lives, so that the partial file of a writer that was killed
+//! can be told from one being written, and removed.
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Where a result goes: created with [`OutputFile::create`], written through [`OutputFile::file`],
+/// completed by [`OutputFile::commit`]; dropped uncommitted, it leaves no output behind.
+pub enum OutputFile {
+    /// A regular file (new or existing), written beside and renamed onto `target`.
+    Atomic {
+        partial: tempfile::NamedTempFile,
+        target: PathBuf,
+    },
+    /// Something that exists and is not a regular file (`/dev/null`, a FIFO, a terminal):
+    /// written in place, since renaming a file onto it would replace the device or pipe.
+    InPlace(File),
+}
+
+impl OutputFile {
+    /// Prepares `output`. A symbolic link to a regular file is followed, so the link stays and
+    /// the file it names gets the result.
+    pub fn create(output: &Path) -> io::Result<Self> {
+        match std::fs::metadata(output) {
+            Ok(meta) if !meta.is_file() && !meta.is_dir() => {
+                let file = std::fs::OpenOptions::new().write(true).open(output)?;
+                return Ok(Self::InPlace(file));
+            }
+            Ok(meta) if meta.is_file() => {
+                let target = std::fs::canonicalize(output)?;
+                let partial = partial_file_beside(&target)?;
+                return Ok(Self::Atomic { partial, target });
+            }
+            _ => {}
+        }
+        Ok(Self::Atomic {
+            partial: partial_file_beside(output)?,
+            target: output.to_path_buf(),
+        })
+    }
+
+    /// The file the result is written to.
+    pub fn file(&self) -> &File {
+        match self {
+            Self::Atomic { partial, .. } => partial.as_file(),
+            Self::InPlace(file) => file,
+        }
+    }
+
+    /// Makes the written result the output: synced to disk and renamed onto the target, for a
+    /// regular file.
+    pub fn commit(self) -> io::Result<()> {
+        match self {
+            Self::Atomic { partial, target } => {
+                partial.as_file().sync_all()?;
+                partial.persist(target).map(drop).map_err(|e| e.error)
+            }
+            Self::InPlace(_) => Ok(()),
+        }
+    }
+}
 
 /// A temporary file in `output`'s directory (`.NAME.XXXX.partial`), to be renamed onto
 /// `output` once complete, so that `output` never exists half-written. It is removed when
 /// dropped unpersisted, is locked until closed (see [`remove_stale_partials`]), and gets the
 /// permissions of any new file (0666 less the umask), not the owner-only mode of temporary files.
-pub fn partial_file_beside(output: &Path) -> io::Result<tempfile::NamedTempFile> {
+pub(crate) fn partial_file_beside(output: &Path) -> io::Result<tempfile::NamedTempFile> {
     let prefix = prefix_of(output);
     let mut builder = tempfile::Builder::new();
     builder.prefix(&prefix).suffix(SUFFIX);
@@ -101,5 +158,57 @@ mod tests {
         live.persist(&output).unwrap();
         assert!(output.exists());
         assert_eq!(remove_stale_partials(&output).unwrap(), 0);
+    }
+
+    fn write_and_commit(output: &Path, text: &str) {
+        let out = OutputFile::create(output).unwrap();
+        io::Write::write_all(&mut out.file(), text.as_bytes()).unwrap();
+        out.commit().unwrap();
+    }
+
+    #[test]
+    fn a_new_or_existing_file_appears_only_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("out.csv");
+        std::fs::write(&output, "old").unwrap();
+        let out = OutputFile::create(&output).unwrap();
+        io::Write::write_all(&mut out.file(), b"half").unwrap();
+        drop(out);
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), "old");
+        write_and_commit(&output, "new");
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), "new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symbolic_link_stays_and_its_file_gets_the_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.csv");
+        let link = dir.path().join("link.csv");
+        std::fs::write(&real, "old").unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_and_commit(&link, "new");
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "new");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_is_written_in_place_not_replaced() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+        };
+        write_and_commit(&fifo, "through the pipe");
+        assert_eq!(reader.join().unwrap(), "through the pipe");
+        assert!(fifo.metadata().unwrap().file_type().is_fifo());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

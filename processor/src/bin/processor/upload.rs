@@ -89,14 +89,15 @@ async fn upload_and_fetch(args: UploadArgs) -> anyhow::Result<()> {
     let bar = bytes_bar(show, "download");
     let mut file = tokio::fs::File::from_std(
         partial
-            .reopen()
+            .file()
+            .try_clone()
             .context("cannot open the temporary result file")?,
     );
     api.download(task_id, &mut file, &bar).await?;
     drop(file);
     bar.finish_and_clear();
     partial
-        .persist(&output)
+        .commit()
         .with_context(|| format!("cannot write {}", output.display()))?;
     println!("{}", output.display());
     Ok(())
@@ -152,9 +153,10 @@ fn default_output(input: &Path) -> PathBuf {
     input.with_file_name(format!("{stem}_aggregated.csv"))
 }
 
-/// A temporary file beside `output`, renamed onto it once the download is complete.
-fn partial_file(output: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
-    processor::partial_file_beside(output).with_context(|| {
+/// Where the result goes: a temporary file beside `output`, renamed onto it once the download
+/// is complete (written in place when `output` is a device or FIFO).
+fn partial_file(output: &Path) -> anyhow::Result<processor::OutputFile> {
+    processor::OutputFile::create(output).with_context(|| {
         let dir = output.parent().unwrap_or(Path::new("."));
         format!("cannot write in {}", dir.display())
     })
