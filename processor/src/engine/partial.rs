@@ -25,7 +25,14 @@ impl OutputFile {
     /// the file it names gets the result.
     pub fn create(output: &Path) -> io::Result<Self> {
         match std::fs::metadata(output) {
-            Ok(meta) if !meta.is_file() && !meta.is_dir() => {
+            // Found now rather than by the rename, after all the work.
+            Ok(meta) if meta.is_dir() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    "the output is a directory",
+                ));
+            }
+            Ok(meta) if !meta.is_file() => {
                 let file = std::fs::OpenOptions::new().write(true).open(output)?;
                 return Ok(Self::InPlace(file));
             }
@@ -178,6 +185,13 @@ mod tests {
         write_and_commit(&output, "new");
         assert_eq!(std::fs::read_to_string(&output).unwrap(), "new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_directory_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = OutputFile::create(dir.path()).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::IsADirectory);
     }
 
     #[cfg(unix)]
