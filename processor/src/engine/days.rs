@@ -49,7 +49,9 @@ impl Days {
                     *sum = sum.checked_add(plays).ok_or(Overflow)?;
                     return Ok(0);
                 }
-                let list = vec![(*first, *sum), (date, plays)];
+                // Room for four: songs with a second date mostly get more.
+                let mut list = Vec::with_capacity(4);
+                list.extend([(*first, *sum), (date, plays)]);
                 let bytes = bytes_of::<(PackedDate, u64)>(list.capacity());
                 *self = Days::Small(list);
                 Ok(bytes)
@@ -146,8 +148,10 @@ impl Days {
 
     /// Replaces a full `Small` list by `Dense` or `Map`.
     fn grow_out_of_small(&mut self) {
-        let entries = self.entries();
-        *self = Self::from_sorted(&entries);
+        if let Days::Small(list) = self {
+            let list = std::mem::take(list);
+            *self = Self::from_entries(&list);
+        }
     }
 
     /// Adds `plays` to `date` where the dense array cannot take it: out of its range (widen
@@ -158,21 +162,25 @@ impl Days {
             Ok(i) => entries[i].1 = entries[i].1.checked_add(plays).ok_or(Overflow)?,
             Err(i) => entries.insert(i, (date, plays)),
         }
-        *self = Self::from_sorted(&entries);
+        *self = Self::from_entries(&entries);
         Ok(())
     }
 
-    /// Chooses the layout for these sorted entries (more than `SMALL_MAX` or about to be).
-    fn from_sorted(entries: &[(PackedDate, u64)]) -> Days {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+    /// Chooses the layout for these entries (each date once, in any order; more than
+    /// `SMALL_MAX` or about to be). Unsorted: a dense array needs only the first and last date.
+    fn from_entries(entries: &[(PackedDate, u64)]) -> Days {
+        let Some(&(date, _)) = entries.first() else {
             return Days::new();
         };
-        let span = (last.0 - first.0) as usize + 1;
+        let (first, last) = entries.iter().fold((date, date), |(low, high), entry| {
+            (low.min(entry.0), high.max(entry.0))
+        });
+        let span = (last - first) as usize + 1;
         let fits_u32 = entries.iter().all(|entry| entry.1 < u64::from(u32::MAX));
         if fits_u32 && span <= entries.len() * 4 + DENSE_SLACK {
             // Leave room on both sides so that neighbouring dates rarely force a rebuild.
-            let margin = (span / 4).min(first.0 as usize);
-            let base = first.0 - margin as PackedDate;
+            let margin = (span / 4).min(first as usize);
+            let base = first - margin as PackedDate;
             let mut slots = vec![0u32; span + 2 * margin];
             for &(date, sum) in entries {
                 // `fits_u32` checked `sum + 1` fits.
@@ -201,7 +209,7 @@ fn dense_is_smaller(list: &[(PackedDate, u64)], date: PackedDate) -> bool {
         (low.min(entry.0), high.max(entry.0))
     });
     let span = (high - low) as usize + 1;
-    // `from_sorted` adds a quarter of the span on each side.
+    // `from_entries` adds a quarter of the span on each side.
     let dense = (span + span / 2) * size_of::<u32>();
     dense <= 2 * list.len() * size_of::<(PackedDate, u64)>()
 }

@@ -57,6 +57,7 @@ pub(crate) fn merge_songs<R: Run>(
     let mut heap = RunHeap::new(runs);
     let mut same: Vec<usize> = Vec::new();
     let mut merged: Vec<(PackedDate, u64)> = Vec::new();
+    let mut scratch: Vec<(PackedDate, u64)> = Vec::new();
     while let Some(first) = heap.pop(runs) {
         same.clear();
         same.push(first);
@@ -78,11 +79,9 @@ pub(crate) fn merge_songs<R: Run>(
                 merged.clear();
                 for &i in &same {
                     if let Some((_, days)) = runs[i].current() {
-                        merged.extend_from_slice(days);
+                        add_sorted_days(name, &mut merged, days, &mut scratch)?;
                     }
                 }
-                merged.sort_unstable_by_key(|entry| entry.0);
-                sum_equal_dates(name, &mut merged)?;
                 emit((name, &merged))?;
             }
         }
@@ -94,26 +93,39 @@ pub(crate) fn merge_songs<R: Run>(
     Ok(())
 }
 
-/// Sums adjacent entries of the same date in place (`days` sorted by date).
-pub(crate) fn sum_equal_dates(name: &[u8], days: &mut Vec<(PackedDate, u64)>) -> Result<(), Error> {
-    let mut write = 0;
-    for read in 0..days.len() {
-        if write > 0 && days[write - 1].0 == days[read].0 {
-            let (date, plays) = days[read];
-            days[write - 1].1 =
-                days[write - 1]
-                    .1
-                    .checked_add(plays)
-                    .ok_or_else(|| Error::SumOverflow {
-                        song: String::from_utf8_lossy(name).into_owned(),
-                        date: date_string(date),
-                    })?;
+/// Adds the (date, sum) pairs of `days` to `merged` (both sorted by date, each date once),
+/// keeping it sorted with each date once: a linear merge, where sorting the concatenation cost
+/// about a tenth of the merge phase's instructions with two workers' tables (callgrind).
+/// `scratch` is reused from call to call.
+pub(crate) fn add_sorted_days(
+    name: &[u8],
+    merged: &mut Vec<(PackedDate, u64)>,
+    days: &[(PackedDate, u64)],
+    scratch: &mut Vec<(PackedDate, u64)>,
+) -> Result<(), Error> {
+    scratch.clear();
+    scratch.reserve(merged.len() + days.len());
+    let (mut a, mut b) = (merged.iter().peekable(), days.iter().peekable());
+    while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
+        if x.0 < y.0 {
+            scratch.push(x);
+            a.next();
+        } else if y.0 < x.0 {
+            scratch.push(y);
+            b.next();
         } else {
-            days[write] = days[read];
-            write += 1;
+            let sum = x.1.checked_add(y.1).ok_or_else(|| Error::SumOverflow {
+                song: String::from_utf8_lossy(name).into_owned(),
+                date: date_string(x.0),
+            })?;
+            scratch.push((x.0, sum));
+            a.next();
+            b.next();
         }
     }
-    days.truncate(write);
+    scratch.extend(a);
+    scratch.extend(b);
+    std::mem::swap(merged, scratch);
     Ok(())
 }
 
@@ -395,6 +407,21 @@ mod tests {
 
     use super::*;
     use crate::engine::spill_index::SparseIndex;
+
+    #[test]
+    fn sorted_days_are_merged_and_summed() {
+        let mut merged = vec![(1, 10), (4, 1), (9, 2)];
+        let mut scratch = Vec::new();
+        add_sorted_days(b"x", &mut merged, &[(0, 5), (4, 3), (10, 1)], &mut scratch).unwrap();
+        assert_eq!(merged, [(0, 5), (1, 10), (4, 4), (9, 2), (10, 1)]);
+        add_sorted_days(b"x", &mut merged, &[], &mut scratch).unwrap();
+        assert_eq!(merged.len(), 5);
+        let mut empty = Vec::new();
+        add_sorted_days(b"x", &mut empty, &[(3, 1)], &mut scratch).unwrap();
+        assert_eq!(empty, [(3, 1)]);
+        let err = add_sorted_days(b"x", &mut merged, &[(9, u64::MAX)], &mut scratch);
+        assert!(matches!(err, Err(Error::SumOverflow { .. })), "{err:?}");
+    }
 
     #[test]
     fn runs_are_merged_early_when_they_pile_up() {

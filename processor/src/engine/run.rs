@@ -36,10 +36,10 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::hash::{u32_at, u64_at};
-use super::merge::sum_equal_dates;
+use super::merge::add_sorted_days;
 use super::shards::ShardedTable;
 use super::spill_index::SparseIndex;
-use super::table::{NameKey, Pivot, SongRef, name_key, prefetch_ahead};
+use super::table::{NameKey, Pivot, SongRef, name_key, prefetch_ahead, sort_by_name};
 use super::validate::PackedDate;
 use crate::Error;
 
@@ -115,8 +115,8 @@ pub(crate) fn spill_range(
     for table in tables {
         table.songs_in_into(lo, hi, &mut songs);
     }
-    songs.sort_unstable_by(SongRef::cmp_name);
-    let mut days = Vec::new();
+    sort_by_name(&mut songs);
+    let (mut days, mut other, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
     let mut rest = &songs[..];
     while let Some((first, next)) = rest.split_first() {
         prefetch_ahead(&songs, songs.len() - rest.len());
@@ -125,12 +125,11 @@ pub(crate) fn spill_range(
             .take_while(|song| song.cmp_name(first).is_eq())
             .count();
         days.clear();
-        for song in &rest[..same] {
-            song.sorted_days_into(&mut days);
-        }
-        if same > 1 {
-            days.sort_unstable_by_key(|entry| entry.0);
-            sum_equal_dates(first.name, &mut days)?;
+        first.sorted_days_into(&mut days);
+        for song in &rest[1..same] {
+            other.clear();
+            song.sorted_days_into(&mut other);
+            add_sorted_days(first.name, &mut days, &other, &mut scratch)?;
         }
         writer.write(first.name, &days)?;
         rest = &rest[same..];
