@@ -39,7 +39,7 @@ use super::hash::{u32_at, u64_at};
 use super::merge::add_sorted_days;
 use super::shards::ShardedTable;
 use super::spill_index::SparseIndex;
-use super::table::{NameKey, Pivot, SongRef, name_key, prefetch_ahead, sort_by_name};
+use super::table::{NameKey, Pivot, SongRef, name_key, prefetch_ahead};
 use super::validate::PackedDate;
 use crate::Error;
 
@@ -115,7 +115,7 @@ pub(crate) fn spill_range(
     for table in tables {
         table.songs_in_into(lo, hi, &mut songs);
     }
-    sort_by_name(&mut songs);
+    songs.sort_unstable_by(SongRef::cmp_name);
     let (mut days, mut other, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
     let mut rest = &songs[..];
     while let Some((first, next)) = rest.split_first() {

@@ -5,7 +5,7 @@
 
 use super::hash::{u32_at, u64_at};
 use super::hot::{self, HotSongs};
-use super::table::{Pivot, SongRef, SongTable, SumOverflow, sort_by_name};
+use super::table::{Pivot, SongRef, SongTable, SumOverflow};
 use super::validate::{PackedDate, date_string};
 
 /// log2 of the number of shards.
@@ -272,7 +272,7 @@ impl ShardedTable {
         for shard in &self.shards {
             shard.songs_into(&mut songs);
         }
-        sort_by_name(&mut songs);
+        songs.sort_unstable_by(SongRef::cmp_name);
         songs
     }
 }

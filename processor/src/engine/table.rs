@@ -132,38 +132,6 @@ impl Pivot {
     }
 }
 
-/// Sorts `songs` by name. What moves is a 32-byte copy of each key with the song's index,
-/// compared as integers; the songs are then put in that order. Sorting the 48-byte
-/// [`SongRef`]s themselves took about 2,800 instructions per song of a 100k-song table
-/// (callgrind), a tenth of the whole run on a 1 GB input.
-pub(crate) fn sort_by_name(songs: &mut Vec<SongRef<'_>>) {
-    let mut order: Vec<(u64, u64, u64, u64)> = songs
-        .iter()
-        .enumerate()
-        .map(|(i, song)| {
-            let (high, low) = song.key;
-            ((high >> 64) as u64, high as u64, low, i as u64)
-        })
-        .collect();
-    order.sort_unstable();
-    let mut sorted: Vec<SongRef<'_>> = order.iter().map(|entry| songs[entry.3 as usize]).collect();
-    // Equal keys (names sharing their first 24 bytes, or differing only by trailing zero
-    // bytes) are ordered by index so far: by name now.
-    let mut start = 0;
-    while start < order.len() {
-        let key = &order[start];
-        let same = order[start..]
-            .iter()
-            .take_while(|e| (e.0, e.1, e.2) == (key.0, key.1, key.2))
-            .count();
-        if same > 1 {
-            sorted[start..start + same].sort_unstable_by(SongRef::cmp_name);
-        }
-        start += same;
-    }
-    *songs = sorted;
-}
-
 /// A name's first 24 bytes as big-endian words, zero padded: names with different keys
 /// compare as their keys do, so most comparisons need not touch the names.
 pub(crate) type NameKey = (u128, u64);
