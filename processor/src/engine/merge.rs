@@ -77,10 +77,20 @@ pub(crate) fn merge_songs<R: Run>(
                 emit((name, days))?;
             } else {
                 merged.clear();
-                for &i in &same {
-                    if let Some((_, days)) = runs[i].current() {
-                        add_sorted_days(name, &mut merged, days, &mut scratch)?;
+                if same.len() <= LINEAR_MERGE_RUNS {
+                    for &i in &same {
+                        if let Some((_, days)) = runs[i].current() {
+                            add_sorted_days(name, &mut merged, days, &mut scratch)?;
+                        }
                     }
+                } else {
+                    for &i in &same {
+                        if let Some((_, days)) = runs[i].current() {
+                            merged.extend_from_slice(days);
+                        }
+                    }
+                    merged.sort_unstable_by_key(|entry| entry.0);
+                    sum_equal_dates(name, &mut merged)?;
                 }
                 emit((name, &merged))?;
             }
@@ -90,6 +100,35 @@ pub(crate) fn merge_songs<R: Run>(
             heap.push(runs, i);
         }
     }
+    Ok(())
+}
+
+/// Runs sharing a song up to which their days are merged one run after the other: each such
+/// merge copies all days so far, so many runs (spilled runs of a large input, each with a few
+/// of the song's dates) are concatenated and sorted instead: with 130 runs, merging one after
+/// the other made the final merge of a 10 GB input 15% slower.
+const LINEAR_MERGE_RUNS: usize = 4;
+
+/// Sums adjacent entries of the same date in place (`days` sorted by date).
+fn sum_equal_dates(name: &[u8], days: &mut Vec<(PackedDate, u64)>) -> Result<(), Error> {
+    let mut write = 0;
+    for read in 0..days.len() {
+        if write > 0 && days[write - 1].0 == days[read].0 {
+            let (date, plays) = days[read];
+            days[write - 1].1 =
+                days[write - 1]
+                    .1
+                    .checked_add(plays)
+                    .ok_or_else(|| Error::SumOverflow {
+                        song: String::from_utf8_lossy(name).into_owned(),
+                        date: date_string(date),
+                    })?;
+        } else {
+            days[write] = days[read];
+            write += 1;
+        }
+    }
+    days.truncate(write);
     Ok(())
 }
 
@@ -420,6 +459,16 @@ mod tests {
         add_sorted_days(b"x", &mut empty, &[(3, 1)], &mut scratch).unwrap();
         assert_eq!(empty, [(3, 1)]);
         let err = add_sorted_days(b"x", &mut merged, &[(9, u64::MAX)], &mut scratch);
+        assert!(matches!(err, Err(Error::SumOverflow { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn equal_dates_are_summed_in_place() {
+        let mut days = vec![(1, 1), (1, 2), (3, 5), (4, 1), (4, 1), (4, 1)];
+        sum_equal_dates(b"x", &mut days).unwrap();
+        assert_eq!(days, [(1, 3), (3, 5), (4, 3)]);
+        let mut days = vec![(2, u64::MAX), (2, 1)];
+        let err = sum_equal_dates(b"x", &mut days);
         assert!(matches!(err, Err(Error::SumOverflow { .. })), "{err:?}");
     }
 
