@@ -103,10 +103,10 @@ pub(crate) fn merge_songs<R: Run>(
     Ok(())
 }
 
-/// Runs sharing a song up to which their days are merged one run after the other: each such
-/// merge copies all days so far, so many runs (spilled runs of a large input, each with a few
-/// of the song's dates) are concatenated and sorted instead: with 130 runs, merging one after
-/// the other made the final merge of a 10 GB input 15% slower.
+/// Runs sharing a song up to which their days are merged one run after the other. Each such
+/// merge copies all days so far, a cost that grows with the square of the runs, so the days of
+/// more runs (spilled runs of a large input, a few of the song's dates in each) are
+/// concatenated and sorted instead.
 const LINEAR_MERGE_RUNS: usize = 4;
 
 /// Sums adjacent entries of the same date in place (`days` sorted by date).
