@@ -273,6 +273,32 @@ fn an_output_that_is_a_fifo_is_written_into_not_replaced() {
     assert_eq!(entries(dir.path()), ["pipe"]);
 }
 
+/// An input path that is a pipe (`<(command)`, a FIFO, `/dev/stdin`) has no size to map: it
+/// is read as a stream, not reported as an empty input.
+#[cfg(unix)]
+#[test]
+fn an_input_that_is_a_fifo_is_read_as_a_stream() {
+    let dir = temp_dir();
+    let fifo = dir.path().join("pipe");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let seed = fixtures::golden_dir().join("seed");
+    let input = std::fs::read(seed.join("input.csv")).expect("read");
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, input).expect("write the FIFO"))
+    };
+    let out = dir.path().join("out.csv");
+    let output = aggregate_file(&fifo, &out);
+    writer.join().expect("writer");
+    assert_success(&output, "FIFO input");
+    let expected = std::fs::read(seed.join("expected.csv")).expect("read");
+    assert_output(&std::fs::read(&out).expect("read"), &expected, "FIFO input");
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let dir = temp_dir();

@@ -37,7 +37,8 @@ use crate::{Config, Control, Error, Phase, Summary};
 
 /// Where the CSV comes from.
 pub enum Input<'a> {
-    /// A local file, memory-mapped.
+    /// A local file, memory-mapped (a named pipe or a device, such as `<(command)`, is read
+    /// as a stream).
     File(&'a Path),
     /// Any byte stream (stdin, an upload); `len` is its size when known, for progress.
     Reader {
@@ -76,14 +77,32 @@ pub fn aggregate_to_writer(
     let started = Instant::now();
     let progress = control.progress();
     progress.set_phase(Phase::Read);
-    let mut summary = match input {
+    let finish = |result: Result<Summary, Error>| {
+        let mut summary = result?;
+        progress.set_phase(Phase::Done);
+        summary.elapsed_seconds = started.elapsed().as_secs_f64();
+        Ok(summary)
+    };
+    let summary = match input {
         Input::File(path) => {
             let read_err = |source| Error::Read {
                 path: path.to_path_buf(),
                 source,
             };
-            let file = File::open(path).map_err(read_err)?;
-            let len = file.metadata().map_err(read_err)?.len();
+            let mut file = File::open(path).map_err(read_err)?;
+            let meta = file.metadata().map_err(read_err)?;
+            if !meta.is_file() {
+                // A pipe or a device (`<(command)`, `/dev/stdin`): nothing to map, and no size
+                // (0, which is no empty input): read as a stream.
+                let source = pipeline::Source::Stream(&mut file);
+                return finish(
+                    pipeline::run(source, out, config, control).map_err(|e| match e {
+                        Error::Read { source, .. } => read_err(source),
+                        other => other,
+                    }),
+                );
+            }
+            let len = meta.len();
             progress.set_total(len);
             if len == 0 {
                 return Err(Error::EmptyInput);
@@ -93,14 +112,12 @@ pub fn aggregate_to_writer(
             // service only maps files it owns.
             let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(read_err)?;
             let _ = map.advise(memmap2::Advice::Sequential);
-            pipeline::run(pipeline::Source::Mapped(map), out, config, control)?
+            pipeline::run(pipeline::Source::Mapped(map), out, config, control)
         }
         Input::Reader { mut reader, len } => {
             progress.set_total(len.unwrap_or(0));
-            pipeline::run(pipeline::Source::Stream(&mut reader), out, config, control)?
+            pipeline::run(pipeline::Source::Stream(&mut reader), out, config, control)
         }
     };
-    progress.set_phase(Phase::Done);
-    summary.elapsed_seconds = started.elapsed().as_secs_f64();
-    Ok(summary)
+    finish(summary)
 }
