@@ -244,13 +244,9 @@ fn a_failed_run_keeps_an_existing_output_file() {
     assert_eq!(entries(dir.path()), ["out.csv"]);
 }
 
-/// `-o /dev/null` and other outputs that are not regular files (here a FIFO, which needs no
-/// privileges to make) are written in place: renaming the finished file onto such a path would
-/// replace the device or pipe with a regular file (as root, `/dev/null` for the whole machine).
+/// A temporary directory holding a FIFO named `pipe`.
 #[cfg(unix)]
-#[test]
-fn an_output_that_is_a_fifo_is_written_into_not_replaced() {
-    use std::os::unix::fs::FileTypeExt;
+fn dir_with_fifo() -> (tempfile::TempDir, PathBuf) {
     let dir = temp_dir();
     let fifo = dir.path().join("pipe");
     let made = Command::new("mkfifo")
@@ -258,6 +254,17 @@ fn an_output_that_is_a_fifo_is_written_into_not_replaced() {
         .status()
         .expect("mkfifo runs");
     assert!(made.success());
+    (dir, fifo)
+}
+
+/// `-o /dev/null` and other outputs that are not regular files (here a FIFO, which needs no
+/// privileges to make) are written in place: renaming the finished file onto such a path would
+/// replace the device or pipe with a regular file (as root, `/dev/null` for the whole machine).
+#[cfg(unix)]
+#[test]
+fn an_output_that_is_a_fifo_is_written_into_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let (dir, fifo) = dir_with_fifo();
     let reader = {
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::read(fifo).expect("read the FIFO"))
@@ -278,13 +285,7 @@ fn an_output_that_is_a_fifo_is_written_into_not_replaced() {
 #[cfg(unix)]
 #[test]
 fn an_input_that_is_a_fifo_is_read_as_a_stream() {
-    let dir = temp_dir();
-    let fifo = dir.path().join("pipe");
-    let made = Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("mkfifo runs");
-    assert!(made.success());
+    let (dir, fifo) = dir_with_fifo();
     let seed = fixtures::golden_dir().join("seed");
     let input = std::fs::read(seed.join("input.csv")).expect("read");
     let writer = {
