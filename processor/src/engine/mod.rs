@@ -77,13 +77,7 @@ pub fn aggregate_to_writer(
     let started = Instant::now();
     let progress = control.progress();
     progress.set_phase(Phase::Read);
-    let finish = |result: Result<Summary, Error>| {
-        let mut summary = result?;
-        progress.set_phase(Phase::Done);
-        summary.elapsed_seconds = started.elapsed().as_secs_f64();
-        Ok(summary)
-    };
-    let summary = match input {
+    let mut summary = match input {
         Input::File(path) => {
             let read_err = |source| Error::Read {
                 path: path.to_path_buf(),
@@ -91,33 +85,33 @@ pub fn aggregate_to_writer(
             };
             let mut file = File::open(path).map_err(read_err)?;
             let meta = file.metadata().map_err(read_err)?;
-            if !meta.is_file() {
+            if meta.is_file() {
+                progress.set_total(meta.len());
+                if meta.len() == 0 {
+                    return Err(Error::EmptyInput);
+                }
+                // SAFETY: the engine only reads the map. Another process truncating the file
+                // while it runs would fault (SIGBUS), as with any memory-mapped reader; the
+                // service only maps files it owns.
+                let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(read_err)?;
+                let _ = map.advise(memmap2::Advice::Sequential);
+                pipeline::run(pipeline::Source::Mapped(map), out, config, control)?
+            } else {
                 // A pipe or a device (`<(command)`, `/dev/stdin`): nothing to map, and no size
                 // (0, which is no empty input): read as a stream.
                 let source = pipeline::Source::Stream(&mut file);
-                return finish(
-                    pipeline::run(source, out, config, control).map_err(|e| match e {
-                        Error::Read { source, .. } => read_err(source),
-                        other => other,
-                    }),
-                );
+                pipeline::run(source, out, config, control).map_err(|e| match e {
+                    Error::Read { source, .. } => read_err(source),
+                    other => other,
+                })?
             }
-            let len = meta.len();
-            progress.set_total(len);
-            if len == 0 {
-                return Err(Error::EmptyInput);
-            }
-            // SAFETY: the engine only reads the map. Another process truncating the file
-            // while it runs would fault (SIGBUS), as with any memory-mapped reader; the
-            // service only maps files it owns.
-            let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(read_err)?;
-            let _ = map.advise(memmap2::Advice::Sequential);
-            pipeline::run(pipeline::Source::Mapped(map), out, config, control)
         }
         Input::Reader { mut reader, len } => {
             progress.set_total(len.unwrap_or(0));
-            pipeline::run(pipeline::Source::Stream(&mut reader), out, config, control)
+            pipeline::run(pipeline::Source::Stream(&mut reader), out, config, control)?
         }
     };
-    finish(summary)
+    progress.set_phase(Phase::Done);
+    summary.elapsed_seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
 }

@@ -24,7 +24,7 @@ impl OutputFile {
     /// Prepares `output`. A symbolic link to a regular file is followed, so the link stays and
     /// the file it names gets the result.
     pub fn create(output: &Path) -> io::Result<Self> {
-        match std::fs::metadata(output) {
+        let target = match std::fs::metadata(output) {
             // Found now rather than by the rename, after all the work.
             Ok(meta) if meta.is_dir() => {
                 return Err(io::Error::new(
@@ -36,16 +36,12 @@ impl OutputFile {
                 let file = std::fs::OpenOptions::new().write(true).open(output)?;
                 return Ok(Self::InPlace(file));
             }
-            Ok(meta) if meta.is_file() => {
-                let target = std::fs::canonicalize(output)?;
-                let partial = partial_file_beside(&target)?;
-                return Ok(Self::Atomic { partial, target });
-            }
-            _ => {}
-        }
+            Ok(_) => std::fs::canonicalize(output)?,
+            Err(_) => output.to_path_buf(),
+        };
         Ok(Self::Atomic {
-            partial: partial_file_beside(output)?,
-            target: output.to_path_buf(),
+            partial: partial_file_beside(&target)?,
+            target,
         })
     }
 
