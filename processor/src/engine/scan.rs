@@ -143,31 +143,23 @@ const BY_LOW_NIBBLE: [u8; 16] = {
 };
 
 /// The masks of [`BATCH`] consecutive windows.
-#[cfg(target_arch = "x86_64")]
 fn batch_masks(windows: &[u8; 64 * BATCH], avx2: bool, out: &mut [u64; BATCH]) {
+    #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: the caller found AVX2 on this CPU.
-        unsafe { avx2_batch_masks(windows, out) }
-    } else {
-        for (mask, window) in out.iter_mut().zip(windows.as_chunks::<64>().0) {
-            *mask = delimiter_mask(window, false);
-        }
+        return unsafe { avx2_batch_masks(windows, out) };
+    }
+    for (mask, window) in out.iter_mut().zip(windows.as_chunks::<64>().0) {
+        *mask = delimiter_mask(window, avx2);
     }
 }
 
+/// [`batch_masks`] with AVX2: the windows' compares inlined in one function.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn avx2_batch_masks(windows: &[u8; 64 * BATCH], out: &mut [u64; BATCH]) {
     for (mask, window) in out.iter_mut().zip(windows.as_chunks::<64>().0) {
         *mask = avx2_delimiter_mask(window);
-    }
-}
-
-/// The masks of [`BATCH`] consecutive windows.
-#[cfg(not(target_arch = "x86_64"))]
-fn batch_masks(windows: &[u8; 64 * BATCH], avx2: bool, out: &mut [u64; BATCH]) {
-    for (mask, window) in out.iter_mut().zip(windows.as_chunks::<64>().0) {
-        *mask = delimiter_mask(window, avx2);
     }
 }
 
