@@ -2,6 +2,8 @@
 //! 74 I/O, 130 interrupted), messages on stderr, the summary file, and that a failed run leaves
 //! no output and no temporary file behind.
 
+#[cfg(unix)]
+mod fifo;
 mod golden_cases;
 
 use std::ffi::OsStr;
@@ -249,11 +251,7 @@ fn a_failed_run_keeps_an_existing_output_file() {
 fn dir_with_fifo() -> (tempfile::TempDir, PathBuf) {
     let dir = temp_dir();
     let fifo = dir.path().join("pipe");
-    let made = Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("mkfifo runs");
-    assert!(made.success());
+    fifo::make_fifo(&fifo);
     (dir, fifo)
 }
 

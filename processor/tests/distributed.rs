@@ -14,6 +14,7 @@ mod common;
 mod broker;
 #[path = "distributed/cleanup.rs"]
 mod cleanup;
+mod fifo;
 #[path = "distributed/worker_process.rs"]
 mod worker_process;
 
@@ -226,6 +227,24 @@ async fn upload_client_downloads_the_result(
     let result = dir.path().join("plays_aggregated.csv");
     let written = std::fs::read_to_string(&result).expect("the client wrote its result");
     assert_eq!(written, SEED_OUTPUT);
+
+    // Into a FIFO (as into /dev/null): written in place, with no sync that a pipe refuses.
+    use std::os::unix::fs::FileTypeExt;
+    let fifo = dir.path().join("pipe");
+    fifo::make_fifo(&fifo);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).expect("read the FIFO"))
+    };
+    let output = run_upload_client_to(&tm.base_url, api_token, &input, Some(&fifo)).await;
+    assert!(
+        output.status.success(),
+        "processor upload -o FIFO failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let kind = fifo.symlink_metadata().expect("stat").file_type();
+    assert!(kind.is_fifo(), "the FIFO was replaced: {kind:?}");
+    assert_eq!(reader.join().expect("reader"), SEED_OUTPUT);
 }
 
 async fn upload_client_reports_failure(tm: &TestServer, api_token: Option<&str>) {
@@ -259,15 +278,26 @@ async fn upload_client_without_the_token_is_refused(tm: &TestServer) {
 /// Runs `processor upload INPUT --url BASE --quiet` to completion, with `API_TOKEN` set to
 /// `api_token` (unset when `None`).
 async fn run_upload_client(base_url: &str, api_token: Option<&str>, input: &Path) -> Output {
+    run_upload_client_to(base_url, api_token, input, None).await
+}
+
+/// [`run_upload_client`] with `-o OUTPUT` when given.
+async fn run_upload_client_to(
+    base_url: &str,
+    api_token: Option<&str>,
+    input: &Path,
+    output: Option<&Path>,
+) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_processor"));
+    command.arg("upload");
+    if let Some(output) = output {
+        command.arg("-o").arg(output);
+    }
     match api_token {
         Some(token) => command.env("API_TOKEN", token),
         None => command.env_remove("API_TOKEN"),
     };
-    command
-        .arg("upload")
-        .arg(input)
-        .args(["--url", base_url, "--quiet"]);
+    command.arg(input).args(["--url", base_url, "--quiet"]);
     tokio::task::spawn_blocking(move || command.output())
         .await
         .expect("client thread")
