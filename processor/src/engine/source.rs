@@ -90,6 +90,22 @@ impl ReleaseFrontier {
     }
 }
 
+/// Bytes kept mapped at each end of a finished block by [`inner_pages`]: the kernel's
+/// fault-around window (64 KiB), which a fault maps around the faulting page, so that a fault
+/// on a page a neighbouring block shares never maps released pages of the block back in.
+const BOUNDARY_MARGIN: usize = 64 << 10;
+
+/// The whole pages of the finished block `start..end` that can be dropped at once, away from
+/// its ends (which neighbouring blocks share). Without this, the pages of every finished block
+/// above the first unfinished one stayed mapped: with 32 threads on 2 cores at
+/// `--memory-limit 256M`, file pages reached 174 MB and the peak RSS 450 MB. The frontier
+/// ([`ReleaseFrontier`]) drops the rest later.
+pub(crate) fn inner_pages(start: usize, end: usize, page: usize) -> Option<Range<usize>> {
+    let from = (start + BOUNDARY_MARGIN).div_ceil(page) * page;
+    let to = end.saturating_sub(BOUNDARY_MARGIN) / page * page;
+    (from < to).then_some(from..to)
+}
+
 /// Where the header ended and how many line ends it had.
 pub(crate) struct Header {
     pub newlines: u64,
@@ -318,7 +334,9 @@ fn fill(
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_RECORD_BYTES, ReleaseFrontier, check_header, cut};
+    use super::{
+        BOUNDARY_MARGIN, MAX_RECORD_BYTES, ReleaseFrontier, check_header, cut, inner_pages,
+    };
 
     #[test]
     fn blocks_end_at_record_ends_and_overlong_records_are_flagged() {
@@ -344,6 +362,18 @@ mod tests {
         let err = check_header(b"song,day\n", false).expect_err("wrong header");
         assert!(err.to_string().contains("song,day"), "{err}");
         assert!(check_header(b"", true).is_err());
+    }
+
+    #[test]
+    fn inner_pages_keep_a_margin_at_both_ends() {
+        let page = 4096;
+        let (start, end) = (1000, 1000 + (1 << 20));
+        let inner = inner_pages(start, end, page).expect("a 1 MiB block has inner pages");
+        assert!(inner.start >= start + BOUNDARY_MARGIN && inner.end + BOUNDARY_MARGIN <= end);
+        assert_eq!((inner.start % page, inner.end % page), (0, 0));
+        assert!(inner.len() >= (1 << 20) - 2 * BOUNDARY_MARGIN - 2 * page);
+        assert_eq!(inner_pages(0, 2 * BOUNDARY_MARGIN, page), None);
+        assert_eq!(inner_pages(5, 6, page), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::pipeline::{LocatedInvalid, LockOk, Shared};
 use super::rounds::{Part, Room};
 use super::run::SpilledRun;
 use super::shards::ShardedTable;
-use super::source::{Block, BlockData, MAX_RECORD_BYTES};
+use super::source::{Block, BlockData, MAX_RECORD_BYTES, inner_pages};
 use super::validate::PackedDate;
 use crate::error::{Field, show_value};
 use crate::{Error, Phase};
@@ -182,11 +182,14 @@ pub(crate) fn worker(
             }
         }
         match block.data {
-            BlockData::Mapped { end, .. } => {
-                if let (Some(map), Some(range)) =
-                    (map, shared.frontier.finish(block.index, end, page))
-                {
-                    release(map, range);
+            BlockData::Mapped { start, end } => {
+                if let Some(map) = map {
+                    if let Some(inner) = inner_pages(start, end, page) {
+                        release(map, inner);
+                    }
+                    if let Some(range) = shared.frontier.finish(block.index, end, page) {
+                        release(map, range);
+                    }
                 }
             }
             BlockData::Owned { buf, .. } => {
