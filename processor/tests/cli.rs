@@ -298,6 +298,33 @@ fn an_input_that_is_a_fifo_is_read_as_a_stream() {
     assert_output(&std::fs::read(&out).expect("read"), &expected, "FIFO input");
 }
 
+/// A temporary directory that cannot take spilled runs is an error at once, also for an input
+/// that would not have spilled, and no output appears.
+#[test]
+fn a_missing_temp_dir_fails_before_the_run() {
+    let dir = temp_dir();
+    let out = dir.path().join("out.csv");
+    let missing = dir.path().join("no-such-dir");
+    let input = fixtures::golden_dir().join("seed/input.csv");
+    let output = aggregate(
+        &[
+            input.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--temp-dir".as_ref(),
+            missing.as_os_str(),
+        ],
+        None,
+    );
+    assert_error(
+        &output,
+        EXIT_IO,
+        &format!("error: temporary file in {}", missing.display()),
+        "missing temp dir",
+    );
+    assert_eq!(entries(dir.path()), Vec::<String>::new());
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let dir = temp_dir();

@@ -135,6 +135,13 @@ pub(crate) fn run(
     let threads = config.effective_threads().max(1);
     let plan = Plan::new(config.memory_limit, threads, config.block_bytes);
     let (in_flight, block_bytes) = (plan.in_flight, plan.block_bytes);
+    let temp_dir = config.effective_temp_dir();
+    // A temporary directory that cannot take a spilled run fails now, not when the first run
+    // spills, which may be minutes into a large input.
+    tempfile::tempfile_in(&temp_dir).map_err(|source| Error::Temp {
+        path: temp_dir.clone(),
+        source,
+    })?;
     let shared = Shared {
         config,
         control,
@@ -150,7 +157,7 @@ pub(crate) fn run(
         spilled_runs: AtomicU64::new(0),
         budget: TableBudget::new(plan.table_bytes, threads),
         rounds: Rounds::new(threads),
-        temp_dir: config.effective_temp_dir(),
+        temp_dir,
     };
     let input_bytes = AtomicU64::new(0);
     let rows = AtomicU64::new(0);
