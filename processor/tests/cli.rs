@@ -325,6 +325,32 @@ fn a_missing_temp_dir_fails_before_the_run() {
     assert_eq!(entries(dir.path()), Vec::<String>::new());
 }
 
+/// A `--summary` whose directory is missing fails before the run, with no output.
+#[test]
+fn a_summary_in_a_missing_directory_fails_before_the_run() {
+    let dir = temp_dir();
+    let out = dir.path().join("out.csv");
+    let summary = dir.path().join("no-such-dir").join("summary.json");
+    let input = fixtures::golden_dir().join("seed/input.csv");
+    let output = aggregate(
+        &[
+            input.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--summary".as_ref(),
+            summary.as_os_str(),
+        ],
+        None,
+    );
+    assert_error(
+        &output,
+        EXIT_IO,
+        &format!("error: cannot write {}", summary.display()),
+        "missing summary directory",
+    );
+    assert_eq!(entries(dir.path()), Vec::<String>::new());
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let dir = temp_dir();

@@ -82,6 +82,18 @@ enum CliError {
 }
 
 fn execute(args: &AggregateArgs) -> Result<Summary, CliError> {
+    if let Some(path) = &args.summary {
+        // A summary that could not be written after a long run would turn a good result
+        // into a failed exit: its directory is checked first.
+        let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty());
+        if let Some(dir) = dir {
+            let found = std::fs::metadata(dir).and_then(|meta| match meta.is_dir() {
+                true => Ok(()),
+                false => Err(std::io::ErrorKind::NotADirectory.into()),
+            });
+            found.map_err(|e| CliError::Engine(write_error(e, &path.display().to_string())))?;
+        }
+    }
     let config = Config {
         memory_limit: args.memory_limit,
         threads: args.threads,
