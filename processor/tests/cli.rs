@@ -298,57 +298,44 @@ fn an_input_that_is_a_fifo_is_read_as_a_stream() {
     assert_output(&std::fs::read(&out).expect("read"), &expected, "FIFO input");
 }
 
+/// Runs the seed input with `FLAG PATH` and asserts that it fails with exit 74 and `message`
+/// before the run: no output appears.
+fn assert_fails_before_the_run(flag: &str, path: &Path, message: &str) {
+    let dir = path
+        .ancestors()
+        .find(|dir| dir.is_dir())
+        .expect("an existing directory");
+    let out = dir.join("out.csv");
+    let input = fixtures::golden_dir().join("seed/input.csv");
+    let args = [
+        input.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        flag.as_ref(),
+        path.as_os_str(),
+    ];
+    let output = aggregate(&args, None);
+    assert_error(&output, EXIT_IO, message, flag);
+    assert_eq!(entries(dir), Vec::<String>::new(), "{flag}");
+}
+
 /// A temporary directory that cannot take spilled runs is an error at once, also for an input
 /// that would not have spilled, and no output appears.
 #[test]
 fn a_missing_temp_dir_fails_before_the_run() {
     let dir = temp_dir();
-    let out = dir.path().join("out.csv");
     let missing = dir.path().join("no-such-dir");
-    let input = fixtures::golden_dir().join("seed/input.csv");
-    let output = aggregate(
-        &[
-            input.as_os_str(),
-            "-o".as_ref(),
-            out.as_os_str(),
-            "--temp-dir".as_ref(),
-            missing.as_os_str(),
-        ],
-        None,
-    );
-    assert_error(
-        &output,
-        EXIT_IO,
-        &format!("error: temporary file in {}", missing.display()),
-        "missing temp dir",
-    );
-    assert_eq!(entries(dir.path()), Vec::<String>::new());
+    let message = format!("error: temporary file in {}", missing.display());
+    assert_fails_before_the_run("--temp-dir", &missing, &message);
 }
 
 /// A `--summary` whose directory is missing fails before the run, with no output.
 #[test]
 fn a_summary_in_a_missing_directory_fails_before_the_run() {
     let dir = temp_dir();
-    let out = dir.path().join("out.csv");
     let summary = dir.path().join("no-such-dir").join("summary.json");
-    let input = fixtures::golden_dir().join("seed/input.csv");
-    let output = aggregate(
-        &[
-            input.as_os_str(),
-            "-o".as_ref(),
-            out.as_os_str(),
-            "--summary".as_ref(),
-            summary.as_os_str(),
-        ],
-        None,
-    );
-    assert_error(
-        &output,
-        EXIT_IO,
-        &format!("error: cannot write {}", summary.display()),
-        "missing summary directory",
-    );
-    assert_eq!(entries(dir.path()), Vec::<String>::new());
+    let message = format!("error: cannot write {}", summary.display());
+    assert_fails_before_the_run("--summary", &summary, &message);
 }
 
 #[test]

@@ -87,9 +87,12 @@ fn execute(args: &AggregateArgs) -> Result<Summary, CliError> {
         // into a failed exit: its directory is checked first.
         let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty());
         if let Some(dir) = dir {
-            let found = std::fs::metadata(dir).and_then(|meta| match meta.is_dir() {
-                true => Ok(()),
-                false => Err(std::io::ErrorKind::NotADirectory.into()),
+            let found = std::fs::metadata(dir).and_then(|meta| {
+                if meta.is_dir() {
+                    Ok(())
+                } else {
+                    Err(std::io::ErrorKind::NotADirectory.into())
+                }
             });
             found.map_err(|e| CliError::Engine(write_error(e, &path.display().to_string())))?;
         }
