@@ -18,18 +18,27 @@ use super::validate::PackedDate;
 use crate::error::{Field, show_value};
 use crate::{Error, Phase};
 
+/// Rows of a block that [`TableSink`] holds back: enough for the slots they touch in the cache
+/// of frequent songs (which is larger than the CPU's second-level cache) to arrive from
+/// memory while later rows are parsed.
+const AHEAD: usize = 8;
+
 /// Feeds parsed rows of one block into a worker's table, flushing the buffered rows (and
-/// spilling) as soon as they fill. A row of the block is added one row late: its song's
-/// place in the cache of frequent songs is loaded meanwhile, while the next row is parsed.
+/// spilling) as soon as they fill. A row of the block is added [`AHEAD`] rows late: its
+/// song's place in the cache of frequent songs is loaded meanwhile.
 struct TableSink<'a, 's, 'd> {
     table: &'a mut ShardedTable,
     spiller: &'a mut Spiller,
     shared: &'a Shared<'s>,
     block: u64,
-    pending: Option<Pending<'d>>,
+    /// A ring of the rows held back: `held` of them, the oldest at `next` once it is full.
+    pending: [Pending<'d>; AHEAD],
+    next: usize,
+    held: usize,
 }
 
 /// A row held back by [`TableSink`], its song hashed.
+#[derive(Clone, Copy, Default)]
 struct Pending<'d> {
     hash: u64,
     song: &'d [u8],
@@ -59,15 +68,19 @@ impl<'d> RowSink<'d> for TableSink<'_, '_, 'd> {
         }
         let hash = hash_bytes(song);
         self.table.prefetch(hash, date);
-        match self.pending.replace(Pending {
+        let row = Pending {
             hash,
             song,
             date,
             plays,
-        }) {
-            Some(row) => self.add(row.hash, row.song, row.date, row.plays),
-            None => Ok(()),
+        };
+        let oldest = std::mem::replace(&mut self.pending[self.next], row);
+        self.next = (self.next + 1) % AHEAD;
+        if self.held < AHEAD {
+            self.held += 1;
+            return Ok(());
         }
+        self.add(oldest.hash, oldest.song, oldest.date, oldest.plays)
     }
 
     fn invalid(&mut self, line: u64, field: Option<Field>, reason: String) -> Result<(), Stop> {
@@ -85,10 +98,13 @@ impl<'d> RowSink<'d> for TableSink<'_, '_, 'd> {
     }
 
     fn end(&mut self) -> Result<(), Stop> {
-        match self.pending.take() {
-            Some(row) => self.add(row.hash, row.song, row.date, row.plays),
-            None => Ok(()),
+        let oldest = self.next + AHEAD - self.held;
+        for at in oldest..self.next + AHEAD {
+            let row = self.pending[at % AHEAD];
+            self.held -= 1;
+            self.add(row.hash, row.song, row.date, row.plays)?;
         }
+        Ok(())
     }
 }
 
@@ -161,7 +177,9 @@ pub(crate) fn worker(
                 spiller: &mut spiller,
                 shared,
                 block: block.index,
-                pending: None,
+                pending: Default::default(),
+                next: 0,
+                held: 0,
             };
             if block.oversized {
                 // The input cannot be resynchronised after this record: an error in any mode.
