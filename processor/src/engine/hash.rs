@@ -77,7 +77,7 @@ mod tests {
         }
         assert_ne!(hash_bytes(b"ab"), hash_bytes(b"ba"));
         assert_ne!(hash_bytes(b""), hash_bytes(b"\\0"));
-        // Top bits (hashbrown's tags) vary too.
+        // High bits (the song tables' tags) vary too.
         let tops: HashSet<u64> = (0..1000u32)
             .map(|i| hash_bytes(&i.to_le_bytes()) >> 57)
             .collect();

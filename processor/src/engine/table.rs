@@ -3,8 +3,6 @@
 
 use std::mem::size_of;
 
-use hashbrown::HashTable;
-
 use super::days::{Days, Overflow};
 use super::hash::{u32_at, u64_at};
 use super::validate::PackedDate;
@@ -221,13 +219,27 @@ impl Song {
 }
 
 /// Songs and their sums by date, with an estimate of the heap bytes held.
+///
+/// The songs are kept in insertion order in `entries`, found through `index`, an open-addressed
+/// array (linear probing, at most half full) of `tag << 32 | (entry + 1)` words, 0 for a free
+/// slot, the tag being the high half of the song's hash. A shard's index is small enough for
+/// the CPU caches, so [`SongTable::prefetch`] can find a song's entry without waiting for
+/// memory and start loading it, and [`SongTable::prefetch_days`] its sums, while earlier rows
+/// are added: a hash table that only finds an entry by comparing it could not.
 #[derive(Default)]
 pub(crate) struct SongTable {
-    songs: HashTable<Song>,
+    index: Vec<u64>,
+    entries: Vec<Song>,
     /// Names longer than [`INLINE`].
     arena: Vec<u8>,
     days_bytes: usize,
 }
+
+/// Bytes of a CPU cache line.
+const CACHE_LINE: usize = 64;
+
+/// Fewest index slots, once a song is added.
+const MIN_INDEX: usize = 16;
 
 impl SongTable {
     /// Adds `plays` to (`song`, `date`); `hash` is `hash_bytes(song)`.
@@ -239,18 +251,12 @@ impl SongTable {
         date: PackedDate,
         plays: u64,
     ) -> Result<(), SumOverflow> {
-        let arena = &self.arena;
-        let entry = match self
-            .songs
-            .find_mut(hash, |s| s.hash == hash && s.is_named(arena, song))
-        {
-            Some(entry) => entry,
-            None => {
-                self.insert(song, hash, date, plays);
-                return Ok(());
-            }
+        let (found, slot) = self.find(song, hash);
+        let Some(entry) = found else {
+            self.insert(slot, song, hash, date, plays);
+            return Ok(());
         };
-        let delta = entry
+        let delta = self.entries[entry]
             .days
             .add(date, plays)
             .map_err(|Overflow| SumOverflow)?;
@@ -258,8 +264,82 @@ impl SongTable {
         Ok(())
     }
 
+    /// The entry of `song`, or the free index slot where it would go.
+    #[inline]
+    fn find(&self, song: &[u8], hash: u64) -> (Option<usize>, usize) {
+        let Some(mask) = self.index.len().checked_sub(1) else {
+            return (None, 0);
+        };
+        let tag = hash >> 32;
+        let mut at = hash as usize & mask;
+        loop {
+            let word = self.index[at];
+            if word == 0 {
+                return (None, at);
+            }
+            if word >> 32 == tag {
+                let entry = (word as u32 - 1) as usize;
+                let candidate = &self.entries[entry];
+                if candidate.hash == hash && candidate.is_named(&self.arena, song) {
+                    return (Some(entry), at);
+                }
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// The first entry whose tag matches `hash` (most likely the song's, if present), found
+    /// through the index alone.
+    #[inline(always)]
+    fn candidate(&self, hash: u64) -> Option<&Song> {
+        let mask = self.index.len().checked_sub(1)?;
+        let tag = hash >> 32;
+        let mut at = hash as usize & mask;
+        loop {
+            let word = *self.index.get(at)?;
+            if word == 0 {
+                return None;
+            }
+            if word >> 32 == tag {
+                return self.entries.get((word as u32 - 1) as usize);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Starts loading the whole index, before a batch of rows is added (for the first look-ups
+    /// of [`SongTable::prefetch`] not to wait for it; a shard's index is small).
+    pub(crate) fn prefetch_index(&self) {
+        for line in self.index.chunks(CACHE_LINE / size_of::<u64>()) {
+            prefetch(line.as_ptr().cast());
+        }
+    }
+
+    /// Starts loading the entry of the song with this hash, if the table holds it.
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, hash: u64) {
+        if let Some(song) = self.candidate(hash) {
+            let entry = (song as *const Song).cast::<u8>();
+            prefetch(entry);
+            prefetch(entry.wrapping_add(size_of::<Song>() - 1));
+        }
+    }
+
+    /// Starts loading the sums of the song with this hash (after [`SongTable::prefetch`],
+    /// once its entry has arrived).
+    #[inline(always)]
+    pub(crate) fn prefetch_days(&self, hash: u64) {
+        if let Some(days) = self.candidate(hash).and_then(|song| song.days.heap_ptr()) {
+            prefetch(days);
+        }
+    }
+
     #[cold]
-    fn insert(&mut self, song: &[u8], hash: u64, date: PackedDate, plays: u64) {
+    fn insert(&mut self, mut slot: usize, song: &[u8], hash: u64, date: PackedDate, plays: u64) {
+        if (self.entries.len() + 1) * 2 > self.index.len() {
+            self.grow_index();
+            slot = self.find(song, hash).1;
+        }
         let mut name = [0u8; INLINE];
         if song.len() <= INLINE {
             name[..song.len()].copy_from_slice(song);
@@ -267,33 +347,45 @@ impl SongTable {
             name[..8].copy_from_slice(&(self.arena.len() as u64).to_le_bytes());
             self.arena.extend_from_slice(song);
         }
-        self.songs.insert_unique(
+        self.entries.push(Song {
             hash,
-            Song {
-                hash,
-                len: song.len() as u32,
-                name,
-                days: Days::first(date, plays),
-            },
-            |s| s.hash,
-        );
+            len: song.len() as u32,
+            name,
+            days: Days::first(date, plays),
+        });
+        self.index[slot] = ((hash >> 32) << 32) | self.entries.len() as u64;
     }
 
-    /// Estimated heap bytes held. The growth of the slot array is not reserved ahead: tables
-    /// are filled shard after shard and checked against the budget after each, so a doubling
-    /// overshoots by one shard's slots at most, and a table spills with its slots nearly full.
+    /// Doubles the index and places every entry again.
+    fn grow_index(&mut self) {
+        let slots = (self.index.len() * 2).max(MIN_INDEX);
+        let mask = slots - 1;
+        let mut index = vec![0u64; slots];
+        for (entry, song) in self.entries.iter().enumerate() {
+            let mut at = song.hash as usize & mask;
+            while index[at] != 0 {
+                at = (at + 1) & mask;
+            }
+            index[at] = ((song.hash >> 32) << 32) | (entry as u64 + 1);
+        }
+        self.index = index;
+    }
+
+    /// Estimated heap bytes held. The growth of the entries and the index is not reserved
+    /// ahead: tables are filled shard after shard and checked against the budget after each,
+    /// so a doubling overshoots by one shard's arrays at most.
     pub(crate) fn heap_bytes(&self) -> usize {
-        // hashbrown allocates a power of two of buckets, at most 7/8 of them usable; each
-        // song also takes a `SongRef` in the sorted order built to spill or merge.
-        self.songs.capacity() * 8 / 7 * (size_of::<Song>() + 1)
-            + self.songs.len() * size_of::<SongRef<'_>>()
+        // Each song also takes a `SongRef` in the sorted order built to spill or merge.
+        self.index.capacity() * size_of::<u64>()
+            + self.entries.capacity() * size_of::<Song>()
+            + self.entries.len() * size_of::<SongRef<'_>>()
             + self.arena.capacity()
             + self.days_bytes
     }
 
     /// Songs held.
     pub(crate) fn len(&self) -> usize {
-        self.songs.len()
+        self.entries.len()
     }
 
     /// Appends the songs with their names to `out` (unsorted).
@@ -303,14 +395,14 @@ impl SongTable {
 
     /// The songs with their names (unsorted).
     pub(crate) fn songs(&self) -> impl Iterator<Item = SongRef<'_>> {
-        self.songs
+        self.entries
             .iter()
             .map(|song| SongRef::new(song.name(&self.arena), song))
     }
 
     /// The song names (unsorted).
     pub(crate) fn names(&self) -> impl Iterator<Item = &[u8]> {
-        self.songs.iter().map(|song| song.name(&self.arena))
+        self.entries.iter().map(|song| song.name(&self.arena))
     }
 }
 
@@ -334,7 +426,7 @@ mod tests {
             let name: Vec<u8> = (0..len as u8).map(|i| b'a' + i).collect();
             let mut table = SongTable::default();
             add(&mut table, &name, 1, 1).expect("fits");
-            let song = table.songs.iter().next().expect("a song");
+            let song = table.entries.first().expect("a song");
             assert!(song.is_named(&table.arena, &name), "len {len}");
             assert!(!song.is_named(&table.arena, &name[..len - 1]), "len {len}");
             for at in 0..len {
@@ -343,6 +435,38 @@ mod tests {
                 assert!(!song.is_named(&table.arena, &other), "len {len}, byte {at}");
             }
         }
+    }
+
+    #[test]
+    fn songs_sharing_a_hash_or_a_tag_stay_apart_as_the_index_grows() {
+        let mut table = SongTable::default();
+        let mut expected = std::collections::BTreeMap::new();
+        for i in 0..5000u64 {
+            let name = format!("song {}", i % 1500);
+            // Few distinct hashes: many songs share a whole hash, others only its tag
+            // (high half) or only its low half.
+            let hash = match i % 1500 % 3 {
+                0 => 42,
+                1 => (7 << 32) | (i % 1500),
+                _ => ((i % 1500) << 32) | 7,
+            };
+            let date = (i % 40) as PackedDate;
+            table.add(name.as_bytes(), hash, date, i).expect("fits");
+            table.prefetch(hash);
+            table.prefetch_days(hash);
+            *expected.entry((name.into_bytes(), date)).or_insert(0) += i;
+        }
+        assert_eq!(table.len(), 1500);
+        let mut actual = std::collections::BTreeMap::new();
+        let mut days = Vec::new();
+        for song in table.songs() {
+            days.clear();
+            song.sorted_days_into(&mut days);
+            for &(date, sum) in &days {
+                actual.insert((song.name.to_vec(), date), sum);
+            }
+        }
+        assert_eq!(actual, expected);
     }
 
     #[test]
