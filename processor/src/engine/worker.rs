@@ -205,7 +205,8 @@ pub(crate) fn worker(
                     if let Some(inner) = inner_pages(start, end, page) {
                         release(map, inner);
                     }
-                    if let Some(range) = shared.frontier.finish(block.index, end, page) {
+                    let released = shared.frontier.finish(block.index, start..end, page);
+                    for range in released.into_iter().flatten() {
                         release(map, range);
                     }
                 }
