@@ -46,10 +46,11 @@ impl BlockData {
 }
 
 /// Which pages of a memory-mapped input can be dropped from the process: those below the
-/// first block still being parsed. A finished block's own range is not enough: the page a
-/// block boundary falls in is shared with the next block, and when a dropped page is read
-/// again the kernel maps its neighbours with it (fault-around), pages of a block that was
-/// already released, which then stayed mapped: on 10 GB with `--memory-limit 512M`, file
+/// first block still being parsed, and those around the boundary of two finished blocks. A
+/// finished block's own range is not enough: the page a block boundary falls in is shared
+/// with the next block, and when a dropped page is read again the kernel maps its neighbours
+/// with it (fault-around), pages of a block that was already released, which then stayed
+/// mapped: on 10 GB with `--memory-limit 512M`, file
 /// pages grew by about 2.5 MB a second and the peak RSS reached 960 MB (500 MB with the
 /// frontier). Below the frontier no page is read again (the blocks above it are populated
 /// ahead and nothing drops their pages first).

@@ -267,6 +267,23 @@ impl SongTable {
     /// The entry of `song`, or the free index slot where it would go.
     #[inline]
     fn find(&self, song: &[u8], hash: u64) -> (Option<usize>, usize) {
+        self.probe(hash, |entry| {
+            entry.hash == hash && entry.is_named(&self.arena, song)
+        })
+    }
+
+    /// The first entry whose tag matches `hash` (most likely the song's, if present), found
+    /// through the index alone.
+    #[inline(always)]
+    fn candidate(&self, hash: u64) -> Option<&Song> {
+        let (entry, _) = self.probe(hash, |_| true);
+        self.entries.get(entry?)
+    }
+
+    /// Probes the index from `hash`'s slot: the first entry with `hash`'s tag that `accept`
+    /// takes, or none, with the slot where the probe stopped.
+    #[inline(always)]
+    fn probe(&self, hash: u64, mut accept: impl FnMut(&Song) -> bool) -> (Option<usize>, usize) {
         let Some(mask) = self.index.len().checked_sub(1) else {
             return (None, 0);
         };
@@ -277,31 +294,9 @@ impl SongTable {
             if word == 0 {
                 return (None, at);
             }
-            if word >> 32 == tag {
-                let entry = (word as u32 - 1) as usize;
-                let candidate = &self.entries[entry];
-                if candidate.hash == hash && candidate.is_named(&self.arena, song) {
-                    return (Some(entry), at);
-                }
-            }
-            at = (at + 1) & mask;
-        }
-    }
-
-    /// The first entry whose tag matches `hash` (most likely the song's, if present), found
-    /// through the index alone.
-    #[inline(always)]
-    fn candidate(&self, hash: u64) -> Option<&Song> {
-        let mask = self.index.len().checked_sub(1)?;
-        let tag = hash >> 32;
-        let mut at = hash as usize & mask;
-        loop {
-            let word = *self.index.get(at)?;
-            if word == 0 {
-                return None;
-            }
-            if word >> 32 == tag {
-                return self.entries.get((word as u32 - 1) as usize);
+            let entry = (word as u32 - 1) as usize;
+            if word >> 32 == tag && self.entries.get(entry).is_some_and(&mut accept) {
+                return (Some(entry), at);
             }
             at = (at + 1) & mask;
         }
