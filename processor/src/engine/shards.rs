@@ -31,24 +31,30 @@ struct BufferedRow<'a> {
     plays: u64,
     date: PackedDate,
     song: &'a [u8],
-    /// Where the next row starts.
-    next: usize,
 }
 
-impl<'a> BufferedRow<'a> {
-    /// The row at `at` in `rows`, if one starts there.
+/// The rows of a [`RowBuffer`], in order.
+struct BufferedRows<'a> {
+    rows: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Iterator for BufferedRows<'a> {
+    type Item = BufferedRow<'a>;
+
     #[inline(always)]
-    fn at(rows: &'a [u8], at: usize) -> Option<Self> {
-        let header = rows.get(at..at + ROW_HEADER)?;
-        let len = u32_at(header, 20) as usize;
-        let next = at + ROW_HEADER + len;
-        Some(BufferedRow {
+    fn next(&mut self) -> Option<BufferedRow<'a>> {
+        let at = self.at;
+        let header = self.rows.get(at..at + ROW_HEADER)?;
+        let end = at + ROW_HEADER + u32_at(header, 20) as usize;
+        let row = BufferedRow {
             hash: u64_at(header, 0),
             plays: u64_at(header, 8),
             date: u32_at(header, 16),
-            song: rows.get(at + ROW_HEADER..next)?,
-            next,
-        })
+            song: self.rows.get(at + ROW_HEADER..end)?,
+        };
+        self.at = end;
+        Some(row)
     }
 }
 
@@ -120,8 +126,11 @@ impl RowBuffer {
         self.bytes.resize(needed.max(self.bytes.len() * 2), 0);
     }
 
-    fn rows(&self) -> &[u8] {
-        &self.bytes[..self.len]
+    fn rows(&self) -> BufferedRows<'_> {
+        BufferedRows {
+            rows: &self.bytes[..self.len],
+            at: 0,
+        }
     }
 }
 
@@ -216,32 +225,22 @@ impl ShardedTable {
     ) -> Result<bool, Overflowed> {
         for shard in 0..SHARDS {
             let (table, buffer) = (&mut self.shards[shard], &mut self.buffers.shards[shard]);
-            let rows = buffer.rows();
-            if rows.is_empty() {
+            if buffer.len == 0 {
                 continue;
             }
             // Rows `AHEAD` ahead have their entries loaded, rows half as far their sums.
             table.prefetch_index();
-            let (mut at, mut mid, mut ahead) = (0, 0, 0);
-            for _ in 0..AHEAD {
-                if let Some(row) = BufferedRow::at(rows, ahead) {
-                    table.prefetch(row.hash);
-                    ahead = row.next;
-                }
+            let (mut ahead, mut mid) = (buffer.rows(), buffer.rows());
+            for row in ahead.by_ref().take(AHEAD) {
+                table.prefetch(row.hash);
             }
-            for _ in 0..AHEAD / 2 {
-                if let Some(row) = BufferedRow::at(rows, mid) {
-                    mid = row.next;
-                }
-            }
-            while let Some(row) = BufferedRow::at(rows, at) {
-                if let Some(next) = BufferedRow::at(rows, ahead) {
+            mid.by_ref().take(AHEAD / 2).for_each(drop);
+            for row in buffer.rows() {
+                if let Some(next) = ahead.next() {
                     table.prefetch(next.hash);
-                    ahead = next.next;
                 }
-                if let Some(next) = BufferedRow::at(rows, mid) {
+                if let Some(next) = mid.next() {
                     table.prefetch_days(next.hash);
-                    mid = next.next;
                 }
                 table
                     .add(row.song, row.hash, row.date, row.plays)
@@ -249,7 +248,6 @@ impl ShardedTable {
                         song: String::from_utf8_lossy(row.song).into_owned(),
                         date: date_string(row.date),
                     })?;
-                at = row.next;
             }
             self.buffers.buffered -= buffer.len;
             buffer.len = 0;
