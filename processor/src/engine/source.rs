@@ -50,9 +50,8 @@ impl BlockData {
 /// finished block's own range is not enough: the page a block boundary falls in is shared
 /// with the next block, and when a dropped page is read again the kernel maps its neighbours
 /// with it (fault-around), pages of a block that was already released, which then stayed
-/// mapped: on 10 GB with `--memory-limit 512M`, file
-/// pages grew by about 2.5 MB a second and the peak RSS reached 960 MB (500 MB with the
-/// frontier). Below the frontier no page is read again (the blocks above it are populated
+/// mapped: on 10 GB with `--memory-limit 512M`, file pages grew by about 2.5 MB a second and
+/// the peak RSS reached 960 MB (500 MB with the frontier). Below the frontier no page is read again (the blocks above it are populated
 /// ahead and nothing drops their pages first).
 #[derive(Debug, Default)]
 pub(crate) struct ReleaseFrontier {
@@ -70,13 +69,15 @@ struct FrontierState {
 }
 
 /// The pages [`ReleaseFrontier::finish`] found droppable.
-pub(crate) type Released = [Option<Range<usize>>; 3];
+pub(crate) type Released = [Option<Range<usize>>; 4];
 
 impl ReleaseFrontier {
     /// Block `index`, the bytes `block`, is finished: returns the ranges of whole pages (of
-    /// `page` bytes) that can be dropped now: around its boundaries with finished neighbours
-    /// (the margins [`inner_pages`] kept), and below the first unfinished block.
+    /// `page` bytes) that can be dropped now: its own away from its ends ([`inner_pages`]),
+    /// around its boundaries with finished neighbours (the margins `inner_pages` kept), and
+    /// below the first unfinished block.
     pub(crate) fn finish(&self, index: u64, block: Range<usize>, page: usize) -> Released {
+        let inner = inner_pages(block.start, block.end, page);
         let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let state = &mut *guard;
         let previous = index.checked_sub(1).and_then(|i| state.finished.get(&i));
@@ -97,7 +98,7 @@ impl ReleaseFrontier {
                 from..to
             })
         });
-        [before.flatten(), after.flatten(), below]
+        [inner, before.flatten(), after.flatten(), below]
     }
 }
 
@@ -130,7 +131,7 @@ const BOUNDARY_MARGIN: usize = 64 << 10;
 /// above the first unfinished one stayed mapped: with 32 threads on 2 cores at
 /// `--memory-limit 256M`, file pages reached 174 MB and the peak RSS 450 MB. The frontier
 /// ([`ReleaseFrontier`]) drops the rest later.
-pub(crate) fn inner_pages(start: usize, end: usize, page: usize) -> Option<Range<usize>> {
+fn inner_pages(start: usize, end: usize, page: usize) -> Option<Range<usize>> {
     let from = (start + BOUNDARY_MARGIN).div_ceil(page) * page;
     let to = end.saturating_sub(BOUNDARY_MARGIN) / page * page;
     (from < to).then_some(from..to)
@@ -412,7 +413,7 @@ mod tests {
         // Pages of 4096 bytes; block i is [i * 10_000, end(i)).
         let frontier = ReleaseFrontier::default();
         let block = |i: u64| i as usize * 10_000..(i as usize + 1) * 10_000;
-        let below = |released: Released| released[2].clone();
+        let below = |released: Released| released[3].clone();
         // Blocks finishing out of order release nothing below them until the ones before
         // them are done.
         assert_eq!(below(frontier.finish(1, block(1), 4096)), None);
@@ -440,9 +441,12 @@ mod tests {
         let block = |i: usize| i * size..(i + 1) * size;
         let frontier = ReleaseFrontier::default();
         // Block 0 stays unfinished: nothing falls below the frontier.
-        assert_eq!(frontier.finish(2, block(2), page), [None, None, None]);
+        let [inner, before, after, below] = frontier.finish(2, block(2), page);
+        assert_eq!(inner, inner_pages(block(2).start, block(2).end, page));
+        assert!(inner.is_some());
+        assert_eq!([before, after, below], [None, None, None]);
         // Block 1's boundary with 2 is released, the one with 0 (unfinished) is not.
-        let [before, after, below] = frontier.finish(1, block(1), page);
+        let [_, before, after, below] = frontier.finish(1, block(1), page);
         assert_eq!((before, below), (None, None));
         let after = after.expect("both sides of the boundary are finished");
         let boundary = block(2).start;
@@ -460,7 +464,7 @@ mod tests {
         );
         assert_eq!((after.start % page, after.end % page), (0, 0));
         // Block 3 finishes after 2: its boundary with 2 is released.
-        let [before, after, _] = frontier.finish(3, block(3), page);
+        let [_, before, after, _] = frontier.finish(3, block(3), page);
         assert!(before.is_some_and(|range| range.contains(&block(3).start)));
         assert_eq!(after, None);
     }

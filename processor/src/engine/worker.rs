@@ -13,7 +13,7 @@ use super::pipeline::{LocatedInvalid, LockOk, Shared};
 use super::rounds::{Part, Room};
 use super::run::SpilledRun;
 use super::shards::ShardedTable;
-use super::source::{Block, BlockData, MAX_RECORD_BYTES, inner_pages};
+use super::source::{Block, BlockData, MAX_RECORD_BYTES};
 use super::validate::PackedDate;
 use crate::error::{Field, show_value};
 use crate::{Error, Phase};
@@ -202,9 +202,6 @@ pub(crate) fn worker(
         match block.data {
             BlockData::Mapped { start, end } => {
                 if let Some(map) = map {
-                    if let Some(inner) = inner_pages(start, end, page) {
-                        release(map, inner);
-                    }
                     let released = shared.frontier.finish(block.index, start..end, page);
                     for range in released.into_iter().flatten() {
                         release(map, range);
