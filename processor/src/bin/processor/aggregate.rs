@@ -1,13 +1,13 @@
 //! `processor aggregate IN.csv -o OUT.csv`: the engine on a local file, with a progress bar.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use processor::{Config, Control, Error, Input, Summary, parse_size};
+use processor::{Config, Control, Error, Input, OutputFile, Summary, parse_size};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -82,21 +82,14 @@ enum CliError {
 }
 
 fn execute(args: &AggregateArgs) -> Result<Summary, CliError> {
-    if let Some(path) = &args.summary {
-        // A summary that could not be written after a long run would turn a good result
-        // into a failed exit: its directory is checked first.
-        let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty());
-        if let Some(dir) = dir {
-            let found = std::fs::metadata(dir).and_then(|meta| {
-                if meta.is_dir() {
-                    Ok(())
-                } else {
-                    Err(std::io::ErrorKind::NotADirectory.into())
-                }
-            });
-            found.map_err(|e| CliError::Engine(write_error(e, &path.display().to_string())))?;
-        }
-    }
+    // Opened before the run (a missing directory fails now): a summary that could not be
+    // written after a long run would turn a good result into a failed exit.
+    let summary_error =
+        |e, path: &Path| CliError::Engine(write_error(e, &path.display().to_string()));
+    let summary_file = match &args.summary {
+        Some(path) => Some(OutputFile::create(path).map_err(|e| summary_error(e, path))?),
+        None => None,
+    };
     let config = Config {
         memory_limit: args.memory_limit,
         threads: args.threads,
@@ -136,10 +129,10 @@ fn execute(args: &AggregateArgs) -> Result<Summary, CliError> {
         bar.finish();
     }
     let summary = result.map_err(CliError::Engine)?;
-    if let Some(path) = &args.summary {
+    if let (Some(path), Some(file)) = (&args.summary, summary_file) {
         let json = serde_json::to_vec_pretty(&summary).map_err(|e| CliError::Other(e.into()))?;
-        std::fs::write(path, json)
-            .map_err(|e| CliError::Engine(write_error(e, &path.display().to_string())))?;
+        let written = file.file().write_all(&json).and_then(|()| file.commit());
+        written.map_err(|e| summary_error(e, path))?;
     }
     Ok(summary)
 }
