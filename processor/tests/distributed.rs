@@ -223,7 +223,14 @@ async fn upload_client_downloads_the_result(
         worker.log()
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.starts_with("task "), "{stdout}");
+    let id = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("task "))
+        .and_then(|id| uuid::Uuid::parse_str(id.trim()).ok())
+        .unwrap_or_else(|| panic!("no task id in {stdout:?}"));
+    // Sent as a raw body named by the query: the task keeps the file's name.
+    let status = tm.wait_finished(id).await;
+    assert_eq!(status["filename"], "plays.csv", "{status}");
     let result = dir.path().join("plays_aggregated.csv");
     let written = std::fs::read_to_string(&result).expect("the client wrote its result");
     assert_eq!(written, SEED_OUTPUT);

@@ -33,6 +33,25 @@ async fn raw_csv_body_is_accepted() {
     let response = server.download(id).await;
     assert_eq!(attachment_filename(&response), format!("{id}.csv"));
     assert_eq!(response.text().await.unwrap(), SEED_OUTPUT);
+
+    // Named by the query, as `processor upload` sends it; the name is sanitized.
+    let response = server
+        .client
+        .post(server.url("/v1/data_processor/upload"))
+        .query(&[("filename", "../my plays.csv")])
+        .header(CONTENT_TYPE, "text/csv")
+        .body(SEED_INPUT)
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = json_of(response).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let id = task_id_of(&body);
+    let status = server.wait_finished(id).await;
+    assert_eq!(status["filename"], "my_plays.csv", "{status}");
+    let response = server.download(id).await;
+    assert_eq!(attachment_filename(&response), "my_plays_aggregated.csv");
+    assert_eq!(response.text().await.unwrap(), SEED_OUTPUT);
     server.stop().await;
 }
 

@@ -1,7 +1,8 @@
 //! `POST /v1/data_processor/upload`: streams the upload to `raw_data/<task_id>.csv` at
 //! constant memory (temporary file, then rename), records the task and queues it.
 //!
-//! Accepts multipart/form-data with a field `file`, or a raw body with a CSV content type.
+//! Accepts multipart/form-data with a field `file`, or a raw body with a CSV content type
+//! (the cheaper of the two to receive), named by the query parameter `filename`.
 //! An upload is refused with 413 before its body is read when its `Content-Length` is over
 //! `MAX_UPLOAD_BYTES`, and with 503 (`Retry-After`) when `MAX_CONCURRENT_UPLOADS` uploads are
 //! being received. While the bytes arrive, it is refused with 413 as soon as it passes
@@ -19,11 +20,11 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, BodyDataStream, Bytes};
-use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use futures_util::{Stream, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use task_protocol::TaskStatus;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -50,6 +51,13 @@ const RAW_TYPES: [&str; 4] = [
     "application/octet-stream",
 ];
 
+/// The upload's query: `filename` names a raw body's file (a multipart file's own name comes
+/// first), for the result's download name.
+#[derive(Debug, Default, Deserialize)]
+struct UploadQuery {
+    filename: Option<String>,
+}
+
 /// The answer to an accepted upload.
 #[derive(Debug, Serialize)]
 pub struct Accepted {
@@ -62,6 +70,8 @@ pub async fn upload(
     request: Request,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let limits = &state.uploads;
+    let Query(query) = Query::<UploadQuery>::try_from_uri(request.uri())
+        .map_err(|e| ApiError::bad_request(format!("malformed query: {}", e.body_text())))?;
     let content_type = request
         .headers()
         .get(CONTENT_TYPE)
@@ -151,6 +161,7 @@ pub async fn upload(
         let body = request.into_body().into_data_stream();
         (copy(body, &mut writer, limit, &clock).await?, None)
     };
+    let filename = filename.or_else(|| query.filename.as_deref().and_then(sanitize_filename));
     if bytes == 0 {
         return Err(ApiError::bad_request(
             "the uploaded file is empty: expected a CSV with the header \"Song,Date,Number of Plays\"",

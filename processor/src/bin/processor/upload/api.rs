@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use indicatif::ProgressBar;
-use reqwest::multipart::{Form, Part};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Body, Response};
 use serde::Deserialize;
 use task_protocol::TaskStatus;
@@ -78,7 +78,8 @@ impl Api {
         success(response, &url).await.map(drop)
     }
 
-    /// Uploads `path` as the multipart field `file`, streamed from disk; returns the task id.
+    /// Uploads `path` as a raw CSV body named by the query's `filename` (no multipart framing
+    /// for the server to parse), streamed from disk; returns the task id.
     pub async fn upload(&self, path: &Path, bar: &ProgressBar) -> anyhow::Result<Uuid> {
         let content = map_file(path).with_context(|| format!("cannot read {}", path.display()))?;
         let len = content.len() as u64;
@@ -91,14 +92,14 @@ impl Api {
         let name = path
             .file_name()
             .map_or_else(|| "upload.csv".into(), |n| n.to_string_lossy().into_owned());
-        let part = Part::stream_with_length(Body::wrap_stream(stream), len)
-            .file_name(name)
-            .mime_str("text/csv")?;
         let url = format!("{}/v1/data_processor/upload", self.base_url);
         let response = self
             .http
             .post(&url)
-            .multipart(Form::new().part("file", part))
+            .query(&[("filename", name)])
+            .header(CONTENT_TYPE, "text/csv")
+            .header(CONTENT_LENGTH, len)
+            .body(Body::wrap_stream(stream))
             .send()
             .await
             .with_context(|| format!("POST {url}"))?;
