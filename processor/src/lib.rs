@@ -14,7 +14,7 @@ mod summary;
 
 pub use config::{Config, parse_size};
 pub use engine::{
-    Input, OutputFile, aggregate, aggregate_to_writer, check_header, remove_stale_partials,
+    Growth, Input, OutputFile, aggregate, aggregate_to_writer, check_header, remove_stale_partials,
     return_free_memory,
 };
 pub use error::{Error, Field, InvalidRow};

@@ -45,6 +45,22 @@ pub enum Input<'a> {
         reader: Box<dyn Read + Send + 'a>,
         len: Option<u64>,
     },
+    /// A local file still being written (an upload as it arrives), at most `capacity` bytes
+    /// long: memory-mapped like [`Input::File`], and read as far as `growth` reports it
+    /// written.
+    Growing {
+        file: &'a File,
+        capacity: u64,
+        growth: &'a dyn Growth,
+    },
+}
+
+/// How far a file still being written has reached.
+pub trait Growth: Send + Sync {
+    /// Waits until more than `pos` bytes are written, or the file is complete; returns the
+    /// length written so far (at most `pos` only when that is the whole file). An error (the
+    /// writer gave up, the run was cancelled) ends the run.
+    fn wait_beyond(&self, pos: u64) -> std::io::Result<u64>;
 }
 
 /// Aggregates `input` into the CSV file `output`, which appears only when the run succeeds:
@@ -109,6 +125,28 @@ pub fn aggregate_to_writer(
         Input::Reader { mut reader, len } => {
             progress.set_total(len.unwrap_or(0));
             pipeline::run(pipeline::Source::Stream(&mut reader), out, config, control)?
+        }
+        Input::Growing {
+            file,
+            capacity,
+            growth,
+        } => {
+            let read_err = |source| Error::Read {
+                path: "<upload>".into(),
+                source,
+            };
+            progress.set_total(capacity);
+            let len = usize::try_from(capacity)
+                .map_err(|_| read_err(std::io::Error::other("the file is too large to map")))?;
+            if len == 0 {
+                return Err(Error::EmptyInput);
+            }
+            // SAFETY: as for `Input::File`; the engine reads no byte of the map before
+            // `growth` reports it written (the pages past the file's end would fault).
+            let map =
+                unsafe { memmap2::MmapOptions::new().len(len).map(file) }.map_err(read_err)?;
+            let _ = map.advise(memmap2::Advice::Sequential);
+            pipeline::run(pipeline::Source::Growing(map, growth), out, config, control)?
         }
     };
     progress.set_phase(Phase::Done);

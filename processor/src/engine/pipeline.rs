@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use memmap2::Mmap;
 
+use super::Growth;
 use super::budget::{Plan, TableBudget};
 use super::merge::{fan_in, merge_in_memory, merge_with_spills};
 use super::output::write_header;
@@ -36,6 +37,8 @@ impl<T> LockOk<T> for Mutex<T> {
 /// The input, opened.
 pub(crate) enum Source<'a> {
     Mapped(Mmap),
+    /// The map of a file still being written, read as far as it has grown.
+    Growing(Mmap, &'a dyn Growth),
     Stream(&'a mut dyn Read),
 }
 
@@ -165,9 +168,10 @@ pub(crate) fn run(
 
     let (block_tx, block_rx) = crossbeam_channel::bounded::<Block>(threads);
     let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Vec<u8>>(in_flight);
-    let (map, mut stream) = match source {
-        Source::Mapped(map) => (Some(map), None),
-        Source::Stream(reader) => (None, Some(reader)),
+    let (map, growth, mut stream) = match source {
+        Source::Mapped(map) => (Some(map), None, None),
+        Source::Growing(map, growth) => (Some(map), Some(growth), None),
+        Source::Stream(reader) => (None, None, Some(reader)),
     };
     let map = map.as_ref();
 
@@ -184,7 +188,7 @@ pub(crate) fn run(
         drop(pool_tx);
         let send = |block: Block| !shared.stopped() && block_tx.send(block).is_ok();
         let header = match (map, stream.take()) {
-            (Some(map), _) => produce_mapped(map, block_bytes, control, send),
+            (Some(map), _) => produce_mapped(map, growth, block_bytes, control, send),
             (None, None) => Err(Error::EmptyInput),
             (None, Some(reader)) => {
                 let mut created = 0;

@@ -8,6 +8,7 @@ use std::sync::{Mutex, PoisonError};
 
 use memmap2::Mmap;
 
+use super::Growth;
 use super::parse::{HeaderEnd, parse_header};
 use super::scan::last_record_end;
 use crate::error::InvalidRow;
@@ -181,22 +182,70 @@ fn header_too_long() -> Error {
 }
 
 /// Checks the header of a mapped file and sends its blocks. Returns the header, or an error
-/// about the header; `send` returning false stops early.
+/// about the header; `send` returning false stops early. With `growth`, the file is still
+/// being written: a block is cut once the bytes it spans are written, exactly where it would
+/// be cut in the whole file.
 pub(crate) fn produce_mapped(
     map: &Mmap,
+    growth: Option<&dyn Growth>,
     block_bytes: usize,
     control: &Control,
     mut send: impl FnMut(Block) -> bool,
 ) -> Result<Header, Error> {
-    let data: &[u8] = map;
-    let head = &data[..data.len().min(MAX_RECORD_BYTES)];
-    let at_end = head.len() == data.len();
-    let (skip, header) = header_of(head, at_end)?.ok_or_else(header_too_long)?;
+    // The part of the map written once more than `want` bytes are, and whether that is the
+    // whole input (it is, when it is `want` bytes or fewer).
+    let readable = |want: usize| -> Result<(&[u8], bool), Error> {
+        let Some(growth) = growth else {
+            return Ok((map, true));
+        };
+        let upload_err = |source| Error::Read {
+            path: "<upload>".into(),
+            source,
+        };
+        let written = growth.wait_beyond(want as u64).map_err(upload_err)?;
+        match usize::try_from(written) {
+            // More than the map holds can only be a writer's error: never read past the map.
+            Ok(len) if len <= map.len() => Ok((&map[..len], len <= want)),
+            _ => Err(upload_err(std::io::Error::other(
+                "the file grew beyond its announced size",
+            ))),
+        }
+    };
+    let mut want = 0;
+    let (skip, header) = loop {
+        let (data, complete) = readable(want)?;
+        let head = &data[..data.len().min(MAX_RECORD_BYTES)];
+        if let Some(found) = header_of(head, complete && head.len() == data.len())? {
+            break found;
+        }
+        if complete || head.len() == MAX_RECORD_BYTES {
+            return Err(header_too_long());
+        }
+        want = 2 * data.len();
+    };
+    // The end of the block at `pos` and whether it is oversized; `None` at the input's end.
+    let next_cut = |pos: usize| -> Result<Option<(usize, bool)>, Error> {
+        let mut want = pos + block_bytes;
+        loop {
+            let (data, complete) = readable(want)?;
+            if pos >= data.len() {
+                return Ok(None);
+            }
+            populate(map, pos, block_bytes.min(data.len() - pos));
+            let (end, oversized) = cut(data, pos, block_bytes);
+            // A cut short of the written part is where the whole file is cut too.
+            if complete || end < data.len() {
+                return Ok(Some((end, oversized)));
+            }
+            want = pos + 2 * (data.len() - pos);
+        }
+    };
     let mut pos = skip + header.end;
     let mut index = 0;
-    while pos < data.len() && !control.is_cancelled() {
-        populate(map, pos, block_bytes);
-        let (end, oversized) = cut(data, pos, block_bytes);
+    while !control.is_cancelled() {
+        let Some((end, oversized)) = next_cut(pos)? else {
+            break;
+        };
         let block = Block {
             index,
             data: BlockData::Mapped { start: pos, end },
@@ -214,17 +263,14 @@ pub(crate) fn produce_mapped(
     })
 }
 
-/// Maps the pages of the block at `pos` in one call rather than a page fault every few pages
-/// when the block is first read (here, by the quote count of [`cut`]). Only a hint: where
-/// the system lacks it, the pages fault in as usual.
-fn populate(map: &Mmap, pos: usize, block_bytes: usize) {
+/// Maps the `len` bytes of the block at `pos` in one call rather than a page fault every few
+/// pages when the block is first read (here, by the quote count of [`cut`]). Only a hint:
+/// where the system lacks it, the pages fault in as usual.
+fn populate(map: &Mmap, pos: usize, len: usize) {
     #[cfg(target_os = "linux")]
-    {
-        let len = block_bytes.min(map.len() - pos);
-        let _ = map.advise_range(memmap2::Advice::PopulateRead, pos, len);
-    }
+    let _ = map.advise_range(memmap2::Advice::PopulateRead, pos, len);
     #[cfg(not(target_os = "linux"))]
-    let _ = (map, pos, block_bytes);
+    let _ = (map, pos, len);
 }
 
 /// End of the block starting at record start `pos`, and whether its first record is oversized
@@ -365,10 +411,88 @@ fn fill(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::{
-        BOUNDARY_MARGIN, MAX_RECORD_BYTES, ReleaseFrontier, Released, check_header, cut,
-        inner_pages,
+        BOUNDARY_MARGIN, BlockData, Growth, MAX_RECORD_BYTES, ReleaseFrontier, Released,
+        check_header, cut, inner_pages, produce_mapped,
     };
+    use crate::Control;
+
+    /// A file revealed in steps of `step` bytes, as many as a wait needs.
+    struct Revealed {
+        len: u64,
+        step: u64,
+        written: AtomicU64,
+    }
+
+    impl Growth for Revealed {
+        fn wait_beyond(&self, pos: u64) -> std::io::Result<u64> {
+            let mut written = self.written.load(Ordering::Relaxed);
+            while written <= pos && written < self.len {
+                written = (written + self.step).min(self.len);
+            }
+            self.written.store(written, Ordering::Relaxed);
+            Ok(written)
+        }
+    }
+
+    /// The blocks of the mapped `data` as `(start, end, oversized)`, cut as it is revealed.
+    fn blocks(data: &[u8], block_bytes: usize, step: Option<u64>) -> Vec<(usize, usize, bool)> {
+        let mut file = tempfile::tempfile().expect("temp file");
+        std::io::Write::write_all(&mut file, data).expect("write");
+        // A growing file is mapped twice its size, as an upload's announced length may be.
+        let len = if step.is_some() { 2 } else { 1 } * data.len();
+        // SAFETY: a private temporary file; nothing past its end is read.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }.expect("map");
+        let revealed = step.map(|step| Revealed {
+            len: data.len() as u64,
+            step,
+            written: AtomicU64::new(0),
+        });
+        let growth = revealed.as_ref().map(|r| r as &dyn Growth);
+        let mut cut = Vec::new();
+        produce_mapped(&map, growth, block_bytes, &Control::new(), |block| {
+            let BlockData::Mapped { start, end } = block.data else {
+                panic!("a mapped block");
+            };
+            cut.push((start, end, block.oversized));
+            true
+        })
+        .expect("produced");
+        cut
+    }
+
+    #[test]
+    fn a_growing_file_is_cut_as_the_whole_file() {
+        let mut data = b"Song,Date,Number of Plays\n".to_vec();
+        for i in 0..3000 {
+            data.extend_from_slice(format!("song {i},2020-01-01,{i}\n").as_bytes());
+            if i == 1000 {
+                // A quoted record longer than a block, ...
+                data.extend_from_slice(b"\"long\n");
+                data.extend(std::iter::repeat_n(b'x', 20_000));
+                data.extend_from_slice(b"\",2020-01-01,1\n");
+            }
+        }
+        // ... and a last record without its line end.
+        data.extend_from_slice(b"last,2020-01-01,1");
+        let whole = blocks(&data, 4096, None);
+        assert!(whole.len() > 10, "{whole:?}");
+        for step in [1, 777, 4096, 100_000] {
+            assert_eq!(
+                blocks(&data, 4096, Some(step)),
+                whole,
+                "revealed {step} at a time"
+            );
+        }
+        // An oversized record is flagged where the whole file flags it.
+        let mut long = b"Song,Date,Number of Plays\n\"".to_vec();
+        long.extend(std::iter::repeat_n(b'y', MAX_RECORD_BYTES + 10_000));
+        let whole = blocks(&long, 4096, None);
+        assert_eq!(whole.last().map(|b| b.2), Some(true), "{whole:?}");
+        assert_eq!(blocks(&long, 4096, Some(300_000)), whole);
+    }
 
     #[test]
     fn blocks_end_at_record_ends_and_overlong_records_are_flagged() {

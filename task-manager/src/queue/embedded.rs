@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::QueueError;
-use crate::arrival::{Arrival, ArrivalReader};
+use crate::arrival::{Arrival, FollowedUpload};
 use crate::storage::Storage;
 use crate::store::Store;
 pub use early::EarlyRun;
@@ -117,13 +117,14 @@ impl EmbeddedQueue {
     }
 
     /// Starts the engine on the upload of the future task `id` while it arrives in `file`,
-    /// when a runner is idle; `len`: the expected size, if known.
+    /// when a runner is idle; `capacity`: the most bytes the file can reach (the upload's
+    /// `Content-Length`).
     pub fn start_early(
         &self,
         id: Uuid,
         file: std::fs::File,
         arrival: Arc<Arrival>,
-        len: Option<u64>,
+        capacity: u64,
     ) -> Option<EarlyRun> {
         if self.runner.stop.is_cancelled() {
             return None;
@@ -131,14 +132,15 @@ impl EmbeddedQueue {
         let permit = self.runner.permits.clone().try_acquire_owned().ok()?;
         let control = Control::new();
         let output = self.runner.storage.output_path(id);
-        let reader = ArrivalReader::new(file, arrival, control.clone());
+        let followed = FollowedUpload::new(arrival, control.clone());
         let engine = {
             let (config, control, output) =
                 (self.runner.config.clone(), control.clone(), output.clone());
             tokio::task::spawn_blocking(move || {
-                let input = Input::Reader {
-                    reader: Box::new(reader),
-                    len,
+                let input = Input::Growing {
+                    file: &file,
+                    capacity,
+                    growth: &followed,
                 };
                 let result = processor::aggregate(input, &output, &config, &control);
                 drop(permit);

@@ -24,7 +24,8 @@ pub struct EarlyUpload {
     /// Its path relative to the storage root.
     pub arriving: String,
     pub arrival: Arc<Arrival>,
-    /// The expected size, if known.
+    /// The most bytes the file can reach (the body's `Content-Length`), if known; without
+    /// it, the embedded engine does not follow the upload.
     pub len: Option<u64>,
 }
 
@@ -79,9 +80,12 @@ impl TaskQueue {
                     }
                 }
             }
-            TaskQueue::Embedded(queue) => queue
-                .start_early(upload.id, upload.file, upload.arrival, upload.len)
-                .map(Early::Local),
+            TaskQueue::Embedded(queue) => {
+                let capacity = upload.len.filter(|&len| len > 0)?;
+                queue
+                    .start_early(upload.id, upload.file, upload.arrival, capacity)
+                    .map(Early::Local)
+            }
         }
     }
 

@@ -195,35 +195,56 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_follower_reads_the_whole_upload_and_only_a_complete_one() {
-        use std::io::Read;
+    async fn the_engine_follows_the_whole_upload_and_only_a_complete_one() {
+        use crate::arrival::FollowedUpload;
+        use processor::{Config, Control, Input};
 
-        use crate::arrival::ArrivalReader;
-
+        let data = fixtures::generate(fixtures::Spec {
+            length: fixtures::Length::Rows(30_000),
+            tricky_names: true,
+            ..fixtures::Spec::default()
+        })
+        .unwrap();
         for complete in [true, false] {
             let file = tempfile::NamedTempFile::new().unwrap();
             let arrival = Arrival::new();
-            let mut reader =
-                ArrivalReader::new(file.reopen().unwrap(), arrival.clone(), Default::default());
-            let follower = std::thread::spawn(move || {
-                let mut read = Vec::new();
-                reader.read_to_end(&mut read).map(|_| read)
-            });
+            let follower = {
+                let (file, arrival) = (file.reopen().unwrap(), arrival.clone());
+                let capacity = data.len() as u64;
+                std::thread::spawn(move || {
+                    let growth = FollowedUpload::new(arrival, Control::new());
+                    let input = Input::Growing {
+                        file: &file,
+                        capacity,
+                        growth: &growth,
+                    };
+                    // Small blocks: many of them are cut while the upload arrives.
+                    let config = Config {
+                        block_bytes: 4 << 10,
+                        ..Config::default()
+                    };
+                    let mut out = Vec::new();
+                    processor::aggregate_to_writer(input, &mut out, &config, &Control::new())
+                        .map(|_| out)
+                })
+            };
             let mut spool = Spool::new(file.reopen().unwrap(), false, Some(arrival));
-            let mut expected = Vec::new();
-            for i in 0..3000u32 {
-                let chunk = Bytes::from(format!("{i},").repeat(100));
-                expected.extend_from_slice(&chunk);
-                spool.write(chunk).await.unwrap();
+            let sent = if complete { data.len() } else { data.len() / 2 };
+            for piece in data[..sent].chunks(1000) {
+                spool.write(Bytes::copy_from_slice(piece)).await.unwrap();
             }
             if complete {
                 spool.finish().await.unwrap();
-                assert_eq!(follower.join().unwrap().unwrap(), expected);
+                let result = follower.join().unwrap().unwrap();
+                assert!(
+                    result == fixtures::reference::aggregate(&data),
+                    "the result differs from the reference"
+                );
             } else {
                 drop(spool);
                 assert!(
                     follower.join().unwrap().is_err(),
-                    "an incomplete upload read as whole"
+                    "an incomplete upload aggregated as whole"
                 );
             }
         }
