@@ -66,6 +66,7 @@ measure() {
 run_tool() {
     local scenario=$1 tool=$2 run=$3 input=$4 out=$OUT/$1.$2.csv
     local -a limit_args=()
+    warm "$input"
     case $tool in
         processor)
             [[ -n $LIMIT ]] && limit_args=(--memory-limit "$LIMIT" --temp-dir "$DATA/tmp")

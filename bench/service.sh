@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The service path against the CLI on the same file: upload + process + download with
 # `processor upload` through the task manager, divided by the wall time of `processor aggregate`
-# alone, and the task manager's peak RSS while it receives the upload.
+# alone, the CPU time each side used (the client's, the task manager's and the worker's against
+# the CLI's: on a machine with few cores, their sum bounds the service's wall time from below),
+# and the task manager's peak RSS while it receives the upload.
 #
 #   bench/service.sh [MODE...]       MODE: embedded distributed (default: both)
 #
@@ -67,10 +69,12 @@ start_service() {
     (cd "$WORK" && exec env "${env[@]}" "$TASK_MANAGER" >"$WORK/$mode.tm.log" 2>&1) &
     TM_PID=$!
     PIDS+=("$TM_PID")
+    SERVICE_PIDS=("$TM_PID")
     if [[ $mode == distributed ]]; then
         (cd "$WORK" && exec env "${env[@]}" TASK_MANAGER_URL="$URL" "$PROCESSOR" worker \
             >"$WORK/$mode.worker.log" 2>&1) &
         PIDS+=("$!")
+        SERVICE_PIDS+=("$!")
     fi
     for _ in $(seq 1 100); do
         curl -fsS "$URL/health" >/dev/null 2>&1 && return
@@ -106,21 +110,36 @@ rss_kb() {
     echo 0
 }
 
-# seconds OUTPUT COMMAND...: runs COMMAND, prints its wall time in seconds.
-seconds() {
-    local start end
-    start=$(date +%s.%N)
-    "$@" >"$WORK/stdout" 2>"$WORK/stderr" || { cat "$WORK/stderr" >&2; die "failed: $*"; }
-    end=$(date +%s.%N)
-    echo "$end - $start" | bc -l
+# CPU seconds (user + system) the processes $@ have used so far.
+cpu_seconds() {
+    local pid stat ticks=0
+    for pid in "$@"; do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        # Fields 14 and 15 (utime, stime), counted after the command name's closing parenthesis.
+        read -r -a stat <<<"${stat##*) }"
+        ticks=$((ticks + stat[11] + stat[12]))
+    done
+    echo "$ticks / $(getconf CLK_TCK)" | bc -l
 }
 
-# Uploads INPUT through the service into OUTPUT; prints "seconds peak_rss_kb_during_upload".
+# seconds COMMAND...: runs COMMAND, prints its wall time and CPU time (user + system) in seconds.
+seconds() {
+    /usr/bin/time -f '%e %U %S' -o "$WORK/time" "$@" >"$WORK/stdout" 2>"$WORK/stderr" ||
+        { cat "$WORK/stderr" >&2; die "failed: $*"; }
+    local wall user system
+    read -r wall user system < <(tail -n 1 "$WORK/time")
+    echo "$wall $(echo "$user + $system" | bc -l)"
+}
+
+# Uploads INPUT through the service into OUTPUT; prints "seconds peak_rss_kb_during_upload
+# client_cpu_seconds service_cpu_seconds".
 service_run() {
-    local input=$1 output=$2 start end peak=0 rss pid
+    local input=$1 output=$2 start end peak=0 rss pid served
     : >"$WORK/upload.out"
+    served=$(cpu_seconds "${SERVICE_PIDS[@]}")
     start=$(date +%s.%N)
-    "$PROCESSOR" upload "$input" -o "$output" --url "$URL" --quiet >"$WORK/upload.out" 2>"$WORK/upload.err" &
+    /usr/bin/time -f '%U %S' -o "$WORK/client.time" \
+        "$PROCESSOR" upload "$input" -o "$output" --url "$URL" --quiet >"$WORK/upload.out" 2>"$WORK/upload.err" &
     pid=$!
     # The client prints "task <id>" once the upload is accepted.
     while kill -0 "$pid" 2>/dev/null && ! grep -q '^task ' "$WORK/upload.out"; do
@@ -130,7 +149,8 @@ service_run() {
     done
     wait "$pid" || { cat "$WORK/upload.err" >&2; die "processor upload failed"; }
     end=$(date +%s.%N)
-    echo "$(echo "$end - $start" | bc -l) $peak"
+    served=$(echo "$(cpu_seconds "${SERVICE_PIDS[@]}") - $served" | bc -l)
+    echo "$(echo "$end - $start" | bc -l) $peak $(tail -n 1 "$WORK/client.time" | tr ' ' '+' | bc -l) $served"
 }
 
 # Uploads INPUT with curl at RATE, waits, downloads into OUTPUT; prints "upload_seconds
@@ -149,6 +169,11 @@ rated_run() {
     echo "$(echo "$uploaded - $start" | bc -l) $(echo "$end - $uploaded" | bc -l)"
 }
 
+# Who serves in MODE $1, for the CPU figures.
+server_side() {
+    if [[ $1 == distributed ]]; then echo "task manager + worker"; else echo "task manager"; fi
+}
+
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 main() {
@@ -164,6 +189,7 @@ main() {
     ((${#modes[@]})) || modes=(embedded distributed)
     command -v bc >/dev/null || die "bc is missing (apt-get install bc)"
     command -v curl >/dev/null || die "curl is missing (apt-get install curl)"
+    ensure_time
 
     build
     WORK=$(mktemp -d)
@@ -173,13 +199,15 @@ main() {
     input=$(dataset "$name")
     RESULTS=$BENCH_DIR/results/service-$(date -u +%Y%m%dT%H%M%SZ)
     mkdir -p "$RESULTS"
-    local runs=${RUNS:-3} mode run cli service peak upload after
+    local runs=${RUNS:-3} mode run file cli cli_cpu service peak client_cpu service_cpu upload after
     say "$name: $(du -h "$input" | cut -f1), $runs run(s), modes: ${modes[*]}, SYNC_UPLOADS=${SYNC_UPLOADS:-1}"
     for mode in "${modes[@]}"; do
         start_service "$mode"
-        : >"$WORK/cli" && : >"$WORK/service" && : >"$WORK/peak" && : >"$WORK/after"
+        for file in cli cli_cpu service peak client_cpu service_cpu after; do : >"$WORK/$file"; done
         for ((run = 1; run <= runs; run++)); do
-            cli=$(seconds "$PROCESSOR" aggregate "$input" -o "$WORK/cli.csv" --quiet)
+            warm "$input"
+            read -r cli cli_cpu < <(seconds "$PROCESSOR" aggregate "$input" -o "$WORK/cli.csv" --quiet)
+            warm "$input"
             if [[ -n ${RATE:-} ]]; then
                 read -r upload after < <(rated_run "$input" "$WORK/service.csv")
                 cmp -s "$WORK/cli.csv" "$WORK/service.csv" || die "$mode: the service's result differs from the CLI's"
@@ -189,11 +217,12 @@ main() {
                 rm -f "$WORK/cli.csv" "$WORK/service.csv" "$WORK/$mode"/raw_data/*.csv "$WORK/$mode"/processed_data/*.csv
                 continue
             fi
-            read -r service peak < <(service_run "$input" "$WORK/service.csv")
+            read -r service peak client_cpu service_cpu < <(service_run "$input" "$WORK/service.csv")
             cmp -s "$WORK/cli.csv" "$WORK/service.csv" || die "$mode: the service's result differs from the CLI's"
-            printf '    %-12s run %s: CLI %6.2f s, service %6.2f s, task manager %4d MB during the upload\n' \
-                "$mode" "$run" "$cli" "$service" $((peak / 1024)) >&2
-            echo "$cli" >>"$WORK/cli" && echo "$service" >>"$WORK/service" && echo "$peak" >>"$WORK/peak"
+            printf '    %-12s run %s: CLI %6.2f s (%.2f CPU-s), service %6.2f s (%.2f CPU-s: client %.2f, %s %.2f), task manager %4d MB during the upload\n' \
+                "$mode" "$run" "$cli" "$cli_cpu" "$service" "$(echo "$client_cpu + $service_cpu" | bc -l)" \
+                "$client_cpu" "$(server_side "$mode")" "$service_cpu" $((peak / 1024)) >&2
+            for file in cli cli_cpu service peak client_cpu service_cpu; do echo "${!file}" >>"$WORK/$file"; done
             rm -f "$WORK/cli.csv" "$WORK/service.csv"
             rm -f "$WORK/$mode"/raw_data/*.csv "$WORK/$mode"/processed_data/*.csv
         done
@@ -208,9 +237,14 @@ main() {
         fi
         service=$(median <"$WORK/service")
         peak=$(sort -n "$WORK/peak" | tail -n 1)
-        printf '%s: CLI %.2f s, service %.2f s (%.2fx), task manager peak RSS during uploads %d MB\n' \
-            "$mode" "$cli" "$service" "$(echo "$service / $cli" | bc -l)" $((peak / 1024)) |
-            tee -a "$RESULTS/table.txt"
+        cli_cpu=$(median <"$WORK/cli_cpu")
+        client_cpu=$(median <"$WORK/client_cpu")
+        service_cpu=$(median <"$WORK/service_cpu")
+        printf '%s: CLI %.2f s, service %.2f s (%.2fx), task manager peak RSS during uploads %d MB; CPU-s: CLI %.2f, service %.2f (%.2fx: client %.2f, %s %.2f)\n' \
+            "$mode" "$cli" "$service" "$(echo "$service / $cli" | bc -l)" $((peak / 1024)) \
+            "$cli_cpu" "$(echo "$client_cpu + $service_cpu" | bc -l)" \
+            "$(echo "($client_cpu + $service_cpu) / $cli_cpu" | bc -l)" "$client_cpu" \
+            "$(server_side "$mode")" "$service_cpu" | tee -a "$RESULTS/table.txt"
         stop_service
         cleanup_distributed "$mode"
     done
