@@ -104,6 +104,7 @@ pub struct FollowedUpload {
 }
 
 impl FollowedUpload {
+    /// Follows the upload whose bytes `arrival` reports, for the engine run under `control`.
     pub fn new(arrival: Arc<Arrival>, control: Control) -> FollowedUpload {
         FollowedUpload { arrival, control }
     }

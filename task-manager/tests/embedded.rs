@@ -18,40 +18,34 @@ fn file_part(name: &str, content: &str) -> Part {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_csv_body_is_accepted() {
     let server = start_server(DbKind::Sqlite).await;
-    let response = server
-        .client
-        .post(server.url("/v1/data_processor/upload"))
-        .header(CONTENT_TYPE, "text/csv; charset=utf-8")
-        .body(SEED_INPUT)
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = json_of(response).await;
-    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
-    let id = task_id_of(&body);
-    assert_eq!(server.wait_finished(id).await["status"], "DONE");
-    let response = server.download(id).await;
-    assert_eq!(attachment_filename(&response), format!("{id}.csv"));
-    assert_eq!(response.text().await.unwrap(), SEED_OUTPUT);
-
-    // Named by the query, as `processor upload` sends it; the name is sanitized.
-    let response = server
-        .client
-        .post(server.url("/v1/data_processor/upload"))
-        .query(&[("filename", "../my plays.csv")])
-        .header(CONTENT_TYPE, "text/csv")
-        .body(SEED_INPUT)
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = json_of(response).await;
-    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
-    let id = task_id_of(&body);
-    let status = server.wait_finished(id).await;
-    assert_eq!(status["filename"], "my_plays.csv", "{status}");
-    let response = server.download(id).await;
-    assert_eq!(attachment_filename(&response), "my_plays_aggregated.csv");
-    assert_eq!(response.text().await.unwrap(), SEED_OUTPUT);
+    // Unnamed; then named by the query, as `processor upload` sends it (sanitized).
+    for (query, name) in [
+        (vec![], None),
+        (vec![("filename", "../my plays.csv")], Some("my_plays.csv")),
+    ] {
+        let response = server
+            .client
+            .post(server.url("/v1/data_processor/upload"))
+            .query(&query)
+            .header(CONTENT_TYPE, "text/csv; charset=utf-8")
+            .body(SEED_INPUT)
+            .send()
+            .await
+            .unwrap();
+        let (code, body) = json_of(response).await;
+        assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+        let id = task_id_of(&body);
+        let status = server.wait_finished(id).await;
+        assert_eq!(status["status"], "DONE", "{status}");
+        assert_eq!(status["filename"].as_str(), name, "{status}");
+        let response = server.download(id).await;
+        let expected = match name {
+            Some(_) => "my_plays_aggregated.csv".to_string(),
+            None => format!("{id}.csv"),
+        };
+        assert_eq!(attachment_filename(&response), expected);
+        assert_eq!(response.text().await.unwrap(), SEED_OUTPUT);
+    }
     server.stop().await;
 }
 
