@@ -1,17 +1,19 @@
 //! Feeds arbitrary bytes to the engine and compares the outcome with the strict reference
 //! (`fixtures::reference::check`): the same output, or an error about the same record (line
 //! and field). The last two bytes of the fuzz input choose how the engine runs: file
-//! (memory-mapped) or stream input read in small pieces, block size from 1 byte up, 1 to 3
+//! (memory-mapped, whole or revealed a few bytes at a time as an upload that still arrives) or
+//! stream input read in small pieces, block size from 1 byte up, 1 to 3
 //! threads, strict or `skip_invalid`, and a spill mode that appends a few thousand generated
 //! rows under a tiny memory budget so that sorted runs go to disk and are merged.
 #![no_main]
 
 use std::io::Read;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fixtures::reference::{self, Rejection};
 use libfuzzer_sys::fuzz_target;
-use processor::{Config, Control, Error, Input};
+use processor::{Config, Control, Error, Growth, Input};
 
 const HEADER: &[u8] = b"Song,Date,Number of Plays\n";
 const BLOCK_BYTES: [usize; 8] = [1, 2, 3, 5, 8, 16, 64, 4 << 20];
@@ -24,7 +26,9 @@ struct Mode {
     threads: usize,
     stream: bool,
     spill: bool,
-    /// Bytes per read of the stream.
+    /// The file is mapped as it grows (not with `stream`).
+    growing: bool,
+    /// Bytes per read of the stream, or per step of a growing file.
     piece: usize,
 }
 
@@ -36,6 +40,7 @@ impl Mode {
             threads: 1 + usize::from((a >> 4) & 3) % 3,
             stream: a & 64 != 0,
             spill: a & 128 != 0,
+            growing: b & 16 != 0,
             piece: 1 + usize::from(b % 16),
         }
     }
@@ -75,6 +80,24 @@ impl Read for Pieces<'_> {
     }
 }
 
+/// A file of `len` bytes revealed `step` bytes at a time, as many steps as a wait needs.
+struct Revealed {
+    len: u64,
+    step: u64,
+    written: AtomicU64,
+}
+
+impl Growth for Revealed {
+    fn wait_beyond(&self, pos: u64) -> std::io::Result<u64> {
+        let mut written = self.written.load(Ordering::Relaxed);
+        while written <= pos && written < self.len {
+            written = (written + self.step).min(self.len);
+        }
+        self.written.store(written, Ordering::Relaxed);
+        Ok(written)
+    }
+}
+
 fn run_engine(input: &[u8], mode: &Mode) -> Result<(Vec<u8>, processor::Summary), Error> {
     let spill_dir = work_dir().path().join("spill");
     std::fs::create_dir_all(&spill_dir).expect("spill directory");
@@ -87,6 +110,12 @@ fn run_engine(input: &[u8], mode: &Mode) -> Result<(Vec<u8>, processor::Summary)
         ..Config::default()
     };
     let path = work_dir().path().join("input.csv");
+    let revealed = Revealed {
+        len: input.len() as u64,
+        step: mode.piece as u64,
+        written: AtomicU64::new(0),
+    };
+    let growing_file;
     let source = if mode.stream {
         Input::Reader {
             reader: Box::new(Pieces {
@@ -94,6 +123,15 @@ fn run_engine(input: &[u8], mode: &Mode) -> Result<(Vec<u8>, processor::Summary)
                 piece: mode.piece,
             }),
             len: None,
+        }
+    } else if mode.growing {
+        std::fs::write(&path, input).expect("write the input");
+        growing_file = std::fs::File::open(&path).expect("open the input");
+        // Mapped past the file's end, as an upload's announced length may be.
+        Input::Growing {
+            file: &growing_file,
+            capacity: 2 * input.len() as u64,
+            growth: &revealed,
         }
     } else {
         std::fs::write(&path, input).expect("write the input");
