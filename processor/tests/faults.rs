@@ -512,21 +512,26 @@ async fn task_interrupted_at_every_attempt_ends_failed() {
     cluster.finish(tm).await;
 }
 
-/// An upload sent in pieces, as a raw CSV body, while the test watches.
+/// An upload sent in pieces, as a raw CSV body, while the test watches; with its length
+/// announced (`Content-Length`: the worker maps the file as it grows) or not (chunked: the
+/// worker waits for the whole file).
 struct SlowUpload {
     pieces: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
     answer: tokio::task::JoinHandle<Result<(StatusCode, Value), reqwest::Error>>,
 }
 
 impl SlowUpload {
-    fn start(tm: &TestServer) -> SlowUpload {
+    fn start(tm: &TestServer, len: Option<usize>) -> SlowUpload {
         let (pieces, mut received) = tokio::sync::mpsc::channel(4);
         let body = futures_util::stream::poll_fn(move |cx| received.poll_recv(cx));
-        let request = tm
+        let mut request = tm
             .client
             .post(tm.url("/v1/data_processor/upload"))
-            .header(reqwest::header::CONTENT_TYPE, "text/csv")
-            .body(reqwest::Body::wrap_stream(body));
+            .header(reqwest::header::CONTENT_TYPE, "text/csv");
+        if let Some(len) = len {
+            request = request.header(reqwest::header::CONTENT_LENGTH, len);
+        }
+        let request = request.body(reqwest::Body::wrap_stream(body));
         let answer = tokio::spawn(async move {
             let response = request.send().await?;
             let code = response.status();
@@ -576,7 +581,7 @@ async fn an_upload_is_aggregated_by_a_worker_while_it_arrives() {
     let (data, expected) = input(MEDIUM_INPUT_BYTES, 11);
     let (cluster, tm) = Cluster::start().await;
     let worker = cluster.worker(&tm, &[]);
-    let upload = SlowUpload::start(&tm);
+    let upload = SlowUpload::start(&tm, Some(data.len()));
     let half = data.len() / 2;
     upload.send(&data[..half]).await;
     wait_following(&worker).await;
@@ -600,7 +605,7 @@ async fn a_refused_arriving_upload_is_dropped_and_the_worker_goes_on() {
     let (data, _) = input(MEDIUM_INPUT_BYTES, 12);
     let (cluster, tm) = Cluster::start().await;
     let worker = cluster.worker(&tm, &[]);
-    let upload = SlowUpload::start(&tm);
+    let upload = SlowUpload::start(&tm, Some(data.len()));
     upload.send(&data[..data.len() / 2]).await;
     wait_following(&worker).await;
     upload.abort().await;
@@ -626,7 +631,8 @@ async fn an_arriving_upload_invalid_early_on_fails_once_complete() {
     let (data, _) = input(MEDIUM_INPUT_BYTES, 13);
     let (cluster, tm) = Cluster::start().await;
     let worker = cluster.worker(&tm, &[]);
-    let upload = SlowUpload::start(&tm);
+    // Chunked: without the length, the worker waits for the whole file before the engine runs.
+    let upload = SlowUpload::start(&tm, None);
     upload
         .send(b"Song,Date,Number of Plays\nUmbrella,2020-01-01,5\nUmbrella,2020-13-01,5\n")
         .await;

@@ -76,6 +76,10 @@ pub struct TaskMessage {
     /// when this file disappears without being renamed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arriving_path: Option<String>,
+    /// With `arriving_path`: the most bytes the arriving file can reach (the upload's
+    /// `Content-Length`), when known, so that a worker can map the file as it grows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arriving_len: Option<u64>,
 }
 
 impl TaskMessage {
@@ -86,13 +90,16 @@ impl TaskMessage {
             input_path: raw_data_path(task_id),
             output_path: processed_data_path(task_id),
             arriving_path: None,
+            arriving_len: None,
         }
     }
 
-    /// The message for a task whose upload is still arriving at `arriving_path`.
-    pub fn arriving(task_id: Uuid, arriving_path: String) -> Self {
+    /// The message for a task whose upload is still arriving at `arriving_path`, at most
+    /// `arriving_len` bytes long when known.
+    pub fn arriving(task_id: Uuid, arriving_path: String, arriving_len: Option<u64>) -> Self {
         TaskMessage {
             arriving_path: Some(arriving_path),
+            arriving_len,
             ..TaskMessage::for_task(task_id)
         }
     }
@@ -223,12 +230,15 @@ mod tests {
         });
         let back: TaskMessage = serde_json::from_value(old).unwrap();
         assert_eq!(back, TaskMessage::for_task(id));
-        let arriving = TaskMessage::arriving(id, "raw_data/.upload-x.partial".into());
-        let json = serde_json::to_string(&arriving).unwrap();
-        assert_eq!(
-            serde_json::from_str::<TaskMessage>(&json).unwrap(),
-            arriving
-        );
+        for len in [None, Some(1 << 30)] {
+            let arriving = TaskMessage::arriving(id, "raw_data/.upload-x.partial".into(), len);
+            let json = serde_json::to_string(&arriving).unwrap();
+            assert_eq!(json.contains("arriving_len"), len.is_some(), "{json}");
+            assert_eq!(
+                serde_json::from_str::<TaskMessage>(&json).unwrap(),
+                arriving
+            );
+        }
     }
 
     #[test]

@@ -105,7 +105,10 @@ async fn upload_publishes_and_worker_events_drive_the_task() {
     let arriving = message.arriving_path.clone().expect("an arriving upload");
     assert!(arriving.starts_with("raw_data/.upload-"), "{arriving}");
     assert!(!server.storage_dir().join(&arriving).exists());
-    assert_eq!(message, TaskMessage::arriving(id, arriving));
+    // With the body's length, at least the file's (multipart framing included).
+    let len = message.arriving_len.expect("the upload's announced length");
+    assert!(len >= SEED_INPUT.len() as u64, "{len}");
+    assert_eq!(message, TaskMessage::arriving(id, arriving, Some(len)));
     let input = server.storage_dir().join(&message.input_path);
     assert_eq!(std::fs::read_to_string(&input).unwrap(), SEED_INPUT);
 

@@ -71,7 +71,7 @@ impl TaskQueue {
     pub async fn start_early(&self, upload: EarlyUpload) -> Option<Early> {
         match self {
             TaskQueue::Amqp(publisher) => {
-                let message = TaskMessage::arriving(upload.id, upload.arriving);
+                let message = TaskMessage::arriving(upload.id, upload.arriving, upload.len);
                 match publisher.publish_message(&message).await {
                     Ok(()) => Some(Early::Published),
                     Err(e) => {

@@ -5,13 +5,12 @@
 //! refused when the file disappears without being renamed.
 
 use std::fs::File;
-use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use processor::Control;
+use processor::{Control, Growth};
 
 /// Pause between two looks at a file that has not grown.
 const POLL: Duration = Duration::from_millis(10);
@@ -53,20 +52,20 @@ pub enum Unfinished {
 /// What the reader found out, shared with whoever runs the engine on it.
 pub type ReadEnd = Arc<Mutex<Option<Unfinished>>>;
 
-/// Reads an arriving upload's file as it grows, to its end.
+/// An arriving upload's file as the engine follows it, to its end.
 pub struct ArrivingFile {
     file: File,
-    pos: u64,
     arriving: PathBuf,
     input: PathBuf,
     control: Control,
     idle_timeout: Duration,
-    last_growth: Instant,
+    /// The largest size seen, and when it was first seen.
+    growth: Mutex<(u64, Instant)>,
     end: ReadEnd,
 }
 
 impl ArrivingFile {
-    /// Reads `file` (open at `arriving`) until its upload is complete; a wait ends with an
+    /// Follows `file` (open at `arriving`) until its upload is complete; a wait ends with an
     /// error when `control` is cancelled, when the upload is refused, or when the file does
     /// not grow for `idle_timeout` (then `end` tells which).
     pub fn new(
@@ -79,42 +78,51 @@ impl ArrivingFile {
     ) -> ArrivingFile {
         ArrivingFile {
             file,
-            pos: 0,
             arriving,
             input,
             control,
             idle_timeout,
-            last_growth: Instant::now(),
+            growth: Mutex::new((0, Instant::now())),
             end,
         }
+    }
+
+    /// The file, open.
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     fn unfinished(&self, why: Unfinished, message: &str) -> io::Error {
         *self.end.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
         io::Error::other(message.to_string())
     }
+
+    /// The file's size, noting when it last grew.
+    fn size(&self) -> io::Result<u64> {
+        let size = self.file.metadata()?.len();
+        let mut growth = self.growth.lock().unwrap_or_else(PoisonError::into_inner);
+        if size > growth.0 {
+            *growth = (size, Instant::now());
+        }
+        Ok(size)
+    }
+
+    fn idle(&self) -> Duration {
+        let growth = self.growth.lock().unwrap_or_else(PoisonError::into_inner);
+        growth.1.elapsed()
+    }
 }
 
-impl Read for ArrivingFile {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
+impl Growth for ArrivingFile {
+    fn wait_beyond(&self, pos: u64) -> io::Result<u64> {
         loop {
-            let size = self.file.metadata()?.len();
-            if self.pos < size {
-                let want = buf
-                    .len()
-                    .min(usize::try_from(size - self.pos).unwrap_or(usize::MAX));
-                let read = self.file.read_at(&mut buf[..want], self.pos)?;
-                self.pos += read as u64;
-                self.last_growth = Instant::now();
-                return Ok(read);
+            let size = self.size()?;
+            if size > pos {
+                return Ok(size);
             }
             match upload_state(&self.arriving, &self.input)? {
                 // Renamed once all was written: the size seen after the rename is final.
-                UploadState::Complete if self.file.metadata()?.len() > self.pos => continue,
-                UploadState::Complete => return Ok(0),
+                UploadState::Complete => return self.size(),
                 UploadState::Refused => {
                     return Err(self.unfinished(Unfinished::Refused, "the upload was refused"));
                 }
@@ -123,7 +131,7 @@ impl Read for ArrivingFile {
             if self.control.is_cancelled() {
                 return Err(io::Error::other("cancelled"));
             }
-            if self.last_growth.elapsed() > self.idle_timeout {
+            if self.idle() > self.idle_timeout {
                 return Err(self.unfinished(
                     Unfinished::Stalled,
                     "the upload stopped arriving (WORKER_ARRIVAL_TIMEOUT)",
@@ -158,7 +166,7 @@ mod tests {
         }
     }
 
-    fn reader(upload: &Upload, idle: Duration, end: &ReadEnd) -> ArrivingFile {
+    fn follower(upload: &Upload, idle: Duration, end: &ReadEnd) -> ArrivingFile {
         ArrivingFile::new(
             File::open(&upload.arriving).unwrap(),
             upload.arriving.clone(),
@@ -170,10 +178,10 @@ mod tests {
     }
 
     #[test]
-    fn reads_to_the_end_of_a_renamed_upload() {
+    fn follows_a_renamed_upload_to_its_end() {
         let upload = upload();
         let end = ReadEnd::default();
-        let mut reader = reader(&upload, Duration::from_secs(60), &end);
+        let follower = follower(&upload, Duration::from_secs(60), &end);
         let (arriving, input) = (upload.arriving.clone(), upload.input.clone());
         let writer = std::thread::spawn(move || {
             let mut out = std::fs::OpenOptions::new()
@@ -192,11 +200,18 @@ mod tests {
             );
             std::fs::rename(&arriving, &input).unwrap();
         });
-        let mut read = String::new();
-        reader.read_to_string(&mut read).unwrap();
-        writer.join().unwrap();
         let expected: String = (0..300).map(|i| format!("line {i}\n")).collect();
-        assert_eq!(read, expected);
+        let mut pos = 0;
+        loop {
+            let size = follower.wait_beyond(pos).unwrap();
+            if size <= pos {
+                break;
+            }
+            pos = size;
+        }
+        writer.join().unwrap();
+        assert_eq!(pos, expected.len() as u64);
+        assert_eq!(std::fs::read_to_string(&upload.input).unwrap(), expected);
         assert_eq!(*end.lock().unwrap(), None);
         assert_eq!(
             upload_state(&upload.arriving, &upload.input).unwrap(),
@@ -209,11 +224,10 @@ mod tests {
         let upload = upload();
         std::fs::write(&upload.arriving, b"Song,Date").unwrap();
         let end = ReadEnd::default();
-        let mut reader = reader(&upload, Duration::from_secs(60), &end);
-        let mut buf = [0u8; 64];
-        assert_eq!(reader.read(&mut buf).unwrap(), 9);
+        let follower = follower(&upload, Duration::from_secs(60), &end);
+        assert_eq!(follower.wait_beyond(0).unwrap(), 9);
         std::fs::remove_file(&upload.arriving).unwrap();
-        assert!(reader.read(&mut buf).is_err());
+        assert!(follower.wait_beyond(9).is_err());
         assert_eq!(*end.lock().unwrap(), Some(Unfinished::Refused));
         assert_eq!(
             upload_state(&upload.arriving, &upload.input).unwrap(),
@@ -222,11 +236,11 @@ mod tests {
     }
 
     #[test]
-    fn a_stalled_upload_ends_the_read() {
+    fn a_stalled_upload_ends_the_wait() {
         let upload = upload();
         let end = ReadEnd::default();
-        let mut reader = reader(&upload, Duration::from_millis(50), &end);
-        assert!(reader.read(&mut [0u8; 16]).is_err());
+        let follower = follower(&upload, Duration::from_millis(50), &end);
+        assert!(follower.wait_beyond(0).is_err());
         assert_eq!(*end.lock().unwrap(), Some(Unfinished::Stalled));
     }
 }

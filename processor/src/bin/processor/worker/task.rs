@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::PoisonError;
 use std::time::Duration;
 
-use processor::{Config, Control, Input, Summary};
+use processor::{Config, Control, Growth, Input, Summary};
 use task_protocol::{EventAck, TaskMessage, TaskStatus, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -129,6 +129,7 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
                     file,
                     arriving,
                     input: input.clone(),
+                    capacity: message.arriving_len,
                 }
             }
             // Complete (renamed) or refused (removed): the task manager knows which.
@@ -246,11 +247,13 @@ async fn begin(ctx: &TaskContext, id: Uuid) -> Result<TaskStatus, CallbackError>
 /// What the engine reads.
 enum Source {
     File(PathBuf),
-    /// An upload still arriving in `file` (open at `arriving`), to be renamed to `input`.
+    /// An upload still arriving in `file` (open at `arriving`), to be renamed to `input`,
+    /// at most `capacity` bytes long when known.
     Arriving {
         file: std::fs::File,
         arriving: PathBuf,
         input: PathBuf,
+        capacity: Option<u64>,
     },
 }
 
@@ -284,9 +287,10 @@ async fn run_engine(id: Uuid, source: Source, output: PathBuf, ctx: &TaskContext
             file,
             arriving,
             input,
+            capacity,
         } => {
             waiting = Some((arriving.clone(), input.clone()));
-            let reader = ArrivingFile::new(
+            let followed = ArrivingFile::new(
                 file,
                 arriving,
                 input,
@@ -294,7 +298,7 @@ async fn run_engine(id: Uuid, source: Source, output: PathBuf, ctx: &TaskContext
                 ctx.arrival_timeout,
                 read_end.clone(),
             );
-            EngineInput::Arriving(reader)
+            EngineInput::Arriving(followed, capacity)
         }
     };
     let engine = {
@@ -312,12 +316,26 @@ async fn run_engine(id: Uuid, source: Source, output: PathBuf, ctx: &TaskContext
                 EngineInput::File(path) => {
                     processor::aggregate(Input::File(&path), &output, &config, &control)
                 }
-                EngineInput::Arriving(reader) => {
-                    let input = Input::Reader {
-                        reader: Box::new(reader),
-                        len: None,
+                EngineInput::Arriving(arriving, capacity) => {
+                    // Without the upload's announced length (an older task manager), the
+                    // engine waits for the whole file.
+                    let capacity = match capacity {
+                        Some(capacity) => Ok(capacity),
+                        None => arriving.wait_beyond(u64::MAX).map_err(|source| {
+                            processor::Error::Read {
+                                path: "<upload>".into(),
+                                source,
+                            }
+                        }),
                     };
-                    processor::aggregate(input, &output, &config, &control)
+                    capacity.and_then(|capacity| {
+                        let input = Input::Growing {
+                            file: arriving.file(),
+                            capacity,
+                            growth: &arriving,
+                        };
+                        processor::aggregate(input, &output, &config, &control)
+                    })
                 }
             };
             // This process lives on: give the run's memory back to the system.
@@ -400,7 +418,8 @@ async fn run_engine(id: Uuid, source: Source, output: PathBuf, ctx: &TaskContext
 /// What the engine's thread opens.
 enum EngineInput {
     File(PathBuf),
-    Arriving(ArrivingFile),
+    /// An arriving upload and the most bytes it can reach, when known.
+    Arriving(ArrivingFile, Option<u64>),
 }
 
 /// Starts the task of a complete upload: reports it started and sets the input's size.
