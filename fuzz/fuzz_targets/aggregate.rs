@@ -9,11 +9,11 @@
 
 use std::io::Read;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use fixtures::reference::{self, Rejection};
 use libfuzzer_sys::fuzz_target;
-use processor::{Config, Control, Error, Growth, Input};
+use fixtures::growing::Revealed;
+use processor::{Config, Control, Error, Input};
 
 const HEADER: &[u8] = b"Song,Date,Number of Plays\n";
 const BLOCK_BYTES: [usize; 8] = [1, 2, 3, 5, 8, 16, 64, 4 << 20];
@@ -80,24 +80,6 @@ impl Read for Pieces<'_> {
     }
 }
 
-/// A file of `len` bytes revealed `step` bytes at a time, as many steps as a wait needs.
-struct Revealed {
-    len: u64,
-    step: u64,
-    written: AtomicU64,
-}
-
-impl Growth for Revealed {
-    fn wait_beyond(&self, pos: u64) -> std::io::Result<u64> {
-        let mut written = self.written.load(Ordering::Relaxed);
-        while written <= pos && written < self.len {
-            written = (written + self.step).min(self.len);
-        }
-        self.written.store(written, Ordering::Relaxed);
-        Ok(written)
-    }
-}
-
 fn run_engine(input: &[u8], mode: &Mode) -> Result<(Vec<u8>, processor::Summary), Error> {
     let spill_dir = work_dir().path().join("spill");
     std::fs::create_dir_all(&spill_dir).expect("spill directory");
@@ -110,11 +92,7 @@ fn run_engine(input: &[u8], mode: &Mode) -> Result<(Vec<u8>, processor::Summary)
         ..Config::default()
     };
     let path = work_dir().path().join("input.csv");
-    let revealed = Revealed {
-        len: input.len() as u64,
-        step: mode.piece as u64,
-        written: AtomicU64::new(0),
-    };
+    let revealed = Revealed::new(input.len() as u64, mode.piece as u64);
     let growing_file;
     let source = if mode.stream {
         Input::Reader {

@@ -7,6 +7,7 @@ mod golden_cases;
 use std::fs::File;
 use std::io::Read;
 
+use fixtures::growing::Revealed;
 use golden_cases::{Case, Expected, entries, first_difference, skippable_line};
 use processor::{Config, Control, Error, Input, Summary};
 
@@ -20,6 +21,9 @@ enum Source {
     /// `Input::Reader` whose first reads return a few bytes each (the BOM and header split
     /// across reads), length unknown.
     Trickle,
+    /// `Input::Growing`: the file mapped past its end, as an upload that still arrives, and
+    /// revealed 7 bytes at a time.
+    Growing,
 }
 
 /// Where the result goes.
@@ -42,7 +46,12 @@ struct Mode {
 fn modes() -> Vec<Mode> {
     let mut modes = Vec::new();
     for tiny_memory in [false, true] {
-        for source in [Source::File, Source::Reader, Source::Trickle] {
+        for source in [
+            Source::File,
+            Source::Reader,
+            Source::Trickle,
+            Source::Growing,
+        ] {
             modes.push(Mode {
                 source,
                 sink: Sink::Writer,
@@ -95,6 +104,9 @@ fn run(case: &Case, mode: Mode, skip_invalid: bool) -> Result<(Vec<u8>, Summary)
         config.threads = 2;
     }
     let open = || File::open(&case.input).expect("golden input");
+    let growing = open();
+    let len = growing.metadata().expect("metadata").len();
+    let revealed = Revealed::new(len, 7);
     let input = match mode.source {
         Source::File => Input::File(&case.input),
         Source::Reader => Input::Reader {
@@ -108,6 +120,11 @@ fn run(case: &Case, mode: Mode, skip_invalid: bool) -> Result<(Vec<u8>, Summary)
                 small_reads: 16,
             }),
             len: None,
+        },
+        Source::Growing => Input::Growing {
+            file: &growing,
+            capacity: 2 * len,
+            growth: &revealed,
         },
     };
     let control = Control::new();

@@ -411,88 +411,10 @@ fn fill(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     use super::{
-        BOUNDARY_MARGIN, BlockData, Growth, MAX_RECORD_BYTES, ReleaseFrontier, Released,
-        check_header, cut, inner_pages, produce_mapped,
+        BOUNDARY_MARGIN, MAX_RECORD_BYTES, ReleaseFrontier, Released, check_header, cut,
+        inner_pages,
     };
-    use crate::Control;
-
-    /// A file revealed in steps of `step` bytes, as many as a wait needs.
-    struct Revealed {
-        len: u64,
-        step: u64,
-        written: AtomicU64,
-    }
-
-    impl Growth for Revealed {
-        fn wait_beyond(&self, pos: u64) -> std::io::Result<u64> {
-            let mut written = self.written.load(Ordering::Relaxed);
-            while written <= pos && written < self.len {
-                written = (written + self.step).min(self.len);
-            }
-            self.written.store(written, Ordering::Relaxed);
-            Ok(written)
-        }
-    }
-
-    /// The blocks of the mapped `data` as `(start, end, oversized)`, cut as it is revealed.
-    fn blocks(data: &[u8], block_bytes: usize, step: Option<u64>) -> Vec<(usize, usize, bool)> {
-        let mut file = tempfile::tempfile().expect("temp file");
-        std::io::Write::write_all(&mut file, data).expect("write");
-        // A growing file is mapped twice its size, as an upload's announced length may be.
-        let len = if step.is_some() { 2 } else { 1 } * data.len();
-        // SAFETY: a private temporary file; nothing past its end is read.
-        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }.expect("map");
-        let revealed = step.map(|step| Revealed {
-            len: data.len() as u64,
-            step,
-            written: AtomicU64::new(0),
-        });
-        let growth = revealed.as_ref().map(|r| r as &dyn Growth);
-        let mut cut = Vec::new();
-        produce_mapped(&map, growth, block_bytes, &Control::new(), |block| {
-            let BlockData::Mapped { start, end } = block.data else {
-                panic!("a mapped block");
-            };
-            cut.push((start, end, block.oversized));
-            true
-        })
-        .expect("produced");
-        cut
-    }
-
-    #[test]
-    fn a_growing_file_is_cut_as_the_whole_file() {
-        let mut data = b"Song,Date,Number of Plays\n".to_vec();
-        for i in 0..3000 {
-            data.extend_from_slice(format!("song {i},2020-01-01,{i}\n").as_bytes());
-            if i == 1000 {
-                // A quoted record longer than a block, ...
-                data.extend_from_slice(b"\"long\n");
-                data.extend(std::iter::repeat_n(b'x', 20_000));
-                data.extend_from_slice(b"\",2020-01-01,1\n");
-            }
-        }
-        // ... and a last record without its line end.
-        data.extend_from_slice(b"last,2020-01-01,1");
-        let whole = blocks(&data, 4096, None);
-        assert!(whole.len() > 10, "{whole:?}");
-        for step in [1, 777, 4096, 100_000] {
-            assert_eq!(
-                blocks(&data, 4096, Some(step)),
-                whole,
-                "revealed {step} at a time"
-            );
-        }
-        // An oversized record is flagged where the whole file flags it.
-        let mut long = b"Song,Date,Number of Plays\n\"".to_vec();
-        long.extend(std::iter::repeat_n(b'y', MAX_RECORD_BYTES + 10_000));
-        let whole = blocks(&long, 4096, None);
-        assert_eq!(whole.last().map(|b| b.2), Some(true), "{whole:?}");
-        assert_eq!(blocks(&long, 4096, Some(300_000)), whole);
-    }
 
     #[test]
     fn blocks_end_at_record_ends_and_overlong_records_are_flagged() {
