@@ -230,11 +230,10 @@ impl ShardedTable {
             }
             // Rows `AHEAD` ahead have their entries loaded, rows half as far their sums.
             table.prefetch_index();
-            let (mut ahead, mut mid) = (buffer.rows(), buffer.rows());
+            let (mut ahead, mut mid) = (buffer.rows(), buffer.rows().skip(AHEAD / 2));
             for row in ahead.by_ref().take(AHEAD) {
                 table.prefetch(row.hash);
             }
-            mid.by_ref().take(AHEAD / 2).for_each(drop);
             for row in buffer.rows() {
                 if let Some(next) = ahead.next() {
                     table.prefetch(next.hash);

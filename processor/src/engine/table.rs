@@ -235,6 +235,13 @@ pub(crate) struct SongTable {
     days_bytes: usize,
 }
 
+/// The index word of `entry`, whose song has `hash`: the tag (the hash's high half) and
+/// `entry + 1` (0 marks a free slot).
+#[inline]
+fn index_word(hash: u64, entry: usize) -> u64 {
+    ((hash >> 32) << 32) | (entry as u64 + 1)
+}
+
 /// Bytes of a CPU cache line.
 const CACHE_LINE: usize = 64;
 
@@ -348,7 +355,7 @@ impl SongTable {
             name,
             days: Days::first(date, plays),
         });
-        self.index[slot] = ((hash >> 32) << 32) | self.entries.len() as u64;
+        self.index[slot] = index_word(hash, self.entries.len() - 1);
     }
 
     /// Doubles the index and places every entry again.
@@ -361,7 +368,7 @@ impl SongTable {
             while index[at] != 0 {
                 at = (at + 1) & mask;
             }
-            index[at] = ((song.hash >> 32) << 32) | (entry as u64 + 1);
+            index[at] = index_word(song.hash, entry);
         }
         self.index = index;
     }
