@@ -108,7 +108,7 @@ fn run_engine(input: &[u8], mode: &Mode) -> Result<(Vec<u8>, processor::Summary)
         // Mapped past the file's end, as an upload's announced length may be.
         Input::Growing {
             file: &growing_file,
-            capacity: 2 * input.len() as u64,
+            capacity: Some(2 * input.len() as u64),
             growth: &revealed,
         }
     } else {

@@ -123,7 +123,7 @@ fn run(case: &Case, mode: Mode, skip_invalid: bool) -> Result<(Vec<u8>, Summary)
         },
         Source::Growing => Input::Growing {
             file: &growing,
-            capacity: 2 * len,
+            capacity: Some(2 * len),
             growth: &revealed,
         },
     };

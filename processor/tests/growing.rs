@@ -8,8 +8,13 @@ use fixtures::growing::Revealed;
 use processor::{Config, Control, Input};
 
 /// The engine's output or error message for `data`, read whole or revealed `step` bytes at
-/// a time, in blocks of `block_bytes`.
-fn aggregate(data: &[u8], block_bytes: usize, step: Option<u64>) -> Result<Vec<u8>, String> {
+/// a time (its length announced or not), in blocks of `block_bytes`.
+fn aggregate(
+    data: &[u8],
+    block_bytes: usize,
+    step: Option<u64>,
+    announced: bool,
+) -> Result<Vec<u8>, String> {
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
     file.write_all(data).expect("write");
     let config = Config {
@@ -23,7 +28,7 @@ fn aggregate(data: &[u8], block_bytes: usize, step: Option<u64>) -> Result<Vec<u
         None => Input::File(file.path()),
         Some(_) => Input::Growing {
             file: &opened,
-            capacity: 2 * data.len() as u64,
+            capacity: announced.then_some(2 * data.len() as u64),
             growth: &revealed,
         },
     };
@@ -47,7 +52,7 @@ fn long_and_oversized_records_end_as_in_the_whole_file() {
     }
     // The last record without its line end.
     long.extend_from_slice(b"last,2020-01-01,1");
-    let whole = aggregate(&long, 4096, None).expect("valid");
+    let whole = aggregate(&long, 4096, None, true).expect("valid");
     let has = |row: &[u8]| whole.windows(row.len()).any(|w| w == row);
     assert!(
         has(b"\nlast,2020-01-01,1\n") && has(b"\n\"long\n"),
@@ -57,18 +62,21 @@ fn long_and_oversized_records_end_as_in_the_whole_file() {
     // A field never closed: over the record limit (1 MiB beyond the block).
     let mut oversized = b"Song,Date,Number of Plays\na,2020-01-01,1\n\"".to_vec();
     oversized.extend(std::iter::repeat_n(b'y', (1 << 20) + 10_000));
-    let refused = aggregate(&oversized, 4096, None).expect_err("oversized");
+    let refused = aggregate(&oversized, 4096, None, true).expect_err("oversized");
 
     for step in [1, 777, 4096, 300_000] {
         assert_eq!(
-            aggregate(&long, 4096, Some(step)),
+            aggregate(&long, 4096, Some(step), true),
             Ok(whole.clone()),
             "step {step}"
         );
         assert_eq!(
-            aggregate(&oversized, 4096, Some(step)),
+            aggregate(&oversized, 4096, Some(step), true),
             Err(refused.clone()),
             "step {step}"
         );
     }
+    // Without an announced length, the engine waits for the whole file.
+    assert_eq!(aggregate(&long, 4096, Some(777), false), Ok(whole));
+    assert_eq!(aggregate(&oversized, 4096, Some(777), false), Err(refused));
 }

@@ -31,6 +31,7 @@ use std::time::Instant;
 pub use partial::{OutputFile, remove_stale_partials};
 pub(crate) use shards::Overflowed;
 pub use source::check_header;
+use source::growth_error;
 pub use worker::return_free_memory;
 
 use crate::{Config, Control, Error, Phase, Summary};
@@ -47,10 +48,10 @@ pub enum Input<'a> {
     },
     /// A local file still being written (an upload as it arrives), at most `capacity` bytes
     /// long: memory-mapped like [`Input::File`], and read as far as `growth` reports it
-    /// written.
+    /// written. Without a `capacity`, the engine waits for the whole file first.
     Growing {
         file: &'a File,
-        capacity: u64,
+        capacity: Option<u64>,
         growth: &'a dyn Growth,
     },
 }
@@ -131,20 +132,20 @@ pub fn aggregate_to_writer(
             capacity,
             growth,
         } => {
-            let read_err = |source| Error::Read {
-                path: "<upload>".into(),
-                source,
+            let capacity = match capacity {
+                Some(capacity) => capacity,
+                None => growth.wait_beyond(u64::MAX).map_err(growth_error)?,
             };
             progress.set_total(capacity);
             let len = usize::try_from(capacity)
-                .map_err(|_| read_err(std::io::Error::other("the file is too large to map")))?;
+                .map_err(|_| growth_error(std::io::Error::other("the file is too large to map")))?;
             if len == 0 {
                 return Err(Error::EmptyInput);
             }
             // SAFETY: as for `Input::File`; the engine reads no byte of the map before
             // `growth` reports it written (the pages past the file's end would fault).
             let map =
-                unsafe { memmap2::MmapOptions::new().len(len).map(file) }.map_err(read_err)?;
+                unsafe { memmap2::MmapOptions::new().len(len).map(file) }.map_err(growth_error)?;
             let _ = map.advise(memmap2::Advice::Sequential);
             pipeline::run(pipeline::Source::Growing(map, growth), out, config, control)?
         }

@@ -52,8 +52,8 @@ impl BlockData {
 /// with the next block, and when a dropped page is read again the kernel maps its neighbours
 /// with it (fault-around), pages of a block that was already released, which then stayed
 /// mapped: on 10 GB with `--memory-limit 512M`, file pages grew by about 2.5 MB a second and
-/// the peak RSS reached 960 MB (500 MB with the frontier). Below the frontier no page is read again (the blocks above it are populated
-/// ahead and nothing drops their pages first).
+/// the peak RSS reached 960 MB (500 MB with the frontier). Below the frontier no page is read
+/// again (the blocks above it are populated ahead and nothing drops their pages first).
 #[derive(Debug, Default)]
 pub(crate) struct ReleaseFrontier {
     state: Mutex<FrontierState>,
@@ -181,6 +181,15 @@ fn header_too_long() -> Error {
     })
 }
 
+/// An error reading a growing file (an upload that still arrives, which has no path of its
+/// own to name).
+pub(crate) fn growth_error(source: std::io::Error) -> Error {
+    Error::Read {
+        path: "<upload>".into(),
+        source,
+    }
+}
+
 /// Checks the header of a mapped file and sends its blocks. Returns the header, or an error
 /// about the header; `send` returning false stops early. With `growth`, the file is still
 /// being written: a block is cut once the bytes it spans are written, exactly where it would
@@ -198,15 +207,11 @@ pub(crate) fn produce_mapped(
         let Some(growth) = growth else {
             return Ok((map, true));
         };
-        let upload_err = |source| Error::Read {
-            path: "<upload>".into(),
-            source,
-        };
-        let written = growth.wait_beyond(want as u64).map_err(upload_err)?;
+        let written = growth.wait_beyond(want as u64).map_err(growth_error)?;
         match usize::try_from(written) {
             // More than the map holds can only be a writer's error: never read past the map.
             Ok(len) if len <= map.len() => Ok((&map[..len], len <= want)),
-            _ => Err(upload_err(std::io::Error::other(
+            _ => Err(growth_error(std::io::Error::other(
                 "the file grew beyond its announced size",
             ))),
         }

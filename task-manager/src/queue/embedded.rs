@@ -139,7 +139,7 @@ impl EmbeddedQueue {
             tokio::task::spawn_blocking(move || {
                 let input = Input::Growing {
                     file: &file,
-                    capacity,
+                    capacity: Some(capacity),
                     growth: &followed,
                 };
                 let result = processor::aggregate(input, &output, &config, &control);

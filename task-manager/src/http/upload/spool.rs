@@ -210,7 +210,7 @@ mod tests {
             let arrival = Arrival::new();
             let follower = {
                 let (file, arrival) = (file.reopen().unwrap(), arrival.clone());
-                let capacity = data.len() as u64;
+                let capacity = Some(data.len() as u64);
                 std::thread::spawn(move || {
                     let growth = FollowedUpload::new(arrival, Control::new());
                     let input = Input::Growing {

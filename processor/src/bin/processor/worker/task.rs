@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::PoisonError;
 use std::time::Duration;
 
-use processor::{Config, Control, Growth, Input, Summary};
+use processor::{Config, Control, Input, Summary};
 use task_protocol::{EventAck, TaskMessage, TaskStatus, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -319,23 +319,12 @@ async fn run_engine(id: Uuid, source: Source, output: PathBuf, ctx: &TaskContext
                 EngineInput::Arriving(arriving, capacity) => {
                     // Without the upload's announced length (an older task manager), the
                     // engine waits for the whole file.
-                    let capacity = match capacity {
-                        Some(capacity) => Ok(capacity),
-                        None => arriving.wait_beyond(u64::MAX).map_err(|source| {
-                            processor::Error::Read {
-                                path: "<upload>".into(),
-                                source,
-                            }
-                        }),
+                    let input = Input::Growing {
+                        file: arriving.file(),
+                        capacity,
+                        growth: &arriving,
                     };
-                    capacity.and_then(|capacity| {
-                        let input = Input::Growing {
-                            file: arriving.file(),
-                            capacity,
-                            growth: &arriving,
-                        };
-                        processor::aggregate(input, &output, &config, &control)
-                    })
+                    processor::aggregate(input, &output, &config, &control)
                 }
             };
             // This process lives on: give the run's memory back to the system.
