@@ -1,28 +1,46 @@
-//! An upload's bytes as they reach its file, followed by the engine: it can aggregate an upload
-//! while it still arrives (embedded mode), reading what the upload writer has written and
-//! waiting for the rest.
+//! An upload's bytes as they arrive, followed by the engine: it can aggregate an upload while
+//! it still arrives (embedded mode). The upload writer hands the engine the pieces it
+//! receives, up to [`RECENT_WINDOW`] bytes ahead of it (the upload waits for the engine
+//! beyond), and reports the bytes that reached the file; the engine ([`UploadReader`]) reads
+//! the pieces from memory, so that the writer can write them straight to the disk and nobody
+//! reads them back. Bytes in the file but not handed over are read from the file.
 
-use std::io;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use processor::{Control, Growth};
+use axum::body::Bytes;
+use processor::Control;
+use tokio::sync::Semaphore;
 
 /// How often a waiting reader checks whether its engine was cancelled.
 const CANCEL_CHECK: Duration = Duration::from_millis(50);
+/// Bytes of received pieces held for the reader, at most.
+pub const RECENT_WINDOW: usize = 32 << 20;
+/// Longest wait for the reader to make room for a piece; then the writer stops handing
+/// pieces over, and the reader reads the rest from the file.
+const READER_PATIENCE: Duration = Duration::from_secs(30);
 
-/// How far an upload has reached its file.
-#[derive(Debug, Default)]
+/// How far an upload has arrived: the pieces the reader has not read yet, and the bytes in
+/// the file.
+#[derive(Debug)]
 pub struct Arrival {
     state: Mutex<State>,
     changed: Condvar,
+    /// Room for pieces, in bytes; closed once nobody reads them.
+    room: Semaphore,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct State {
     /// Bytes in the file, from its start.
     written: u64,
     end: End,
+    /// Received pieces not read yet, and their offsets, in order.
+    recent: VecDeque<(u64, Bytes)>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -35,9 +53,54 @@ enum End {
     Aborted,
 }
 
+/// Where the reader finds the bytes at its position.
+enum Next {
+    /// In this received piece, which starts at the position.
+    Memory(Bytes),
+    /// In the file, up to this offset.
+    File(u64),
+    /// Nowhere: the upload ends there.
+    End,
+}
+
 impl Arrival {
     pub fn new() -> Arc<Arrival> {
-        Arc::default()
+        Arc::new(Arrival {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            room: Semaphore::new(RECENT_WINDOW),
+        })
+    }
+
+    /// Hands the reader `piece`, received at `offset` (the pieces come in order, at most
+    /// [`RECENT_WINDOW`] bytes long); waits while the reader is a window behind. Returns at
+    /// once when nobody reads the pieces any more.
+    pub async fn offer(&self, offset: u64, piece: Bytes) {
+        let bytes = piece.len().min(RECENT_WINDOW);
+        let Ok(room) = u32::try_from(bytes) else {
+            return;
+        };
+        let permit = match tokio::time::timeout(READER_PATIENCE, self.room.acquire_many(room)).await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => return,
+            Err(_elapsed) => {
+                tracing::warn!(
+                    "the engine read nothing of the upload for {READER_PATIENCE:?}: it reads the \
+                     rest from the file"
+                );
+                self.room.close();
+                return;
+            }
+        };
+        // Given back as the reader moves past the piece.
+        permit.forget();
+        let mut state = self.lock();
+        if state.end == End::Aborted {
+            return;
+        }
+        state.recent.push_back((offset, piece));
+        self.changed.notify_all();
     }
 
     /// The first `written` bytes are in the file.
@@ -64,17 +127,28 @@ impl Arrival {
         if state.end == End::Open {
             state.end = end;
             self.changed.notify_all();
+            drop(state);
+            if end == End::Aborted {
+                self.unread();
+            }
         }
+    }
+
+    /// No reader follows the upload any more: what is held is released, and the writer no
+    /// longer hands pieces over.
+    fn unread(&self) {
+        self.room.close();
+        self.lock().recent.clear();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits until more than `pos` bytes are in the file (returns how many are), the upload is
-    /// complete (returns its length, which may be `pos` or less), it was aborted or `control`
-    /// cancelled (an error).
-    fn wait_beyond(&self, pos: u64, control: &Control) -> io::Result<u64> {
+    /// Waits until the bytes at `pos` are in memory or in the file, or the upload is complete
+    /// and ends there; an error when it was aborted or `control` cancelled. Forgets the pieces
+    /// before `pos`.
+    fn next(&self, pos: u64, control: &Control) -> io::Result<Next> {
         let mut state = self.lock();
         loop {
             if state.end == End::Aborted {
@@ -83,8 +157,23 @@ impl Arrival {
             if control.is_cancelled() {
                 return Err(io::Error::other("cancelled"));
             }
-            if state.written > pos || state.end == End::Complete {
-                return Ok(state.written);
+            let forgotten = state.forget_before(pos);
+            if forgotten > 0 {
+                self.room.add_permits(forgotten);
+            }
+            let next_piece = state.recent.front().map(|(start, _)| *start);
+            if let Some((start, piece)) = state.recent.front()
+                && *start <= pos
+            {
+                let from = usize::try_from(pos - start).unwrap_or(usize::MAX);
+                return Ok(Next::Memory(piece.slice(from..)));
+            }
+            if state.written > pos {
+                let upto = next_piece.map_or(state.written, |start| start.min(state.written));
+                return Ok(Next::File(upto));
+            }
+            if state.end == End::Complete {
+                return Ok(Next::End);
             }
             state = self
                 .changed
@@ -95,82 +184,213 @@ impl Arrival {
     }
 }
 
-/// An upload's file as the engine follows it while it arrives: it maps the file and reads
-/// only what [`Arrival`] reports written; a wait ends with an error when `control` is
-/// cancelled.
-pub struct FollowedUpload {
-    arrival: Arc<Arrival>,
-    control: Control,
-}
-
-impl FollowedUpload {
-    /// Follows the upload whose bytes `arrival` reports, for the engine run under `control`.
-    pub fn new(arrival: Arc<Arrival>, control: Control) -> FollowedUpload {
-        FollowedUpload { arrival, control }
+impl State {
+    /// Drops the pieces that end at or before `pos`; returns the room they took.
+    fn forget_before(&mut self, pos: u64) -> usize {
+        let mut forgotten = 0;
+        while let Some((start, piece)) = self.recent.front() {
+            if start + piece.len() as u64 > pos {
+                break;
+            }
+            forgotten += piece.len().min(RECENT_WINDOW);
+            self.recent.pop_front();
+        }
+        forgotten
     }
 }
 
-impl Growth for FollowedUpload {
-    fn wait_beyond(&self, pos: u64) -> io::Result<u64> {
-        self.arrival.wait_beyond(pos, &self.control)
+/// The engine's input while an upload arrives: the pieces [`Arrival`] keeps, else the file
+/// (its own open file description: the writer's may be set for direct I/O). A read waits for
+/// the bytes; it fails when the upload was aborted or `control` cancelled.
+pub struct UploadReader {
+    arrival: Arc<Arrival>,
+    file: File,
+    pos: u64,
+    control: Control,
+}
+
+impl UploadReader {
+    /// Reads the upload whose arrival `arrival` reports, written into `file`, for the engine
+    /// run under `control`.
+    pub fn new(arrival: Arc<Arrival>, file: File, control: Control) -> UploadReader {
+        UploadReader {
+            arrival,
+            file,
+            pos: 0,
+            control,
+        }
+    }
+}
+
+impl Read for UploadReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let read = match self.arrival.next(self.pos, &self.control)? {
+            Next::Memory(piece) => {
+                let n = piece.len().min(buf.len());
+                buf[..n].copy_from_slice(&piece[..n]);
+                n
+            }
+            Next::File(upto) => {
+                let want = usize::try_from(upto - self.pos).map_or(buf.len(), |n| n.min(buf.len()));
+                match self.file.read_at(&mut buf[..want], self.pos)? {
+                    0 => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the upload's file is shorter than what was written",
+                        ));
+                    }
+                    n => n,
+                }
+            }
+            Next::End => 0,
+        };
+        self.pos += read as u64;
+        Ok(read)
+    }
+}
+
+impl Drop for UploadReader {
+    fn drop(&mut self) {
+        self.arrival.unread();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
-    #[test]
-    fn follows_the_writer_to_the_end() {
+    /// An upload of `data` written into a file in pieces of `piece` bytes, each piece handed to
+    /// the reader first when `offered(index)`; the reader's result.
+    fn read_while_written(
+        data: &[u8],
+        piece: usize,
+        offered: impl Fn(usize) -> bool + Send + 'static,
+    ) -> io::Result<Vec<u8>> {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
         let arrival = Arrival::new();
-        let followed = FollowedUpload::new(arrival.clone(), Control::new());
+        let mut reader = UploadReader::new(
+            arrival.clone(),
+            file.reopen().expect("reopen"),
+            Control::new(),
+        );
         let writer = {
-            let arrival = arrival.clone();
+            let (data, mut out) = (data.to_vec(), file.reopen().expect("reopen"));
             std::thread::spawn(move || {
-                for written in (100..=2000).step_by(100) {
-                    arrival.advance(written);
-                    std::thread::sleep(Duration::from_millis(1));
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("runtime");
+                let mut written = 0;
+                for (index, piece) in data.chunks(piece).enumerate() {
+                    if offered(index) {
+                        let piece = Bytes::copy_from_slice(piece);
+                        runtime.block_on(arrival.offer(written as u64, piece));
+                    }
+                    out.write_all(piece).expect("write");
+                    written += piece.len();
+                    arrival.advance(written as u64);
+                    if index % 97 == 0 {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
                 }
                 arrival.complete();
             })
         };
-        let mut pos = 0;
-        loop {
-            let written = followed.wait_beyond(pos).expect("written");
-            if written <= pos {
-                break;
+        let mut result = Vec::new();
+        let mut buf = vec![0; 1000];
+        let outcome = loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break Ok(result),
+                Ok(n) => result.extend_from_slice(&buf[..n]),
+                Err(e) => break Err(e),
             }
-            assert!(written > pos && written <= 2000, "{written} after {pos}");
-            pos = written;
-        }
+        };
         writer.join().expect("writer");
-        assert_eq!(pos, 2000);
-        // At the end, asking beyond it returns the whole length at once.
-        assert_eq!(followed.wait_beyond(5000).expect("complete"), 2000);
+        outcome
     }
 
     #[test]
-    fn an_aborted_upload_is_an_error_and_not_an_end() {
+    fn reads_the_whole_upload_from_memory_from_the_file_or_both() {
+        let data: Vec<u8> = (0..25_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        for piece in [3, 999, 4096, 30_000] {
+            assert_eq!(read_while_written(&data, piece, |_| true).unwrap(), data);
+            assert_eq!(read_while_written(&data, piece, |_| false).unwrap(), data);
+            // Gaps: the reader goes from memory to the file and back.
+            let read = read_while_written(&data, piece, |index| index % 3 != 1).unwrap();
+            assert_eq!(read, data, "pieces of {piece} with gaps");
+        }
+    }
+
+    #[tokio::test]
+    async fn holds_a_window_at_most_and_nothing_once_the_reader_is_gone() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
         let arrival = Arrival::new();
-        arrival.advance(10);
-        let followed = FollowedUpload::new(arrival.clone(), Control::new());
-        assert_eq!(followed.wait_beyond(0).expect("first bytes"), 10);
+        let piece = Bytes::from(vec![b'x'; RECENT_WINDOW / 4]);
+        let wait = Duration::from_millis(50);
+        for index in 0..4 {
+            arrival
+                .offer(index * piece.len() as u64, piece.clone())
+                .await;
+        }
+        // The window is full: the next piece waits for the reader.
+        let fifth = arrival.offer(4 * piece.len() as u64, piece.clone());
+        let mut fifth = std::pin::pin!(fifth);
+        assert!(tokio::time::timeout(wait, fifth.as_mut()).await.is_err());
+        let mut reader = UploadReader::new(arrival.clone(), file.reopen().unwrap(), Control::new());
+        let mut buf = vec![0; piece.len() + 10];
+        // The first piece is read from memory although the file is still empty.
+        assert_eq!(reader.read(&mut buf).unwrap(), piece.len());
+        assert_eq!(&buf[..piece.len()], &piece[..]);
+        // The reader asks for the next piece: the first one's room takes the fifth.
+        assert_eq!(reader.read(&mut buf[..1]).unwrap(), 1);
+        tokio::time::timeout(wait, fifth)
+            .await
+            .expect("room for the fifth piece");
+        assert_eq!(arrival.lock().recent.len(), 4);
+        drop(reader);
+        assert!(arrival.lock().recent.is_empty());
+        // Nobody reads: a piece is not held, and not waited for.
+        for index in 5..10 {
+            let offer = arrival.offer(index * piece.len() as u64, piece.clone());
+            tokio::time::timeout(wait, offer).await.expect("no wait");
+        }
+        assert!(arrival.lock().recent.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_aborted_upload_is_an_error_and_not_an_end() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let arrival = Arrival::new();
+        let mut reader = UploadReader::new(arrival.clone(), file.reopen().unwrap(), Control::new());
+        arrival.offer(0, Bytes::from_static(b"0123456789")).await;
+        let mut buf = [0; 100];
+        assert_eq!(reader.read(&mut buf).unwrap(), 10);
         arrival.abort();
-        assert!(followed.wait_beyond(10).is_err());
+        assert!(reader.read(&mut buf).is_err());
         // Completing after an abort changes nothing.
         arrival.complete();
-        assert!(followed.wait_beyond(10).is_err());
+        assert!(reader.read(&mut buf).is_err());
     }
 
     #[test]
-    fn a_waiting_follower_stops_when_cancelled() {
+    fn a_complete_upload_ends_and_a_waiting_reader_stops_when_cancelled() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let arrival = Arrival::new();
+        arrival.complete();
+        let mut reader = UploadReader::new(arrival, file.reopen().unwrap(), Control::new());
+        assert_eq!(reader.read(&mut [0; 10]).unwrap(), 0);
+
         let control = Control::new();
-        let followed = FollowedUpload::new(Arrival::new(), control.clone());
-        let waiting = std::thread::spawn(move || followed.wait_beyond(0).is_err());
+        let mut reader = UploadReader::new(Arrival::new(), file.reopen().unwrap(), control.clone());
+        let waiting = std::thread::spawn(move || reader.read(&mut [0; 10]).is_err());
         std::thread::sleep(Duration::from_millis(100));
         control.cancel();
         assert!(
-            waiting.join().expect("follower thread"),
+            waiting.join().expect("reader thread"),
             "the wait did not fail"
         );
     }

@@ -121,7 +121,7 @@ pub async fn upload(
     let id = Uuid::new_v4();
     let arrival = Arrival::new();
     let arriving = state.storage.relative_path(temp.path());
-    let early = match (limits.early, file.try_clone(), arriving) {
+    let early = match (limits.early, temp.reopen(), arriving) {
         (true, Ok(reader), Some(arriving)) => {
             let upload = EarlyUpload {
                 id,

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::QueueError;
-use crate::arrival::{Arrival, FollowedUpload};
+use crate::arrival::{Arrival, UploadReader};
 use crate::storage::Storage;
 use crate::store::Store;
 pub use early::EarlyRun;
@@ -116,15 +116,15 @@ impl EmbeddedQueue {
         })
     }
 
-    /// Starts the engine on the upload of the future task `id` while it arrives in `file`,
-    /// when a runner is idle; `capacity`: the most bytes the file can reach (the upload's
-    /// `Content-Length`).
+    /// Starts the engine on the upload of the future task `id` while it arrives (reading the
+    /// pieces `arrival` offers, else `file`), when a runner is idle; `len`: the upload's
+    /// `Content-Length`, when known, for the progress.
     pub fn start_early(
         &self,
         id: Uuid,
         file: std::fs::File,
         arrival: Arc<Arrival>,
-        capacity: u64,
+        len: Option<u64>,
     ) -> Option<EarlyRun> {
         if self.runner.stop.is_cancelled() {
             return None;
@@ -132,15 +132,14 @@ impl EmbeddedQueue {
         let permit = self.runner.permits.clone().try_acquire_owned().ok()?;
         let control = Control::new();
         let output = self.runner.storage.output_path(id);
-        let followed = FollowedUpload::new(arrival, control.clone());
+        let reader = UploadReader::new(arrival, file, control.clone());
         let engine = {
             let (config, control, output) =
                 (self.runner.config.clone(), control.clone(), output.clone());
             tokio::task::spawn_blocking(move || {
-                let input = Input::Growing {
-                    file: &file,
-                    capacity: Some(capacity),
-                    growth: &followed,
+                let input = Input::Reader {
+                    reader: Box::new(reader),
+                    len,
                 };
                 let result = processor::aggregate(input, &output, &config, &control);
                 drop(permit);

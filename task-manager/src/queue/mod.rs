@@ -19,13 +19,13 @@ use crate::arrival::Arrival;
 pub struct EarlyUpload {
     /// The future task's id.
     pub id: Uuid,
-    /// The upload's file, open for reading.
+    /// The upload's file, open for reading (an open file description of its own: the
+    /// writer's may be set for direct I/O).
     pub file: File,
     /// Its path relative to the storage root.
     pub arriving: String,
     pub arrival: Arc<Arrival>,
-    /// The most bytes the file can reach (the body's `Content-Length`), if known; without
-    /// it, the embedded engine does not follow the upload.
+    /// The body's `Content-Length`, if known.
     pub len: Option<u64>,
 }
 
@@ -80,12 +80,9 @@ impl TaskQueue {
                     }
                 }
             }
-            TaskQueue::Embedded(queue) => {
-                let capacity = upload.len.filter(|&len| len > 0)?;
-                queue
-                    .start_early(upload.id, upload.file, upload.arrival, capacity)
-                    .map(Early::Local)
-            }
+            TaskQueue::Embedded(queue) => queue
+                .start_early(upload.id, upload.file, upload.arrival, upload.len)
+                .map(Early::Local),
         }
     }
 

@@ -1,47 +1,94 @@
-//! Writes an upload to its file on a blocking thread, so the async threads only pass chunks
+//! Writes an upload to its file on a blocking thread, so the async threads only pass pieces
 //! along. Writeback to the disk starts while the bytes still arrive (every
 //! [`WRITEBACK_STEP`]), so that making the file durable at the end (when asked to) waits for
-//! what the disk has not caught up with only, not for the whole upload. When given an
-//! [`Arrival`], the writer reports the bytes in the file as it goes, for a reader that
-//! follows the upload (early aggregation).
+//! what the disk has not caught up with only, not for the whole upload.
+//!
+//! When an engine follows the upload ([`Arrival`]), the bytes are gathered into blocks of
+//! [`BLOCK`] bytes, taken from a pool that keeps their memory mapped from one upload to the
+//! next; each block is offered to the engine, then written. When the upload is to be synced
+//! anyway, they are written with direct I/O: from the block to the disk, without a copy in the
+//! page cache, which the engine does not need (writing 1 GB into page-cache pages the machine
+//! has not used lately took 2 to 3 s of system time here, against 0.2 s for the same write
+//! direct). Where direct I/O is not supported, the writes fall back to the page cache.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::body::Bytes;
+use memmap2::MmapMut;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::arrival::Arrival;
+use crate::arrival::{Arrival, RECENT_WINDOW};
 
 /// Bytes gathered for one write between the network and the disk.
 const WRITE_BUFFER: usize = 1 << 20;
 /// Chunks in flight between the network and the writer thread, at most.
 const CHUNKS_IN_FLIGHT: usize = 16;
+/// Size of the blocks of a followed upload.
+pub const BLOCK: usize = 4 << 20;
+/// Blocks in flight between the network and the writer thread, at most.
+const BLOCKS_IN_FLIGHT: usize = 2;
+/// Alignment of a direct write's memory, offset and length.
+const DIRECT_ALIGN: usize = 4096;
+/// Idle blocks kept for the next followed upload: enough for one.
+const IDLE_BLOCKS: usize = RECENT_WINDOW / BLOCK + BLOCKS_IN_FLIGHT + 2;
 /// Bytes written between two requests to start writing back to the disk.
 const WRITEBACK_STEP: u64 = 32 << 20;
 
+/// The pool of idle blocks.
+static IDLE: Mutex<Vec<MmapMut>> = Mutex::new(Vec::new());
+
 /// An upload on its way to a file.
 pub struct Spool {
-    chunks: Option<mpsc::Sender<Piece>>,
+    pieces: Option<mpsc::Sender<Piece>>,
     writer: Option<JoinHandle<io::Result<()>>>,
+    /// The blocks of a followed upload.
+    blocks: Option<Blocks>,
 }
 
 /// What the writer thread receives.
 enum Piece {
-    Chunk(Bytes),
+    /// `data`, of which the first `len` bytes are the upload's (the rest pads the last block
+    /// of a direct write, and is cut off at the end).
+    Data { data: Bytes, len: usize },
     /// The upload is complete (without it, the upload stopped early).
     End,
 }
 
+impl Piece {
+    fn whole(data: Bytes) -> Piece {
+        Piece::Data {
+            len: data.len(),
+            data,
+        }
+    }
+}
+
 impl Spool {
     /// Starts the writer thread for `file`; `sync`: make the file durable at the end;
-    /// `arrival`: where to report the bytes written.
+    /// `arrival`: the engine following the upload, to offer the bytes to and to report the
+    /// bytes written to.
     pub fn new(file: File, sync: bool, arrival: Option<Arc<Arrival>>) -> Spool {
-        let (chunks, received) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        // Direct I/O only for a followed upload: anyone else reads the file afterwards, from
+        // the page cache.
+        let direct = arrival.is_some() && sync && set_direct(&file, true).is_ok();
+        let in_flight = if arrival.is_some() {
+            BLOCKS_IN_FLIGHT
+        } else {
+            CHUNKS_IN_FLIGHT
+        };
+        let (pieces, received) = mpsc::channel(in_flight);
+        let blocks = arrival.clone().map(|arrival| Blocks {
+            arrival,
+            direct,
+            block: None,
+            filled: 0,
+            offset: 0,
+        });
         let writer = tokio::task::spawn_blocking(move || {
-            let result = write_all(file, received, sync, arrival.as_deref());
+            let result = write_all(file, received, sync, direct, arrival.as_deref());
             if let Some(arrival) = arrival {
                 // A no-op when the upload was complete.
                 arrival.abort();
@@ -49,20 +96,46 @@ impl Spool {
             result
         });
         Spool {
-            chunks: Some(chunks),
+            pieces: Some(pieces),
             writer: Some(writer),
+            blocks,
         }
     }
 
     /// Queues a chunk; fails with the writer's error once it has failed.
     pub async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
-        if let Some(chunks) = &self.chunks
-            && chunks.send(Piece::Chunk(chunk)).await.is_ok()
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let Some(blocks) = &mut self.blocks else {
+                return self.send(Piece::whole(chunk)).await;
+            };
+            if let Some(full) = blocks.fill(&mut rest)? {
+                self.hand_over(full).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a block to the engine, then to the writer.
+    async fn hand_over(&mut self, block: Sealed) -> io::Result<()> {
+        let Sealed {
+            arrival,
+            offset,
+            data,
+            len,
+        } = block;
+        arrival.offer(offset, data.slice(..len)).await;
+        self.send(Piece::Data { data, len }).await
+    }
+
+    async fn send(&mut self, piece: Piece) -> io::Result<()> {
+        if let Some(pieces) = &self.pieces
+            && pieces.send(piece).await.is_ok()
         {
             return Ok(());
         }
         // The writer stopped: its error is the answer.
-        match self.finish().await {
+        match self.end().await {
             Ok(()) => Err(io::Error::other("the upload writer stopped early")),
             Err(e) => Err(e),
         }
@@ -70,9 +143,17 @@ impl Spool {
 
     /// Writes what is queued (and makes the file durable when asked to).
     pub async fn finish(&mut self) -> io::Result<()> {
-        if let Some(chunks) = self.chunks.take() {
+        if let Some(last) = self.blocks.as_mut().and_then(Blocks::seal) {
+            self.hand_over(last).await?;
+        }
+        self.end().await
+    }
+
+    /// Tells the writer that the upload is complete, and waits for it.
+    async fn end(&mut self) -> io::Result<()> {
+        if let Some(pieces) = self.pieces.take() {
             // When the writer has stopped, its error is the answer.
-            let _ = chunks.send(Piece::End).await;
+            let _ = pieces.send(Piece::End).await;
         }
         let Some(writer) = self.writer.take() else {
             return Err(io::Error::other("the upload writer has already stopped"));
@@ -83,30 +164,124 @@ impl Spool {
     }
 }
 
-/// The writer thread: writes the chunks as they come, gathered up to [`WRITE_BUFFER`] bytes
-/// per system call (vectored: the chunks are not copied into a buffer first), then syncs the
-/// file if `sync`. Returns an error when the upload stopped before its end.
+/// A followed upload cut into blocks.
+struct Blocks {
+    arrival: Arc<Arrival>,
+    /// Pad the last block for a direct write.
+    direct: bool,
+    /// The block being filled, and its bytes so far.
+    block: Option<MmapMut>,
+    filled: usize,
+    /// Where the block starts in the upload.
+    offset: u64,
+}
+
+impl Blocks {
+    /// Copies the start of `rest` into the block, and advances `rest`; returns the block once
+    /// it is full.
+    fn fill(&mut self, rest: &mut &[u8]) -> io::Result<Option<Sealed>> {
+        let block = match &mut self.block {
+            Some(block) => block,
+            None => self.block.insert(take_block()?),
+        };
+        let n = rest.len().min(BLOCK - self.filled);
+        block[self.filled..self.filled + n].copy_from_slice(&rest[..n]);
+        self.filled += n;
+        *rest = &rest[n..];
+        Ok(if self.filled == BLOCK {
+            self.seal()
+        } else {
+            None
+        })
+    }
+
+    /// The block so far (none when empty).
+    fn seal(&mut self) -> Option<Sealed> {
+        let mut block = self.block.take()?;
+        let len = std::mem::take(&mut self.filled);
+        let padded = if self.direct {
+            len.next_multiple_of(DIRECT_ALIGN)
+        } else {
+            len
+        };
+        block[len..padded].fill(0);
+        let offset = self.offset;
+        self.offset += len as u64;
+        Some(Sealed {
+            arrival: self.arrival.clone(),
+            offset,
+            data: Bytes::from_owner(PooledBlock(Some(block))).slice(..padded),
+            len,
+        })
+    }
+}
+
+/// A block ready for the engine and the writer.
+struct Sealed {
+    arrival: Arc<Arrival>,
+    /// Where it starts in the upload.
+    offset: u64,
+    /// Its bytes, padding included.
+    data: Bytes,
+    /// The upload's bytes in it.
+    len: usize,
+}
+
+/// A block from the pool, which it returns to when dropped.
+struct PooledBlock(Option<MmapMut>);
+
+impl AsRef<[u8]> for PooledBlock {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl Drop for PooledBlock {
+    fn drop(&mut self) {
+        let mut idle = IDLE.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < IDLE_BLOCKS
+            && let Some(block) = self.0.take()
+        {
+            idle.push(block);
+        }
+    }
+}
+
+fn take_block() -> io::Result<MmapMut> {
+    let idle = IDLE.lock().unwrap_or_else(PoisonError::into_inner).pop();
+    idle.map_or_else(|| MmapMut::map_anon(BLOCK), Ok)
+}
+
+/// The writer thread: writes the pieces as they come, gathered up to [`WRITE_BUFFER`] bytes
+/// per system call (vectored: the pieces are not copied into a buffer first), then cuts off
+/// the padding of direct writes and syncs the file if `sync`. Returns an error when the upload
+/// stopped before its end.
 fn write_all(
     mut file: File,
-    mut chunks: mpsc::Receiver<Piece>,
+    mut pieces: mpsc::Receiver<Piece>,
     sync: bool,
+    mut direct: bool,
     arrival: Option<&Arrival>,
 ) -> io::Result<()> {
     let mut gathered: Vec<Bytes> = Vec::new();
     let mut pending = 0usize;
+    let mut pending_len = 0usize;
     let mut written = 0u64;
+    let mut padded = false;
     let mut written_back = 0u64;
     loop {
         // Waits only when nothing is pending: what has arrived is written first.
-        let piece = match chunks.try_recv() {
+        let piece = match pieces.try_recv() {
             Ok(piece) => Some(piece),
             Err(mpsc::error::TryRecvError::Empty) if pending > 0 => None,
-            Err(_) => chunks.blocking_recv(),
+            Err(_) => pieces.blocking_recv(),
         };
         match piece {
-            Some(Piece::Chunk(chunk)) => {
-                pending += chunk.len();
-                gathered.push(chunk);
+            Some(Piece::Data { data, len }) => {
+                pending += data.len();
+                pending_len += len;
+                padded |= len < data.len();
+                gathered.push(data);
                 if pending < WRITE_BUFFER {
                     continue;
                 }
@@ -115,18 +290,22 @@ fn write_all(
             None if pending > 0 => {}
             None => return Err(io::Error::other("the upload stopped before its end")),
         }
-        write_gathered(&mut file, &mut gathered)?;
-        written += std::mem::take(&mut pending) as u64;
+        write_gathered(&mut file, &mut gathered, &mut direct)?;
+        pending = 0;
+        written += std::mem::take(&mut pending_len) as u64;
         if let Some(arrival) = arrival {
             arrival.advance(written);
         }
-        if written - written_back >= WRITEBACK_STEP {
+        if !direct && written - written_back >= WRITEBACK_STEP {
             start_writeback(&file, written_back, written - written_back);
             written_back = written;
         }
     }
-    write_gathered(&mut file, &mut gathered)?;
-    written += pending as u64;
+    write_gathered(&mut file, &mut gathered, &mut direct)?;
+    written += pending_len as u64;
+    if padded {
+        file.set_len(written)?;
+    }
     if let Some(arrival) = arrival {
         arrival.advance(written);
         arrival.complete();
@@ -137,8 +316,9 @@ fn write_all(
     Ok(())
 }
 
-/// Writes all of `chunks` with vectored writes and empties it.
-fn write_gathered(file: &mut File, chunks: &mut Vec<Bytes>) -> io::Result<()> {
+/// Writes all of `chunks` with vectored writes and empties it. A direct write the file
+/// refuses is done again through the page cache, and so are the next (`direct` turns false).
+fn write_gathered(file: &mut File, chunks: &mut Vec<Bytes>, direct: &mut bool) -> io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
@@ -146,12 +326,44 @@ fn write_gathered(file: &mut File, chunks: &mut Vec<Bytes>) -> io::Result<()> {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => IoSlice::advance_slices(&mut rest, n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if *direct && e.kind() == io::ErrorKind::InvalidInput => {
+                tracing::debug!("direct write refused ({e}): writing through the page cache");
+                set_direct(file, false)?;
+                *direct = false;
+            }
             Err(e) => return Err(e),
         }
     }
     drop(slices);
     chunks.clear();
     Ok(())
+}
+
+/// Turns direct I/O on or off for `file`'s open file description.
+#[cfg(target_os = "linux")]
+fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: plain system calls on an open descriptor; they only change its status flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = if on {
+        flags | libc::O_DIRECT
+    } else {
+        flags & !libc::O_DIRECT
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_direct(_file: &File, _on: bool) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
 }
 
 /// Asks the kernel to start writing `len` bytes at `offset` to the disk, without waiting.
@@ -178,29 +390,70 @@ fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 mod tests {
     use super::*;
 
+    /// Whether `file`'s open file description is set for direct I/O.
+    fn is_direct(file: &File) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY: reads the status flags of an open descriptor.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        flags >= 0 && flags & libc::O_DIRECT != 0
+    }
+
     #[tokio::test]
-    async fn writes_every_chunk_in_order() {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        let mut spool = Spool::new(file.reopen().unwrap(), true, None);
-        let mut expected = Vec::new();
-        for i in 0..1000u32 {
-            // Small chunks gathered into one write, and now and then one larger than that.
-            let repeat = if i % 250 == 7 { WRITE_BUFFER } else { 100 };
-            let chunk = Bytes::from(i.to_string().repeat(repeat));
-            expected.extend_from_slice(&chunk);
-            spool.write(chunk).await.unwrap();
+    async fn writes_every_chunk_in_order_followed_or_not_direct_or_not() {
+        use crate::arrival::UploadReader;
+        use std::io::Read;
+
+        for (followed, sync) in [(false, true), (true, true), (true, false)] {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            let arrival = followed.then(Arrival::new);
+            // What the engine would read.
+            let reader = arrival.clone().map(|arrival| {
+                let file = file.reopen().unwrap();
+                let mut reader = UploadReader::new(arrival, file, processor::Control::new());
+                std::thread::spawn(move || {
+                    let mut read = Vec::new();
+                    reader.read_to_end(&mut read).map(|_| read)
+                })
+            });
+            let mut spool = Spool::new(file.as_file().try_clone().unwrap(), sync, arrival);
+            let direct = is_direct(file.as_file());
+            assert!(
+                !direct || (followed && sync),
+                "direct I/O for an upload not followed"
+            );
+            let mut expected = Vec::new();
+            for i in 0..1000u32 {
+                // Small chunks gathered into one write, and now and then one larger than a
+                // block; the total is no multiple of a direct write's alignment.
+                let repeat = if i % 250 == 7 { BLOCK + 3 } else { 100 };
+                let chunk = Bytes::from(i.to_string().repeat(repeat));
+                expected.extend_from_slice(&chunk);
+                spool.write(chunk).await.unwrap();
+            }
+            spool.finish().await.unwrap();
+            assert!(
+                std::fs::read(file.path()).unwrap() == expected,
+                "followed {followed}, sync {sync}: the file differs"
+            );
+            // Where the file system took direct I/O, no write fell back.
+            assert_eq!(is_direct(file.as_file()), direct);
+            if let Some(reader) = reader {
+                let read = reader.join().unwrap().unwrap();
+                assert!(
+                    read == expected,
+                    "sync {sync}: the reader read something else"
+                );
+            }
         }
-        spool.finish().await.unwrap();
-        assert_eq!(std::fs::read(file.path()).unwrap(), expected);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_engine_follows_the_whole_upload_and_only_a_complete_one() {
-        use crate::arrival::FollowedUpload;
+        use crate::arrival::UploadReader;
         use processor::{Config, Control, Input};
 
         let data = fixtures::generate(fixtures::Spec {
-            length: fixtures::Length::Rows(30_000),
+            length: fixtures::Length::Rows(300_000),
             tricky_names: true,
             ..fixtures::Spec::default()
         })
@@ -209,14 +462,13 @@ mod tests {
             let file = tempfile::NamedTempFile::new().unwrap();
             let arrival = Arrival::new();
             let follower = {
-                let (file, arrival) = (file.reopen().unwrap(), arrival.clone());
-                let capacity = Some(data.len() as u64);
+                let control = Control::new();
+                let reader = UploadReader::new(arrival.clone(), file.reopen().unwrap(), control);
+                let len = Some(data.len() as u64);
                 std::thread::spawn(move || {
-                    let growth = FollowedUpload::new(arrival, Control::new());
-                    let input = Input::Growing {
-                        file: &file,
-                        capacity,
-                        growth: &growth,
+                    let input = Input::Reader {
+                        reader: Box::new(reader),
+                        len,
                     };
                     // Small blocks: many of them are cut while the upload arrives.
                     let config = Config {
@@ -228,7 +480,7 @@ mod tests {
                         .map(|_| out)
                 })
             };
-            let mut spool = Spool::new(file.reopen().unwrap(), false, Some(arrival));
+            let mut spool = Spool::new(file.reopen().unwrap(), true, Some(arrival));
             let sent = if complete { data.len() } else { data.len() / 2 };
             for piece in data[..sent].chunks(1000) {
                 spool.write(Bytes::copy_from_slice(piece)).await.unwrap();
@@ -254,17 +506,19 @@ mod tests {
     async fn a_write_error_reaches_the_sender() {
         // Writing to a file opened read-only fails.
         let file = tempfile::NamedTempFile::new().unwrap();
-        let read_only = File::open(file.path()).unwrap();
-        let mut spool = Spool::new(read_only, false, None);
-        let chunk = Bytes::from(vec![b'x'; 2 * WRITE_BUFFER]);
-        let mut failed = None;
-        for _ in 0..(CHUNKS_IN_FLIGHT + 4) {
-            if let Err(e) = spool.write(chunk.clone()).await {
-                failed = Some(e);
-                break;
+        for arrival in [None, Some(Arrival::new())] {
+            let read_only = File::open(file.path()).unwrap();
+            let mut spool = Spool::new(read_only, false, arrival);
+            let chunk = Bytes::from(vec![b'x'; 2 * BLOCK]);
+            let mut failed = None;
+            for _ in 0..(CHUNKS_IN_FLIGHT + 4) {
+                if let Err(e) = spool.write(chunk.clone()).await {
+                    failed = Some(e);
+                    break;
+                }
             }
+            assert!(failed.is_some(), "no error reported while writing");
+            assert!(spool.finish().await.is_err(), "no error at the end");
         }
-        assert!(failed.is_some(), "no error reported while writing");
-        assert!(spool.finish().await.is_err(), "no error at the end");
     }
 }

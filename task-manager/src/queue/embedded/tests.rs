@@ -73,12 +73,13 @@ impl Upload {
         }
     }
 
-    /// Follows the upload, which will not be longer than `capacity` bytes.
-    fn start_early(&self, setup: &Setup, capacity: usize) -> Option<EarlyRun> {
+    /// Follows the upload, announced `len` bytes long (read from the file: nothing is
+    /// offered in memory).
+    fn start_early(&self, setup: &Setup, len: usize) -> Option<EarlyRun> {
         let file = self.temp.reopen().expect("reopen");
         setup
             .queue
-            .start_early(self.id, file, self.arrival.clone(), capacity as u64)
+            .start_early(self.id, file, self.arrival.clone(), Some(len as u64))
     }
 
     fn write(&mut self, bytes: &[u8]) {
