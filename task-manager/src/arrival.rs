@@ -32,6 +32,8 @@ pub struct Arrival {
     changed: Condvar,
     /// Room for pieces, in bytes; closed once nobody reads them.
     room: Semaphore,
+    /// Longest wait for room.
+    patience: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -65,10 +67,15 @@ enum Next {
 
 impl Arrival {
     pub fn new() -> Arc<Arrival> {
+        Self::with_patience(READER_PATIENCE)
+    }
+
+    fn with_patience(patience: Duration) -> Arc<Arrival> {
         Arc::new(Arrival {
             state: Mutex::default(),
             changed: Condvar::new(),
             room: Semaphore::new(RECENT_WINDOW),
+            patience,
         })
     }
 
@@ -80,14 +87,14 @@ impl Arrival {
         let Ok(room) = u32::try_from(bytes) else {
             return;
         };
-        let permit = match tokio::time::timeout(READER_PATIENCE, self.room.acquire_many(room)).await
-        {
+        let permit = match tokio::time::timeout(self.patience, self.room.acquire_many(room)).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_closed)) => return,
             Err(_elapsed) => {
                 tracing::warn!(
-                    "the engine read nothing of the upload for {READER_PATIENCE:?}: it reads the \
-                     rest from the file"
+                    "the engine read nothing of the upload for {:?}: it reads the rest from the \
+                     file",
+                    self.patience
                 );
                 self.room.close();
                 return;
@@ -359,6 +366,30 @@ mod tests {
             tokio::time::timeout(wait, offer).await.expect("no wait");
         }
         assert!(arrival.lock().recent.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_stops_reading_is_not_waited_for_and_reads_the_rest_from_the_file() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        let arrival = Arrival::with_patience(Duration::from_millis(50));
+        let mut reader = UploadReader::new(arrival.clone(), file.reopen().unwrap(), Control::new());
+        let pieces: Vec<Bytes> = (0..6u8)
+            .map(|i| Bytes::from(vec![b'a' + i; RECENT_WINDOW / 4]))
+            .collect();
+        let mut written = 0;
+        for piece in &pieces {
+            let offer = arrival.offer(written as u64, piece.clone());
+            tokio::time::timeout(Duration::from_secs(5), offer)
+                .await
+                .expect("the writer waited for a reader that does not read");
+            file.write_all(piece).unwrap();
+            written += piece.len();
+            arrival.advance(written as u64);
+        }
+        arrival.complete();
+        let mut read = Vec::new();
+        reader.read_to_end(&mut read).unwrap();
+        assert!(read == pieces.concat(), "the reader read something else");
     }
 
     #[tokio::test]

@@ -181,6 +181,53 @@ fn generated_input(rows: usize) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_uploads_followed_as_they_arrive_are_stored_and_aggregated_whole() {
+    let server = start_server(DbKind::Sqlite).await;
+    // More than the pieces the engine is handed in memory at once (32 MiB), and no whole
+    // number of blocks (4 MiB): the last one is padded for direct I/O, then cut off.
+    let input = generated_input(1_500_000);
+    assert!(input.len() > 33 << 20 && input.len() % 4096 != 0);
+    let expected = fixtures::reference::aggregate(input.as_bytes());
+    for chunked in [false, true] {
+        let body = if chunked {
+            // No Content-Length: followed all the same.
+            let pieces: Vec<Result<Vec<u8>, std::io::Error>> = input
+                .as_bytes()
+                .chunks(100_000)
+                .map(|piece| Ok(piece.to_vec()))
+                .collect();
+            reqwest::Body::wrap_stream(futures_util::stream::iter(pieces))
+        } else {
+            reqwest::Body::from(input.clone())
+        };
+        let response = server
+            .client
+            .post(server.url("/v1/data_processor/upload"))
+            .header(CONTENT_TYPE, "text/csv")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (code, body) = json_of(response).await;
+        assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+        let id = task_id_of(&body);
+        let status = server.wait_finished(id).await;
+        assert_eq!(status["status"], "DONE", "chunked {chunked}: {status}");
+        let stored = std::fs::read(server.storage_dir().join(format!("raw_data/{id}.csv")));
+        assert!(
+            stored.unwrap() == input.as_bytes(),
+            "chunked {chunked}: the stored upload differs"
+        );
+        let result = server.download(id).await.bytes().await.unwrap();
+        assert!(
+            result == expected,
+            "chunked {chunked}: the result differs from the reference"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_running_task_stops_it() {
     let server = start_server(DbKind::Sqlite).await;
     let big = server.upload("big.csv", &generated_input(1_500_000)).await;
