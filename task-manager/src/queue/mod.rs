@@ -27,6 +27,8 @@ pub struct EarlyUpload {
     pub arrival: Arc<Arrival>,
     /// The body's `Content-Length`, if known.
     pub len: Option<u64>,
+    /// The file is written with direct I/O.
+    pub direct: bool,
 }
 
 /// How an upload is being aggregated while it arrives.
@@ -71,7 +73,8 @@ impl TaskQueue {
     pub async fn start_early(&self, upload: EarlyUpload) -> Option<Early> {
         match self {
             TaskQueue::Amqp(publisher) => {
-                let message = TaskMessage::arriving(upload.id, upload.arriving, upload.len);
+                let message =
+                    TaskMessage::arriving(upload.id, upload.arriving, upload.len, upload.direct);
                 match publisher.publish_message(&message).await {
                     Ok(()) => Some(Early::Published),
                     Err(e) => {

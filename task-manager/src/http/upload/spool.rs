@@ -3,13 +3,15 @@
 //! [`WRITEBACK_STEP`]), so that making the file durable at the end (when asked to) waits for
 //! what the disk has not caught up with only, not for the whole upload.
 //!
-//! When an engine follows the upload ([`Arrival`]), the bytes are gathered into blocks of
-//! [`BLOCK`] bytes, taken from a pool that keeps their memory mapped from one upload to the
-//! next; each block is offered to the engine, then written. When the upload is to be synced
-//! anyway, they are written with direct I/O: from the block to the disk, without a copy in the
-//! page cache, which the engine does not need (writing 1 GB into page-cache pages the machine
-//! has not used lately took 2 to 3 s of system time here, against 0.2 s for the same write
-//! direct). Where direct I/O is not supported, the writes fall back to the page cache.
+//! An upload followed as it arrives (by the engine in this process, [`Arrival`], or by a
+//! worker) is gathered into blocks of [`BLOCK`] bytes, taken from a pool that keeps their
+//! memory mapped from one upload to the next; each block is handed to the engine, if any, then
+//! written. When the upload is to be synced anyway, the blocks are written with direct I/O
+//! ([`set_direct`]): from the block to the disk, without a copy in the page cache, which the
+//! follower does not need (writing 1 GB into page-cache pages the machine has not used lately
+//! took 2 to 3 s of system time here, against 0.2 s for the same write direct). The last
+//! block, when it is no whole number of pages, goes through the page cache (direct writes are
+//! in whole pages), and so does the rest where direct I/O is not supported.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
@@ -17,6 +19,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::body::Bytes;
 use memmap2::MmapMut;
+use processor::direct_io::DIRECT_ALIGN;
+pub use processor::direct_io::set_direct;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -30,8 +34,6 @@ const CHUNKS_IN_FLIGHT: usize = 16;
 pub const BLOCK: usize = 4 << 20;
 /// Blocks in flight between the network and the writer thread, at most.
 const BLOCKS_IN_FLIGHT: usize = 2;
-/// Alignment of a direct write's memory, offset and length.
-const DIRECT_ALIGN: usize = 4096;
 /// Idle blocks kept for the next followed upload: enough for one.
 const IDLE_BLOCKS: usize = RECENT_WINDOW / BLOCK + BLOCKS_IN_FLIGHT + 2;
 /// Bytes written between two requests to start writing back to the disk.
@@ -50,39 +52,26 @@ pub struct Spool {
 
 /// What the writer thread receives.
 enum Piece {
-    /// `data`, of which the first `len` bytes are the upload's (the rest pads the last block
-    /// of a direct write, and is cut off at the end).
-    Data { data: Bytes, len: usize },
+    Data(Bytes),
     /// The upload is complete (without it, the upload stopped early).
     End,
 }
 
-impl Piece {
-    fn whole(data: Bytes) -> Piece {
-        Piece::Data {
-            len: data.len(),
-            data,
-        }
-    }
-}
-
 impl Spool {
     /// Starts the writer thread for `file`; `sync`: make the file durable at the end;
-    /// `arrival`: the engine following the upload, to offer the bytes to and to report the
-    /// bytes written to.
-    pub fn new(file: File, sync: bool, arrival: Option<Arc<Arrival>>) -> Spool {
-        // Direct I/O only for a followed upload: anyone else reads the file afterwards, from
-        // the page cache.
-        let direct = arrival.is_some() && sync && set_direct(&file, true).is_ok();
-        let in_flight = if arrival.is_some() {
+    /// `direct`: `file` is set for direct I/O ([`set_direct`]); `arrival`: the engine
+    /// following the upload in this process, to hand the bytes to and to report the bytes
+    /// written to.
+    pub fn new(file: File, sync: bool, direct: bool, arrival: Option<Arc<Arrival>>) -> Spool {
+        let in_blocks = direct || arrival.is_some();
+        let in_flight = if in_blocks {
             BLOCKS_IN_FLIGHT
         } else {
             CHUNKS_IN_FLIGHT
         };
         let (pieces, received) = mpsc::channel(in_flight);
-        let blocks = arrival.clone().map(|arrival| Blocks {
-            arrival,
-            direct,
+        let blocks = in_blocks.then(|| Blocks {
+            arrival: arrival.clone(),
             block: None,
             filled: 0,
             offset: 0,
@@ -107,7 +96,7 @@ impl Spool {
         let mut rest = &chunk[..];
         while !rest.is_empty() {
             let Some(blocks) = &mut self.blocks else {
-                return self.send(Piece::whole(chunk)).await;
+                return self.send(Piece::Data(chunk)).await;
             };
             if let Some(full) = blocks.fill(&mut rest)? {
                 self.hand_over(full).await?;
@@ -116,16 +105,12 @@ impl Spool {
         Ok(())
     }
 
-    /// Hands a block to the engine, then to the writer.
-    async fn hand_over(&mut self, block: Sealed) -> io::Result<()> {
-        let Sealed {
-            arrival,
-            offset,
-            data,
-            len,
-        } = block;
-        arrival.offer(offset, data.slice(..len)).await;
-        self.send(Piece::Data { data, len }).await
+    /// Hands a block to the engine, if any, then to the writer.
+    async fn hand_over(&mut self, (arrival, offset, block): Sealed) -> io::Result<()> {
+        if let Some(arrival) = arrival {
+            arrival.offer(offset, block.clone()).await;
+        }
+        self.send(Piece::Data(block)).await
     }
 
     async fn send(&mut self, piece: Piece) -> io::Result<()> {
@@ -164,11 +149,9 @@ impl Spool {
     }
 }
 
-/// A followed upload cut into blocks.
+/// An upload cut into blocks.
 struct Blocks {
-    arrival: Arc<Arrival>,
-    /// Pad the last block for a direct write.
-    direct: bool,
+    arrival: Option<Arc<Arrival>>,
     /// The block being filled, and its bytes so far.
     block: Option<MmapMut>,
     filled: usize,
@@ -197,35 +180,18 @@ impl Blocks {
 
     /// The block so far (none when empty).
     fn seal(&mut self) -> Option<Sealed> {
-        let mut block = self.block.take()?;
+        let block = self.block.take()?;
         let len = std::mem::take(&mut self.filled);
-        let padded = if self.direct {
-            len.next_multiple_of(DIRECT_ALIGN)
-        } else {
-            len
-        };
-        block[len..padded].fill(0);
         let offset = self.offset;
         self.offset += len as u64;
-        Some(Sealed {
-            arrival: self.arrival.clone(),
-            offset,
-            data: Bytes::from_owner(PooledBlock(Some(block))).slice(..padded),
-            len,
-        })
+        let block = Bytes::from_owner(PooledBlock(Some(block))).slice(..len);
+        Some((self.arrival.clone(), offset, block))
     }
 }
 
-/// A block ready for the engine and the writer.
-struct Sealed {
-    arrival: Arc<Arrival>,
-    /// Where it starts in the upload.
-    offset: u64,
-    /// Its bytes, padding included.
-    data: Bytes,
-    /// The upload's bytes in it.
-    len: usize,
-}
+/// A block ready for the engine and the writer: the engine, where it starts in the upload,
+/// its bytes.
+type Sealed = (Option<Arc<Arrival>>, u64, Bytes);
 
 /// A block from the pool, which it returns to when dropped.
 struct PooledBlock(Option<MmapMut>);
@@ -253,9 +219,8 @@ fn take_block() -> io::Result<MmapMut> {
 }
 
 /// The writer thread: writes the pieces as they come, gathered up to [`WRITE_BUFFER`] bytes
-/// per system call (vectored: the pieces are not copied into a buffer first), then cuts off
-/// the padding of direct writes and syncs the file if `sync`. Returns an error when the upload
-/// stopped before its end.
+/// per system call (vectored: the pieces are not copied into a buffer first), then syncs the
+/// file if `sync`. Returns an error when the upload stopped before its end.
 fn write_all(
     mut file: File,
     mut pieces: mpsc::Receiver<Piece>,
@@ -265,9 +230,7 @@ fn write_all(
 ) -> io::Result<()> {
     let mut gathered: Vec<Bytes> = Vec::new();
     let mut pending = 0usize;
-    let mut pending_len = 0usize;
     let mut written = 0u64;
-    let mut padded = false;
     let mut written_back = 0u64;
     loop {
         // Waits only when nothing is pending: what has arrived is written first.
@@ -277,10 +240,8 @@ fn write_all(
             Err(_) => pieces.blocking_recv(),
         };
         match piece {
-            Some(Piece::Data { data, len }) => {
+            Some(Piece::Data(data)) => {
                 pending += data.len();
-                pending_len += len;
-                padded |= len < data.len();
                 gathered.push(data);
                 if pending < WRITE_BUFFER {
                     continue;
@@ -291,8 +252,7 @@ fn write_all(
             None => return Err(io::Error::other("the upload stopped before its end")),
         }
         write_gathered(&mut file, &mut gathered, &mut direct)?;
-        pending = 0;
-        written += std::mem::take(&mut pending_len) as u64;
+        written += std::mem::take(&mut pending) as u64;
         if let Some(arrival) = arrival {
             arrival.advance(written);
         }
@@ -302,10 +262,7 @@ fn write_all(
         }
     }
     write_gathered(&mut file, &mut gathered, &mut direct)?;
-    written += pending_len as u64;
-    if padded {
-        file.set_len(written)?;
-    }
+    written += pending as u64;
     if let Some(arrival) = arrival {
         arrival.advance(written);
         arrival.complete();
@@ -316,9 +273,14 @@ fn write_all(
     Ok(())
 }
 
-/// Writes all of `chunks` with vectored writes and empties it. A direct write the file
-/// refuses is done again through the page cache, and so are the next (`direct` turns false).
+/// Writes all of `chunks` with vectored writes and empties it. Direct I/O is turned off
+/// (`direct` turns false) for a write that is no whole number of pages, the last, and when
+/// the file refuses a direct write (which is done again through the page cache).
 fn write_gathered(file: &mut File, chunks: &mut Vec<Bytes>, direct: &mut bool) -> io::Result<()> {
+    if *direct && chunks.iter().any(|c| !c.len().is_multiple_of(DIRECT_ALIGN)) {
+        set_direct(file, false)?;
+        *direct = false;
+    }
     let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
@@ -337,33 +299,6 @@ fn write_gathered(file: &mut File, chunks: &mut Vec<Bytes>, direct: &mut bool) -
     drop(slices);
     chunks.clear();
     Ok(())
-}
-
-/// Turns direct I/O on or off for `file`'s open file description.
-#[cfg(target_os = "linux")]
-fn set_direct(file: &File, on: bool) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: plain system calls on an open descriptor; they only change its status flags.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let flags = if on {
-        flags | libc::O_DIRECT
-    } else {
-        flags & !libc::O_DIRECT
-    };
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_direct(_file: &File, _on: bool) -> io::Result<()> {
-    Err(io::ErrorKind::Unsupported.into())
 }
 
 /// Asks the kernel to start writing `len` bytes at `offset` to the disk, without waiting.
@@ -403,9 +338,10 @@ mod tests {
         use crate::arrival::UploadReader;
         use std::io::Read;
 
-        for (followed, sync) in [(false, true), (true, true), (true, false)] {
+        for (followed, direct) in [(false, false), (false, true), (true, true), (true, false)] {
             let file = tempfile::NamedTempFile::new().unwrap();
             let arrival = followed.then(Arrival::new);
+            let direct = direct && set_direct(file.as_file(), true).is_ok();
             // What the engine would read.
             let reader = arrival.clone().map(|arrival| {
                 let file = file.reopen().unwrap();
@@ -415,12 +351,8 @@ mod tests {
                     reader.read_to_end(&mut read).map(|_| read)
                 })
             });
-            let mut spool = Spool::new(file.as_file().try_clone().unwrap(), sync, arrival);
-            let direct = is_direct(file.as_file());
-            assert!(
-                !direct || (followed && sync),
-                "direct I/O for an upload not followed"
-            );
+            let file_for_spool = file.as_file().try_clone().unwrap();
+            let mut spool = Spool::new(file_for_spool, true, direct, arrival);
             let mut expected = Vec::new();
             for i in 0..1000u32 {
                 // Small chunks gathered into one write, and now and then one larger than a
@@ -433,18 +365,41 @@ mod tests {
             spool.finish().await.unwrap();
             assert!(
                 std::fs::read(file.path()).unwrap() == expected,
-                "followed {followed}, sync {sync}: the file differs"
+                "followed {followed}, direct {direct}: the file differs"
             );
-            // Where the file system took direct I/O, no write fell back.
-            assert_eq!(is_direct(file.as_file()), direct);
+            // The last write, no whole number of pages, went through the page cache.
+            assert!(!is_direct(file.as_file()));
             if let Some(reader) = reader {
                 let read = reader.join().unwrap().unwrap();
                 assert!(
                     read == expected,
-                    "sync {sync}: the reader read something else"
+                    "direct {direct}: the reader read something else"
                 );
             }
         }
+    }
+
+    #[test]
+    fn whole_blocks_are_written_direct_and_the_last_one_through_the_page_cache() {
+        let temp = tempfile::NamedTempFile::new().unwrap();
+        let mut file = temp.reopen().unwrap();
+        let mut direct = set_direct(&file, true).is_ok();
+        let block = |byte: u8| {
+            let mut block = take_block().unwrap();
+            block.fill(byte);
+            Bytes::from_owner(PooledBlock(Some(block)))
+        };
+        let mut expected = Vec::new();
+        for piece in [block(b'a'), block(b'b'), block(b'c').slice(..BLOCK / 2 + 1)] {
+            expected.extend_from_slice(&piece);
+            let whole = piece.len() == BLOCK;
+            write_gathered(&mut file, &mut vec![piece], &mut direct).unwrap();
+            // Where the file system takes direct I/O (this machine's does), whole blocks go
+            // direct.
+            assert_eq!(direct, whole && is_direct(&file), "whole block: {whole}");
+        }
+        assert!(!is_direct(&file));
+        assert!(std::fs::read(temp.path()).unwrap() == expected);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,7 +435,7 @@ mod tests {
                         .map(|_| out)
                 })
             };
-            let mut spool = Spool::new(file.reopen().unwrap(), true, Some(arrival));
+            let mut spool = Spool::new(file.reopen().unwrap(), false, false, Some(arrival));
             let sent = if complete { data.len() } else { data.len() / 2 };
             for piece in data[..sent].chunks(1000) {
                 spool.write(Bytes::copy_from_slice(piece)).await.unwrap();
@@ -508,7 +463,7 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         for arrival in [None, Some(Arrival::new())] {
             let read_only = File::open(file.path()).unwrap();
-            let mut spool = Spool::new(read_only, false, arrival);
+            let mut spool = Spool::new(read_only, false, false, arrival);
             let chunk = Bytes::from(vec![b'x'; 2 * BLOCK]);
             let mut failed = None;
             for _ in 0..(CHUNKS_IN_FLIGHT + 4) {
