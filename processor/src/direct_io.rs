@@ -45,8 +45,8 @@ pub fn set_direct(_file: &File, _on: bool) -> io::Result<()> {
 }
 
 /// A file read with direct I/O (set on it beforehand, [`set_direct`]) as far as `growth`
-/// reports it written, and no further than `capacity` bytes: a file still being written, or a
-/// whole one ([`Whole`]).
+/// reports it written, and no further than `capacity` bytes (`u64::MAX`: to its end): a file
+/// still being written, or a whole one ([`Whole`]).
 pub struct DirectReader<'a> {
     file: &'a File,
     growth: &'a dyn Growth,
@@ -174,7 +174,7 @@ mod tests {
     fn reads_a_growing_file_whole_and_stops_at_its_capacity() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         for step in [1000, DIRECT_ALIGN, DIRECT_READ + 5, data.len()] {
-            for capacity in [data.len() as u64, 1_234_567] {
+            for capacity in [u64::MAX, data.len() as u64, 1_234_567] {
                 let temp = tempfile::NamedTempFile::new().unwrap();
                 let growth = Steps {
                     file: Mutex::new(temp.reopen().unwrap()),
@@ -188,7 +188,7 @@ mod tests {
                 let mut reader = DirectReader::new(&file, &growth, capacity).unwrap();
                 let mut read = Vec::new();
                 reader.read_to_end(&mut read).unwrap();
-                let expected = &data[..data.len().min(capacity as usize)];
+                let expected = &data[..data.len().min(usize::try_from(capacity).unwrap())];
                 assert!(read == expected, "steps of {step}, capacity {capacity}");
             }
         }

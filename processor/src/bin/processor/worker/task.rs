@@ -325,18 +325,20 @@ async fn run_engine(
                 EngineInput::File(path) => {
                     processor::aggregate(Input::File(&path), &output, &config, &control)
                 }
-                EngineInput::Arriving(arriving, Some(capacity))
+                EngineInput::Arriving(arriving, capacity)
                     if direct && set_direct(arriving.file(), true).is_ok() =>
                 {
-                    let reader = DirectReader::new(arriving.file(), &arriving, capacity).map_err(
-                        |source| processor::Error::Read {
-                            path: "<upload>".into(),
-                            source,
-                        },
-                    )?;
+                    let most = capacity.unwrap_or(u64::MAX);
+                    let reader =
+                        DirectReader::new(arriving.file(), &arriving, most).map_err(|source| {
+                            processor::Error::Read {
+                                path: "<upload>".into(),
+                                source,
+                            }
+                        })?;
                     let input = Input::Reader {
                         reader: Box::new(reader),
-                        len: Some(capacity),
+                        len: capacity,
                     };
                     processor::aggregate(input, &output, &config, &control)
                 }
