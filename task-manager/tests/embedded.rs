@@ -15,6 +15,24 @@ fn file_part(name: &str, content: &str) -> Part {
     Part::bytes(content.as_bytes().to_vec()).file_name(name.to_string())
 }
 
+/// Uploads `body` as a raw CSV with the query `query`; the answer.
+async fn post_csv(
+    server: &TestServer,
+    query: &[(&str, &str)],
+    body: reqwest::Body,
+) -> (StatusCode, serde_json::Value) {
+    let response = server
+        .client
+        .post(server.url("/v1/data_processor/upload"))
+        .query(query)
+        .header(CONTENT_TYPE, "text/csv; charset=utf-8")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    json_of(response).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_csv_body_is_accepted() {
     let server = start_server(DbKind::Sqlite).await;
@@ -23,16 +41,7 @@ async fn raw_csv_body_is_accepted() {
         (vec![], None),
         (vec![("filename", "../my plays.csv")], Some("my_plays.csv")),
     ] {
-        let response = server
-            .client
-            .post(server.url("/v1/data_processor/upload"))
-            .query(&query)
-            .header(CONTENT_TYPE, "text/csv; charset=utf-8")
-            .body(SEED_INPUT)
-            .send()
-            .await
-            .unwrap();
-        let (code, body) = json_of(response).await;
+        let (code, body) = post_csv(&server, &query, SEED_INPUT.into()).await;
         assert_eq!(code, StatusCode::ACCEPTED, "{body}");
         let id = task_id_of(&body);
         let status = server.wait_finished(id).await;
@@ -200,15 +209,7 @@ async fn large_uploads_followed_as_they_arrive_are_stored_and_aggregated_whole()
         } else {
             reqwest::Body::from(input.clone())
         };
-        let response = server
-            .client
-            .post(server.url("/v1/data_processor/upload"))
-            .header(CONTENT_TYPE, "text/csv")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let (code, body) = json_of(response).await;
+        let (code, body) = post_csv(&server, &[], body).await;
         assert_eq!(code, StatusCode::ACCEPTED, "{body}");
         let id = task_id_of(&body);
         let status = server.wait_finished(id).await;
