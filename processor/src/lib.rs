@@ -7,7 +7,6 @@
 //! (progress counters and cancellation shared with the caller).
 
 mod config;
-pub mod direct_io;
 mod engine;
 mod error;
 mod progress;

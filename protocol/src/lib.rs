@@ -80,11 +80,6 @@ pub struct TaskMessage {
     /// `Content-Length`), when known, so that a worker can map the file as it grows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arriving_len: Option<u64>,
-    /// With `arriving_path`: the task manager writes the upload with direct I/O, bypassing the
-    /// page cache, so that a worker following it should read it with direct I/O too (what it
-    /// reads through the page cache would be read from the disk into new pages).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub arriving_direct: bool,
 }
 
 impl TaskMessage {
@@ -96,22 +91,15 @@ impl TaskMessage {
             output_path: processed_data_path(task_id),
             arriving_path: None,
             arriving_len: None,
-            arriving_direct: false,
         }
     }
 
     /// The message for a task whose upload is still arriving at `arriving_path`, at most
-    /// `arriving_len` bytes long when known, written with direct I/O when `direct`.
-    pub fn arriving(
-        task_id: Uuid,
-        arriving_path: String,
-        arriving_len: Option<u64>,
-        direct: bool,
-    ) -> Self {
+    /// `arriving_len` bytes long when known.
+    pub fn arriving(task_id: Uuid, arriving_path: String, arriving_len: Option<u64>) -> Self {
         TaskMessage {
             arriving_path: Some(arriving_path),
             arriving_len,
-            arriving_direct: direct,
             ..TaskMessage::for_task(task_id)
         }
     }
@@ -242,12 +230,10 @@ mod tests {
         });
         let back: TaskMessage = serde_json::from_value(old).unwrap();
         assert_eq!(back, TaskMessage::for_task(id));
-        for (len, direct) in [(None, false), (Some(1 << 30), false), (Some(1 << 30), true)] {
-            let path = "raw_data/.upload-x.partial".into();
-            let arriving = TaskMessage::arriving(id, path, len, direct);
+        for len in [None, Some(1 << 30)] {
+            let arriving = TaskMessage::arriving(id, "raw_data/.upload-x.partial".into(), len);
             let json = serde_json::to_string(&arriving).unwrap();
             assert_eq!(json.contains("arriving_len"), len.is_some(), "{json}");
-            assert_eq!(json.contains("arriving_direct"), direct, "{json}");
             assert_eq!(
                 serde_json::from_str::<TaskMessage>(&json).unwrap(),
                 arriving

@@ -108,12 +108,7 @@ async fn upload_publishes_and_worker_events_drive_the_task() {
     // With the body's length, at least the file's (multipart framing included).
     let len = message.arriving_len.expect("the upload's announced length");
     assert!(len >= SEED_INPUT.len() as u64, "{len}");
-    // Synced uploads are written with direct I/O (this machine's file systems take it).
-    assert!(message.arriving_direct, "{message:?}");
-    assert_eq!(
-        message,
-        TaskMessage::arriving(id, arriving, Some(len), true)
-    );
+    assert_eq!(message, TaskMessage::arriving(id, arriving, Some(len)));
     let input = server.storage_dir().join(&message.input_path);
     assert_eq!(std::fs::read_to_string(&input).unwrap(), SEED_INPUT);
 

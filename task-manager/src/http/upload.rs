@@ -121,9 +121,6 @@ pub async fn upload(
     let id = Uuid::new_v4();
     let arrival = Arrival::new();
     let arriving = state.storage.relative_path(temp.path());
-    // An upload followed as it arrives is written with direct I/O when it is synced anyway
-    // (see `spool`), decided before a worker is told how to read it.
-    let direct = limits.early && limits.sync && spool::set_direct(&file, true).is_ok();
     let early = match (limits.early, temp.reopen(), arriving) {
         (true, Ok(reader), Some(arriving)) => {
             let upload = EarlyUpload {
@@ -132,15 +129,16 @@ pub async fn upload(
                 arriving,
                 arrival: arrival.clone(),
                 len: content_length(request.headers()),
-                direct,
             };
             state.queue.start_early(upload).await
         }
         _ => None,
     };
     let follow = matches!(early, Some(Early::Local(_)));
-    // Not followed: read afterwards, from the page cache.
-    let direct = direct && (early.is_some() || spool::set_direct(&file, false).is_err());
+    // An upload the engine here reads as it arrives is written with direct I/O when it is
+    // synced anyway (see `spool`); a worker, or the engine later, reads the file from the
+    // page cache.
+    let direct = follow && limits.sync && spool::set_direct(&file, true).is_ok();
     let mut writer = Spool::new(file, limits.sync, direct, follow.then_some(arrival));
     let limit = limits.max_bytes;
     let clock = BodyClock::new(limits.idle_timeout, limits.total_timeout);

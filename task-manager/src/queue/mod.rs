@@ -27,8 +27,6 @@ pub struct EarlyUpload {
     pub arrival: Arc<Arrival>,
     /// The body's `Content-Length`, if known.
     pub len: Option<u64>,
-    /// The file is written with direct I/O.
-    pub direct: bool,
 }
 
 /// How an upload is being aggregated while it arrives.
@@ -73,8 +71,7 @@ impl TaskQueue {
     pub async fn start_early(&self, upload: EarlyUpload) -> Option<Early> {
         match self {
             TaskQueue::Amqp(publisher) => {
-                let message =
-                    TaskMessage::arriving(upload.id, upload.arriving, upload.len, upload.direct);
+                let message = TaskMessage::arriving(upload.id, upload.arriving, upload.len);
                 match publisher.publish_message(&message).await {
                     Ok(()) => Some(Early::Published),
                     Err(e) => {

@@ -2,11 +2,10 @@
 //! progress reports, report DONE or FAILED, and tell the consumer what to do with the message.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::PoisonError;
 use std::time::Duration;
 
-use processor::direct_io::{DirectReader, Whole, set_direct};
 use processor::{Config, Control, Input, Summary};
 use task_protocol::{EventAck, TaskMessage, TaskStatus, WorkerEvent};
 use tokio_util::sync::CancellationToken;
@@ -147,7 +146,7 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
         return disposition;
     }
     info!(input = %input.display(), "processing");
-    let event = match run_engine(id, source, message.arriving_direct, output, ctx).await {
+    let event = match run_engine(id, source, output, ctx).await {
         EngineEnd::Finished(summary) => {
             info!(
                 rows = summary.rows_read,
@@ -276,15 +275,8 @@ enum EngineEnd {
 /// Runs the engine off the async threads, reporting progress every `progress_every`
 /// and cancelling it when the task manager answers CANCELLED (or another terminal status)
 /// or the worker aborts. On an arriving upload, the task starts (and progress is reported)
-/// once the upload is complete. `direct`: the task manager wrote the upload with direct I/O,
-/// and so it is read.
-async fn run_engine(
-    id: Uuid,
-    source: Source,
-    direct: bool,
-    output: PathBuf,
-    ctx: &TaskContext,
-) -> EngineEnd {
+/// once the upload is complete.
+async fn run_engine(id: Uuid, source: Source, output: PathBuf, ctx: &TaskContext) -> EngineEnd {
     let control = Control::new();
     let read_end = ReadEnd::default();
     // Until the task exists: the arriving upload's paths.
@@ -321,26 +313,8 @@ async fn run_engine(
                 return Err(processor::Error::Write { path, source });
             }
             let result = match input {
-                EngineInput::File(path) if direct => read_direct(&path, &output, &config, &control),
                 EngineInput::File(path) => {
                     processor::aggregate(Input::File(&path), &output, &config, &control)
-                }
-                EngineInput::Arriving(arriving, capacity)
-                    if direct && set_direct(arriving.file(), true).is_ok() =>
-                {
-                    let most = capacity.unwrap_or(u64::MAX);
-                    let reader =
-                        DirectReader::new(arriving.file(), &arriving, most).map_err(|source| {
-                            processor::Error::Read {
-                                path: "<upload>".into(),
-                                source,
-                            }
-                        })?;
-                    let input = Input::Reader {
-                        reader: Box::new(reader),
-                        len: capacity,
-                    };
-                    processor::aggregate(input, &output, &config, &control)
                 }
                 EngineInput::Arriving(arriving, capacity) => {
                     // Without the upload's announced length (an older task manager), the
@@ -531,33 +505,4 @@ fn after_refusal(err: CallbackError) -> Disposition {
             Disposition::Requeue
         }
     }
-}
-
-/// Aggregates the whole file at `path`, written with direct I/O, reading it with direct I/O
-/// where the file system allows (else mapped, as any input).
-fn read_direct(
-    path: &Path,
-    output: &Path,
-    config: &processor::Config,
-    control: &Control,
-) -> Result<Summary, processor::Error> {
-    let opened = std::fs::File::open(path).and_then(|file| {
-        set_direct(&file, true)?;
-        let len = file.metadata()?.len();
-        Ok((file, len))
-    });
-    let Ok((file, len)) = opened else {
-        return processor::aggregate(Input::File(path), output, config, control);
-    };
-    let whole = Whole(len);
-    let reader =
-        DirectReader::new(&file, &whole, len).map_err(|source| processor::Error::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let input = Input::Reader {
-        reader: Box::new(reader),
-        len: Some(len),
-    };
-    processor::aggregate(input, output, config, control)
 }
