@@ -135,11 +135,7 @@ pub async fn upload(
         _ => None,
     };
     let follow = matches!(early, Some(Early::Local(_)));
-    // An upload the engine here reads as it arrives is written with direct I/O when it is
-    // synced anyway (see `spool`); a worker, or the engine later, reads the file from the
-    // page cache.
-    let direct = follow && limits.sync && spool::set_direct(&file, true).is_ok();
-    let mut writer = Spool::new(file, limits.sync, direct, follow.then_some(arrival));
+    let mut writer = Spool::new(file, limits.sync, follow.then_some(arrival));
     let limit = limits.max_bytes;
     let clock = BodyClock::new(limits.idle_timeout, limits.total_timeout);
     let request = request.map(|body| Body::from_stream(clock.watch(body.into_data_stream())));

@@ -6,8 +6,8 @@
 //! When the engine in this process follows the upload ([`Arrival`]), the bytes are gathered
 //! into blocks of [`BLOCK`] bytes, taken from a pool that keeps their memory mapped from one
 //! upload to the next; each block is handed to the engine, then written. When the upload is to
-//! be synced anyway, the caller sets the file for direct I/O ([`set_direct`]): the blocks go
-//! to the disk without a copy in the page cache, which the engine does not need (writing 1 GB
+//! be synced anyway, the file is set for direct I/O ([`set_direct`]): the blocks go to the
+//! disk without a copy in the page cache, which the engine does not need (writing 1 GB
 //! into page-cache pages the machine has not used lately took 2 to 3 s of system time here,
 //! against 0.2 s for the same write direct). The last block, when it is no whole number of
 //! pages, goes through the page cache (direct writes are in whole pages), and so does the
@@ -60,19 +60,19 @@ enum Piece {
 
 impl Spool {
     /// Starts the writer thread for `file`; `sync`: make the file durable at the end;
-    /// `direct`: `file` is set for direct I/O ([`set_direct`]); `arrival`: the engine
-    /// following the upload in this process, to hand the bytes to and to report the bytes
-    /// written to.
-    pub fn new(file: File, sync: bool, direct: bool, arrival: Option<Arc<Arrival>>) -> Spool {
-        let in_blocks = direct || arrival.is_some();
-        let in_flight = if in_blocks {
+    /// `arrival`: the engine following the upload in this process, to hand the bytes to and
+    /// to report the bytes written to (then the upload is written with direct I/O when
+    /// `sync`, where the file system allows).
+    pub fn new(file: File, sync: bool, arrival: Option<Arc<Arrival>>) -> Spool {
+        let direct = arrival.is_some() && sync && set_direct(&file, true).is_ok();
+        let in_flight = if arrival.is_some() {
             BLOCKS_IN_FLIGHT
         } else {
             CHUNKS_IN_FLIGHT
         };
         let (pieces, received) = mpsc::channel(in_flight);
-        let blocks = in_blocks.then(|| Blocks {
-            arrival: arrival.clone(),
+        let blocks = arrival.clone().map(|arrival| Blocks {
+            arrival,
             block: None,
             filled: 0,
             offset: 0,
@@ -106,11 +106,9 @@ impl Spool {
         Ok(())
     }
 
-    /// Hands a block to the engine, if any, then to the writer.
+    /// Hands a block to the engine, then to the writer.
     async fn hand_over(&mut self, (arrival, offset, block): Sealed) -> io::Result<()> {
-        if let Some(arrival) = arrival {
-            arrival.offer(offset, block.clone()).await;
-        }
+        arrival.offer(offset, block.clone()).await;
         self.send(Piece::Data(block)).await
     }
 
@@ -150,9 +148,9 @@ impl Spool {
     }
 }
 
-/// An upload cut into blocks.
+/// A followed upload cut into blocks.
 struct Blocks {
-    arrival: Option<Arc<Arrival>>,
+    arrival: Arc<Arrival>,
     /// The block being filled, and its bytes so far.
     block: Option<MmapMut>,
     filled: usize,
@@ -192,7 +190,7 @@ impl Blocks {
 
 /// A block ready for the engine and the writer: the engine, where it starts in the upload,
 /// its bytes.
-type Sealed = (Option<Arc<Arrival>>, u64, Bytes);
+type Sealed = (Arc<Arrival>, u64, Bytes);
 
 /// A block from the pool, which it returns to when dropped.
 struct PooledBlock(Option<MmapMut>);
@@ -305,7 +303,7 @@ fn write_gathered(file: &mut File, chunks: &mut Vec<Bytes>, direct: &mut bool) -
 /// Turns direct I/O on or off for `file`'s open file description (every descriptor sharing
 /// it); an error where the file system does not support it.
 #[cfg(target_os = "linux")]
-pub fn set_direct(file: &File, on: bool) -> io::Result<()> {
+fn set_direct(file: &File, on: bool) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
     // SAFETY: plain system calls on an open descriptor; they only change its status flags.
@@ -327,7 +325,7 @@ pub fn set_direct(file: &File, on: bool) -> io::Result<()> {
 
 /// Direct I/O is not used on this system.
 #[cfg(not(target_os = "linux"))]
-pub fn set_direct(_file: &File, _on: bool) -> io::Result<()> {
+fn set_direct(_file: &File, _on: bool) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())
 }
 
@@ -368,10 +366,9 @@ mod tests {
         use crate::arrival::UploadReader;
         use std::io::Read;
 
-        for (followed, direct) in [(false, false), (false, true), (true, true), (true, false)] {
+        for (followed, sync) in [(false, true), (true, true), (true, false)] {
             let file = tempfile::NamedTempFile::new().unwrap();
             let arrival = followed.then(Arrival::new);
-            let direct = direct && set_direct(file.as_file(), true).is_ok();
             // What the engine would read.
             let reader = arrival.clone().map(|arrival| {
                 let file = file.reopen().unwrap();
@@ -382,7 +379,12 @@ mod tests {
                 })
             });
             let file_for_spool = file.as_file().try_clone().unwrap();
-            let mut spool = Spool::new(file_for_spool, true, direct, arrival);
+            let mut spool = Spool::new(file_for_spool, sync, arrival);
+            let direct = is_direct(file.as_file());
+            assert!(
+                !direct || (followed && sync),
+                "direct I/O for an upload not followed or not synced"
+            );
             let mut expected = Vec::new();
             for i in 0..1000u32 {
                 // Small chunks gathered into one write, and now and then one larger than a
@@ -395,7 +397,7 @@ mod tests {
             spool.finish().await.unwrap();
             assert!(
                 std::fs::read(file.path()).unwrap() == expected,
-                "followed {followed}, direct {direct}: the file differs"
+                "followed {followed}, sync {sync}: the file differs"
             );
             // The last write, no whole number of pages, went through the page cache.
             assert!(!is_direct(file.as_file()));
@@ -403,7 +405,7 @@ mod tests {
                 let read = reader.join().unwrap().unwrap();
                 assert!(
                     read == expected,
-                    "direct {direct}: the reader read something else"
+                    "sync {sync}: the reader read something else"
                 );
             }
         }
@@ -465,7 +467,7 @@ mod tests {
                         .map(|_| out)
                 })
             };
-            let mut spool = Spool::new(file.reopen().unwrap(), false, false, Some(arrival));
+            let mut spool = Spool::new(file.reopen().unwrap(), false, Some(arrival));
             let sent = if complete { data.len() } else { data.len() / 2 };
             for piece in data[..sent].chunks(1000) {
                 spool.write(Bytes::copy_from_slice(piece)).await.unwrap();
@@ -493,7 +495,7 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         for arrival in [None, Some(Arrival::new())] {
             let read_only = File::open(file.path()).unwrap();
-            let mut spool = Spool::new(read_only, false, false, arrival);
+            let mut spool = Spool::new(read_only, false, arrival);
             let chunk = Bytes::from(vec![b'x'; 2 * BLOCK]);
             let mut failed = None;
             for _ in 0..(CHUNKS_IN_FLIGHT + 4) {

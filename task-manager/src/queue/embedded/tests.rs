@@ -73,13 +73,12 @@ impl Upload {
         }
     }
 
-    /// Follows the upload, announced `len` bytes long (read from the file: nothing is
-    /// offered in memory).
-    fn start_early(&self, setup: &Setup, len: usize) -> Option<EarlyRun> {
+    /// Follows the upload (read from the file: nothing is offered in memory).
+    fn start_early(&self, setup: &Setup) -> Option<EarlyRun> {
         let file = self.temp.reopen().expect("reopen");
         setup
             .queue
-            .start_early(self.id, file, self.arrival.clone(), Some(len as u64))
+            .start_early(self.id, file, self.arrival.clone(), None)
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -136,9 +135,7 @@ async fn an_upload_is_aggregated_while_it_arrives() {
     let setup = setup(1).await;
     let data = input(1);
     let mut upload = Upload::new(&setup);
-    let early = upload
-        .start_early(&setup, data.len())
-        .expect("an idle runner");
+    let early = upload.start_early(&setup).expect("an idle runner");
     let half = data.len() / 2;
     upload.write(&data[..half]);
     eventually("the engine reads the first half", async || {
@@ -157,14 +154,10 @@ async fn an_early_run_gives_way_to_a_queued_task() {
     let setup = setup(1).await;
     let (first, second) = (input(2), input(3));
     let mut slow = Upload::new(&setup);
-    let early = slow
-        .start_early(&setup, first.len())
-        .expect("an idle runner");
+    let early = slow.start_early(&setup).expect("an idle runner");
     slow.write(&first[..first.len() / 3]);
     assert!(
-        Upload::new(&setup)
-            .start_early(&setup, second.len())
-            .is_none(),
+        Upload::new(&setup).start_early(&setup).is_none(),
         "a second early run on the only runner"
     );
 
@@ -204,9 +197,7 @@ async fn a_refused_upload_leaves_no_result_and_frees_the_runner() {
 
     // Stopped midway (client gone, limit exceeded).
     let mut upload = Upload::new(&setup);
-    let early = upload
-        .start_early(&setup, data.len())
-        .expect("an idle runner");
+    let early = upload.start_early(&setup).expect("an idle runner");
     upload.write(&data[..data.len() / 2]);
     upload.arrival.abort();
     let output = setup.storage.output_path(upload.id);
@@ -216,9 +207,7 @@ async fn a_refused_upload_leaves_no_result_and_frees_the_runner() {
 
     // Complete, but not recorded (the database refused it): the engine may be done already.
     let mut upload = Upload::new(&setup);
-    let early = upload
-        .start_early(&setup, data.len())
-        .expect("an idle runner");
+    let early = upload.start_early(&setup).expect("an idle runner");
     upload.write(&data);
     upload.arrival.complete();
     let output = setup.storage.output_path(upload.id);
