@@ -14,8 +14,8 @@ mod summary;
 
 pub use config::{Config, parse_size};
 pub use engine::{
-    Growth, Input, OutputFile, aggregate, aggregate_to_writer, check_header, remove_stale_partials,
-    return_free_memory,
+    Growth, Input, OutputFile, Pieces, aggregate, aggregate_to_writer, check_header,
+    remove_stale_partials, return_free_memory,
 };
 pub use error::{Error, Field, InvalidRow};
 pub use progress::{Control, Phase, Progress, ProgressSnapshot};

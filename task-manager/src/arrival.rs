@@ -1,25 +1,28 @@
 //! An upload's bytes as they arrive, followed by the engine: it can aggregate an upload while
 //! it still arrives (embedded mode). The upload writer hands the engine the pieces it
 //! receives, up to [`RECENT_WINDOW`] bytes ahead of it (the upload waits for the engine
-//! beyond), and reports the bytes that reached the file; the engine ([`UploadReader`]) reads
-//! the pieces from memory, so that the writer can write them straight to the disk and nobody
-//! reads them back. Bytes in the file but not handed over are read from the file.
+//! beyond), and reports the bytes that reached the file; the engine ([`UploadReader`]) parses
+//! the pieces where they are, so that the writer can write them straight to the disk and
+//! nobody copies or reads them back. Bytes in the file but not handed over are read from the
+//! file.
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use processor::Control;
+use processor::{Control, Pieces};
 use tokio::sync::Semaphore;
 
 /// How often a waiting reader checks whether its engine was cancelled.
 const CANCEL_CHECK: Duration = Duration::from_millis(50);
-/// Bytes of received pieces held for the reader, at most.
+/// Bytes of received pieces held for the engine (queued for it or being parsed), at most.
 pub const RECENT_WINDOW: usize = 32 << 20;
+/// Bytes read from the file at once, where the reader finds them there.
+const FILE_PIECE: usize = 4 << 20;
 /// Longest wait for the reader to make room for a piece; then the writer stops handing
 /// pieces over, and the reader reads the rest from the file.
 const READER_PATIENCE: Duration = Duration::from_secs(30);
@@ -57,8 +60,9 @@ enum End {
 
 /// Where the reader finds the bytes at its position.
 enum Next {
-    /// In this received piece, which starts at the position.
-    Memory(Bytes),
+    /// In this received piece, which starts at the position, taken from the window: the room
+    /// it took there, to be given back once the engine is done with it.
+    Memory(Bytes, usize),
     /// In the file, up to this offset.
     File(u64),
     /// Nowhere: the upload ends there.
@@ -100,7 +104,7 @@ impl Arrival {
                 return;
             }
         };
-        // Given back as the reader moves past the piece.
+        // Given back once the engine is done with the piece (or it is forgotten unread).
         permit.forget();
         let mut state = self.lock();
         if state.end == End::Aborted {
@@ -169,11 +173,13 @@ impl Arrival {
                 self.room.add_permits(forgotten);
             }
             let next_piece = state.recent.front().map(|(start, _)| *start);
-            if let Some((start, piece)) = state.recent.front()
-                && *start <= pos
+            if let Some(start) = next_piece
+                && start <= pos
+                && let Some((_, piece)) = state.recent.pop_front()
             {
                 let from = usize::try_from(pos - start).unwrap_or(usize::MAX);
-                return Ok(Next::Memory(piece.slice(from..)));
+                let room = piece.len().min(RECENT_WINDOW);
+                return Ok(Next::Memory(piece.slice(from..), room));
             }
             if state.written > pos {
                 let upto = next_piece.map_or(state.written, |start| start.min(state.written));
@@ -229,33 +235,52 @@ impl UploadReader {
     }
 }
 
-impl Read for UploadReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let read = match self.arrival.next(self.pos, &self.control)? {
-            Next::Memory(piece) => {
-                let n = piece.len().min(buf.len());
-                buf[..n].copy_from_slice(&piece[..n]);
-                n
-            }
+impl Pieces for UploadReader {
+    fn next_piece(&mut self) -> io::Result<Option<Bytes>> {
+        let piece = match self.arrival.next(self.pos, &self.control)? {
+            Next::Memory(piece, room) => Bytes::from_owner(Held {
+                piece,
+                arrival: self.arrival.clone(),
+                room,
+            }),
             Next::File(upto) => {
-                let want = usize::try_from(upto - self.pos).map_or(buf.len(), |n| n.min(buf.len()));
-                match self.file.read_at(&mut buf[..want], self.pos)? {
-                    0 => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
+                let want =
+                    usize::try_from(upto - self.pos).map_or(FILE_PIECE, |n| n.min(FILE_PIECE));
+                let mut buf = vec![0; want];
+                self.file
+                    .read_exact_at(&mut buf, self.pos)
+                    .map_err(|e| match e.kind() {
+                        io::ErrorKind::UnexpectedEof => io::Error::new(
+                            e.kind(),
                             "the upload's file is shorter than what was written",
-                        ));
-                    }
-                    n => n,
-                }
+                        ),
+                        _ => e,
+                    })?;
+                Bytes::from(buf)
             }
-            Next::End => 0,
+            Next::End => return Ok(None),
         };
-        self.pos += read as u64;
-        Ok(read)
+        self.pos += piece.len() as u64;
+        Ok(Some(piece))
+    }
+}
+
+/// A piece the engine holds: its room in the window comes back when it is dropped.
+struct Held {
+    piece: Bytes,
+    arrival: Arc<Arrival>,
+    room: usize,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.piece
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.arrival.room.add_permits(self.room);
     }
 }
 
@@ -263,6 +288,16 @@ impl Drop for UploadReader {
     fn drop(&mut self) {
         self.arrival.unread();
     }
+}
+
+/// Everything `reader` gives, to its end.
+#[cfg(test)]
+pub(crate) fn read_all(reader: &mut UploadReader) -> io::Result<Vec<u8>> {
+    let mut all = Vec::new();
+    while let Some(piece) = reader.next_piece()? {
+        all.extend_from_slice(&piece);
+    }
+    Ok(all)
 }
 
 #[cfg(test)]
@@ -307,15 +342,7 @@ mod tests {
                 arrival.complete();
             })
         };
-        let mut result = Vec::new();
-        let mut buf = vec![0; 1000];
-        let outcome = loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break Ok(result),
-                Ok(n) => result.extend_from_slice(&buf[..n]),
-                Err(e) => break Err(e),
-            }
-        };
+        let outcome = read_all(&mut reader);
         writer.join().expect("writer");
         outcome
     }
@@ -348,12 +375,14 @@ mod tests {
         let mut fifth = std::pin::pin!(fifth);
         assert!(tokio::time::timeout(wait, fifth.as_mut()).await.is_err());
         let mut reader = UploadReader::new(arrival.clone(), file.reopen().unwrap(), Control::new());
-        let mut buf = vec![0; piece.len() + 10];
-        // The first piece is read from memory although the file is still empty.
-        assert_eq!(reader.read(&mut buf).unwrap(), piece.len());
-        assert_eq!(&buf[..piece.len()], &piece[..]);
-        // The reader asks for the next piece: the first one's room takes the fifth.
-        assert_eq!(reader.read(&mut buf[..1]).unwrap(), 1);
+        // The first piece is read from memory although the file is still empty, where it is.
+        let first = reader.next_piece().unwrap().expect("a piece");
+        assert_eq!(first, piece);
+        assert_eq!(first.as_ptr(), piece.as_ptr());
+        // While the engine holds it, it takes its room.
+        assert!(tokio::time::timeout(wait, fifth.as_mut()).await.is_err());
+        assert_eq!(arrival.lock().recent.len(), 3);
+        drop(first);
         tokio::time::timeout(wait, fifth)
             .await
             .expect("room for the fifth piece");
@@ -387,8 +416,7 @@ mod tests {
             arrival.advance(written as u64);
         }
         arrival.complete();
-        let mut read = Vec::new();
-        reader.read_to_end(&mut read).unwrap();
+        let read = read_all(&mut reader).unwrap();
         assert!(read == pieces.concat(), "the reader read something else");
     }
 
@@ -398,13 +426,12 @@ mod tests {
         let arrival = Arrival::new();
         let mut reader = UploadReader::new(arrival.clone(), file.reopen().unwrap(), Control::new());
         arrival.offer(0, Bytes::from_static(b"0123456789")).await;
-        let mut buf = [0; 100];
-        assert_eq!(reader.read(&mut buf).unwrap(), 10);
+        assert_eq!(reader.next_piece().unwrap().map(|p| p.len()), Some(10));
         arrival.abort();
-        assert!(reader.read(&mut buf).is_err());
+        assert!(reader.next_piece().is_err());
         // Completing after an abort changes nothing.
         arrival.complete();
-        assert!(reader.read(&mut buf).is_err());
+        assert!(reader.next_piece().is_err());
     }
 
     #[test]
@@ -413,11 +440,11 @@ mod tests {
         let arrival = Arrival::new();
         arrival.complete();
         let mut reader = UploadReader::new(arrival, file.reopen().unwrap(), Control::new());
-        assert_eq!(reader.read(&mut [0; 10]).unwrap(), 0);
+        assert_eq!(reader.next_piece().unwrap(), None);
 
         let control = Control::new();
         let mut reader = UploadReader::new(Arrival::new(), file.reopen().unwrap(), control.clone());
-        let waiting = std::thread::spawn(move || reader.read(&mut [0; 10]).is_err());
+        let waiting = std::thread::spawn(move || reader.next_piece().is_err());
         std::thread::sleep(Duration::from_millis(100));
         control.cancel();
         assert!(

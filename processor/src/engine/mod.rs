@@ -28,6 +28,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 pub use partial::{OutputFile, remove_stale_partials};
 pub(crate) use shards::Overflowed;
 pub use source::check_header;
@@ -54,6 +56,18 @@ pub enum Input<'a> {
         capacity: Option<u64>,
         growth: &'a dyn Growth,
     },
+    /// A series of shared buffers (an upload's pieces as they arrive), parsed where they are
+    /// rather than copied into the engine's own buffers; `len` is the total when known.
+    Pieces {
+        pieces: Box<dyn Pieces + 'a>,
+        len: Option<u64>,
+    },
+}
+
+/// The input of [`Input::Pieces`]: its bytes, piece by piece.
+pub trait Pieces: Send {
+    /// The next piece, in order; `None` at the end of the input. An error ends the run.
+    fn next_piece(&mut self) -> std::io::Result<Option<Bytes>>;
 }
 
 /// How far a file still being written has reached.
@@ -126,6 +140,10 @@ pub fn aggregate_to_writer(
         Input::Reader { mut reader, len } => {
             progress.set_total(len.unwrap_or(0));
             pipeline::run(pipeline::Source::Stream(&mut reader), out, config, control)?
+        }
+        Input::Pieces { mut pieces, len } => {
+            progress.set_total(len.unwrap_or(0));
+            pipeline::run(pipeline::Source::Pieces(&mut *pieces), out, config, control)?
         }
         Input::Growing {
             file,

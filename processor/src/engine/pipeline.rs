@@ -9,16 +9,16 @@ use std::sync::{Mutex, MutexGuard};
 
 use memmap2::Mmap;
 
-use super::Growth;
 use super::budget::{Plan, TableBudget};
 use super::merge::{fan_in, merge_in_memory, merge_with_spills};
 use super::output::write_header;
 use super::rounds::Rounds;
 use super::run::SpilledRun;
 use super::shards::ShardedTable;
-use super::source::{Block, ReleaseFrontier, produce_mapped, produce_stream};
+use super::source::{Block, ReleaseFrontier, produce_mapped, produce_pieces, produce_stream};
 use super::worker::{return_free_memory, worker};
 use super::writer::with_writer_thread;
+use super::{Growth, Pieces};
 use crate::error::{Field, InvalidRow};
 use crate::{Config, Control, Error, Phase, Summary};
 
@@ -40,6 +40,7 @@ pub(crate) enum Source<'a> {
     /// The map of a file still being written, read as far as it has grown.
     Growing(Mmap, &'a dyn Growth),
     Stream(&'a mut dyn Read),
+    Pieces(&'a mut dyn Pieces),
 }
 
 /// An invalid record located by block and line within the block.
@@ -168,10 +169,10 @@ pub(crate) fn run(
 
     let (block_tx, block_rx) = crossbeam_channel::bounded::<Block>(threads);
     let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Vec<u8>>(in_flight);
-    let (map, growth, mut stream) = match source {
+    let (map, growth, mut unmapped) = match source {
         Source::Mapped(map) => (Some(map), None, None),
         Source::Growing(map, growth) => (Some(map), Some(growth), None),
-        Source::Stream(reader) => (None, None, Some(reader)),
+        unmapped => (None, None, Some(unmapped)),
     };
     let map = map.as_ref();
 
@@ -187,23 +188,26 @@ pub(crate) fn run(
         // Only the workers give buffers back: should they all be gone, `take` gets none.
         drop(pool_tx);
         let send = |block: Block| !shared.stopped() && block_tx.send(block).is_ok();
-        let header = match (map, stream.take()) {
+        let mut created = 0;
+        let take = || {
+            if created < in_flight {
+                if let Ok(buf) = pool_rx.try_recv() {
+                    return buf;
+                }
+                created += 1;
+                return Vec::with_capacity(plan.buffer_capacity());
+            }
+            pool_rx.recv().unwrap_or_default()
+        };
+        let header = match (map, unmapped.take()) {
             (Some(map), _) => produce_mapped(map, growth, block_bytes, control, send),
-            (None, None) => Err(Error::EmptyInput),
-            (None, Some(reader)) => {
-                let mut created = 0;
-                let take = || {
-                    if created < in_flight {
-                        if let Ok(buf) = pool_rx.try_recv() {
-                            return buf;
-                        }
-                        created += 1;
-                        return Vec::with_capacity(plan.buffer_capacity());
-                    }
-                    pool_rx.recv().unwrap_or_default()
-                };
+            (None, Some(Source::Stream(reader))) => {
                 produce_stream(reader, block_bytes, control, take, send)
             }
+            (None, Some(Source::Pieces(pieces))) => {
+                produce_pieces(pieces, block_bytes, control, take, send)
+            }
+            (None, _) => Err(Error::EmptyInput),
         };
         drop(block_tx);
         let tables: Vec<ShardedTable> = workers

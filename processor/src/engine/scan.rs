@@ -267,9 +267,21 @@ pub(crate) fn count_quotes(data: &[u8]) -> usize {
 /// stream: RFC 4180 escapes (`""`) keep the parity, and a quote inside an unquoted field is an
 /// error the parser reports.
 pub(crate) fn last_record_end(data: &[u8]) -> Option<usize> {
-    let mut inside = count_quotes(data) % 2 == 1;
+    last_record_end_from(data, 0, 0)
+}
+
+/// [`last_record_end`] of `data` whose first `from` bytes hold no record terminator and
+/// `quotes_before` double quotes: only the bytes from `from` on are read, so that a record
+/// growing piece by piece is scanned once.
+pub(crate) fn last_record_end_from(
+    data: &[u8],
+    from: usize,
+    quotes_before: usize,
+) -> Option<usize> {
+    let mut inside = (quotes_before + count_quotes(&data[from..])) % 2 == 1;
     let mut end = data.len();
-    while let Some(i) = memchr::memrchr2(b'"', b'\n', &data[..end]) {
+    while let Some(i) = memchr::memrchr2(b'"', b'\n', &data[from..end]) {
+        let i = from + i;
         if data[i] == b'"' {
             inside = !inside;
         } else if !inside {
@@ -362,5 +374,31 @@ mod tests {
         assert_eq!(last_record_end(b"\"a\"\"b\",1\nc"), Some(9));
         assert_eq!(last_record_end(b"abc"), None);
         assert_eq!(last_record_end(b"\"a\nb"), None);
+    }
+
+    #[test]
+    fn record_ends_found_from_an_offset_equal_those_of_the_whole() {
+        let cases: [&[u8]; 5] = [
+            b"a,b\nc,d\ne",
+            b"\"x\ny\",1\n\"p\nq",
+            b"\"a\"\"b\",1\nc",
+            b"\"long\nfield\n\",2\n",
+            b"abc",
+        ];
+        for data in cases {
+            // From every offset before which no record ends.
+            let first = (0..=data.len())
+                .find(|&n| last_record_end(&data[..n]).is_some())
+                .map_or(data.len(), |n| n - 1);
+            for from in 0..=first {
+                let quotes = count_quotes(&data[..from]);
+                assert_eq!(
+                    last_record_end_from(data, from, quotes),
+                    last_record_end(data),
+                    "{:?} from {from}",
+                    String::from_utf8_lossy(data)
+                );
+            }
+        }
     }
 }

@@ -6,11 +6,12 @@ use std::io::Read;
 use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
 
+use bytes::Bytes;
 use memmap2::Mmap;
 
-use super::Growth;
 use super::parse::{HeaderEnd, parse_header};
-use super::scan::last_record_end;
+use super::scan::{count_quotes, last_record_end, last_record_end_from};
+use super::{Growth, Pieces};
 use crate::error::InvalidRow;
 use crate::{Control, Error};
 
@@ -35,6 +36,8 @@ pub(crate) enum BlockData {
     /// `len` stay initialised for the buffer's next use, so that reading into it does not
     /// zero it first.
     Owned { buf: Vec<u8>, len: usize },
+    /// Part of a piece of [`Input::Pieces`](super::Input::Pieces), parsed where it is.
+    Shared(Bytes),
 }
 
 impl BlockData {
@@ -42,6 +45,7 @@ impl BlockData {
         match self {
             BlockData::Mapped { start, end } => end - start,
             BlockData::Owned { len, .. } => *len,
+            BlockData::Shared(bytes) => bytes.len(),
         }
     }
 }
@@ -385,6 +389,176 @@ pub(crate) fn produce_stream(
     header.ok_or(Error::EmptyInput)
 }
 
+/// Bytes of a piece first copied after the end of the previous one to complete the record that
+/// straddles them (doubled while no record ends there).
+const STITCH_BYTES: usize = 4 << 10;
+
+/// Sends the pieces of `pieces` as blocks of whole records without copying them: each piece
+/// gives blocks of at most `block_bytes` (longer when a record is), cut at record ends, and
+/// the record that straddles two pieces (with the header, at the start) is copied into a
+/// small block of its own, in a buffer from `take_buffer`. The same rules as
+/// [`produce_stream`] for the header and for overlong records.
+pub(crate) fn produce_pieces(
+    pieces: &mut dyn Pieces,
+    block_bytes: usize,
+    control: &Control,
+    mut take_buffer: impl FnMut() -> Vec<u8>,
+    send: impl FnMut(Block) -> bool,
+) -> Result<Header, Error> {
+    let mut out = Blocks {
+        send,
+        index: 0,
+        stopped: false,
+    };
+    // Bytes no block holds yet: from a record start (or from the input's start while the
+    // header is not found), without a record end; and the double quotes among them.
+    let mut pending: Vec<u8> = Vec::new();
+    let mut pending_quotes = 0;
+    let mut header = None;
+    let limit = block_bytes + MAX_RECORD_BYTES;
+    while !out.stopped && !control.is_cancelled() {
+        let next = pieces.next_piece().map_err(|source| Error::Read {
+            path: "<input>".into(),
+            source,
+        })?;
+        let Some(piece) = next else {
+            if header.is_none() {
+                header = strip_header(&mut pending, true)?;
+            }
+            if !pending.is_empty() {
+                out.owned(pending, false);
+            }
+            break;
+        };
+        // Completes what is pending (the header first) from the head of the piece.
+        let mut taken = 0;
+        while (header.is_none() || !pending.is_empty()) && taken < piece.len() && !out.stopped {
+            let more = STITCH_BYTES.max(pending.len()).min(piece.len() - taken);
+            let (mut from, mut quotes) = (pending.len(), pending_quotes);
+            if pending.capacity() == 0 {
+                pending = take_buffer();
+                pending.clear();
+            }
+            pending.extend_from_slice(&piece[taken..taken + more]);
+            taken += more;
+            if header.is_none() {
+                // Looked for once a line ends (or the header is too long), so that a header
+                // arriving byte by byte is read once.
+                let new_line = memchr::memchr(b'\n', &pending[from..]).is_some();
+                if new_line || pending.len() >= MAX_RECORD_BYTES {
+                    header = strip_header(&mut pending, false)?;
+                }
+                if header.is_none() {
+                    continue;
+                }
+                (from, quotes) = (0, 0);
+            }
+            // The same rule as `produce_stream`: the first record ends within `limit` bytes.
+            if pending.len() > limit
+                && (from >= limit
+                    || last_record_end_from(&pending[..limit], from, quotes).is_none())
+            {
+                out.owned(std::mem::take(&mut pending), true);
+                break;
+            }
+            match last_record_end_from(&pending, from, quotes) {
+                Some(end) => {
+                    // What follows the cut came from the piece: the bytes pending before had
+                    // no record end, and the header ended in the piece.
+                    taken -= pending.len() - end;
+                    pending.truncate(end);
+                    pending_quotes = 0;
+                    out.owned(std::mem::take(&mut pending), false);
+                }
+                None => pending_quotes = quotes + count_quotes(&pending[from..]),
+            }
+        }
+        if !pending.is_empty() {
+            continue;
+        }
+        // The rest of the piece starts at a record start: blocks of it, shared.
+        let mut pos = taken;
+        while pos < piece.len() && !out.stopped {
+            let most = (pos + limit).min(piece.len());
+            let mut end = (pos + block_bytes).min(most);
+            let cut = loop {
+                if let Some(offset) = last_record_end(&piece[pos..end]) {
+                    break Some(pos + offset);
+                }
+                if end == most {
+                    break None;
+                }
+                end = (pos + 2 * (end - pos)).min(most);
+            };
+            match cut {
+                Some(cut) => {
+                    out.shared(piece.slice(pos..cut), false);
+                    pos = cut;
+                }
+                None if most < piece.len() => out.shared(piece.slice(pos..most), true),
+                None => {
+                    if pending.capacity() == 0 {
+                        pending = take_buffer();
+                    }
+                    pending.clear();
+                    pending.extend_from_slice(&piece[pos..]);
+                    pending_quotes = count_quotes(&pending);
+                    break;
+                }
+            }
+        }
+    }
+    header.ok_or(Error::EmptyInput)
+}
+
+/// The header at the start of `data` (after a BOM), removed from it; `None` when `data` is
+/// too short to tell and more may come (`at_end` false).
+fn strip_header(data: &mut Vec<u8>, at_end: bool) -> Result<Option<Header>, Error> {
+    // As for mapped input: the header is looked for in its first MAX_RECORD_BYTES.
+    let head = &data[..data.len().min(MAX_RECORD_BYTES)];
+    match header_of(head, at_end && head.len() == data.len())? {
+        Some((skip, end)) => {
+            let bytes = skip + end.end;
+            data.drain(..bytes);
+            Ok(Some(Header {
+                newlines: end.newlines,
+                bytes,
+            }))
+        }
+        None if data.len() >= MAX_RECORD_BYTES || at_end => Err(header_too_long()),
+        None => Ok(None),
+    }
+}
+
+/// Numbers the blocks [`produce_pieces`] sends; `stopped` once the receiver is gone or a block
+/// was oversized (nothing follows it).
+struct Blocks<F> {
+    send: F,
+    index: u64,
+    stopped: bool,
+}
+
+impl<F: FnMut(Block) -> bool> Blocks<F> {
+    fn owned(&mut self, buf: Vec<u8>, oversized: bool) {
+        let len = buf.len();
+        self.block(BlockData::Owned { buf, len }, oversized);
+    }
+
+    fn shared(&mut self, bytes: Bytes, oversized: bool) {
+        self.block(BlockData::Shared(bytes), oversized);
+    }
+
+    fn block(&mut self, data: BlockData, oversized: bool) {
+        let block = Block {
+            index: self.index,
+            data,
+            oversized,
+        };
+        self.index += 1;
+        self.stopped = !(self.send)(block) || oversized;
+    }
+}
+
 /// Reads into `buf[*filled..]` until `*filled` reaches `target` or the input ends; returns
 /// whether it ended. `buf` grows to `target` when shorter (only then are bytes zeroed).
 fn fill(
@@ -417,9 +591,68 @@ fn fill(
 #[cfg(test)]
 mod tests {
     use super::{
-        BOUNDARY_MARGIN, MAX_RECORD_BYTES, ReleaseFrontier, Released, check_header, cut,
-        inner_pages,
+        BOUNDARY_MARGIN, BlockData, Bytes, MAX_RECORD_BYTES, ReleaseFrontier, Released,
+        check_header, cut, inner_pages, produce_pieces,
     };
+    use crate::{Control, Pieces};
+
+    struct Given(std::vec::IntoIter<Bytes>);
+
+    impl Pieces for Given {
+        fn next_piece(&mut self) -> std::io::Result<Option<Bytes>> {
+            Ok(self.0.next())
+        }
+    }
+
+    #[test]
+    fn pieces_are_cut_at_record_ends_and_parsed_where_they_are() {
+        let mut input = b"\xEF\xBB\xBFSong,Date,Number of Plays\r\n".to_vec();
+        for i in 0..5000 {
+            input.extend_from_slice(format!("\"s{i}\nx\",2020-01-01,{i}\r\n").as_bytes());
+        }
+        let input = Bytes::from(input);
+        for most in [1, 10, 4096, 100_000, input.len()] {
+            let pieces: Vec<Bytes> = (0..input.len())
+                .step_by(most)
+                .map(|at| input.slice(at..input.len().min(at + most)))
+                .collect();
+            let mut blocks = Vec::new();
+            let header = produce_pieces(
+                &mut Given(pieces.into_iter()),
+                1000,
+                &Control::new(),
+                Vec::new,
+                |block| {
+                    blocks.push(block);
+                    true
+                },
+            )
+            .expect("valid input");
+            assert_eq!((header.bytes, header.newlines), (30, 1), "pieces of {most}");
+            let mut shared = 0;
+            let mut whole = Vec::new();
+            for (i, block) in blocks.iter().enumerate() {
+                assert_eq!(block.index, i as u64);
+                assert!(!block.oversized);
+                let data: &[u8] = match &block.data {
+                    BlockData::Owned { buf, len } => &buf[..*len],
+                    BlockData::Shared(bytes) => {
+                        // The piece's own memory.
+                        assert!(input.as_ptr_range().contains(&bytes.as_ptr()));
+                        shared += bytes.len();
+                        bytes
+                    }
+                    BlockData::Mapped { .. } => panic!("no map"),
+                };
+                assert!(data.ends_with(b"\r\n") && data.len() <= 1000 + 4096 + 30);
+                whole.extend_from_slice(data);
+            }
+            assert_eq!(whole, input[30..], "pieces of {most}");
+            if most >= 100_000 {
+                assert!(shared > whole.len() * 9 / 10, "{shared} of {}", whole.len());
+            }
+        }
+    }
 
     #[test]
     fn blocks_end_at_record_ends_and_overlong_records_are_flagged() {

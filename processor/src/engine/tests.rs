@@ -12,35 +12,82 @@ use super::validate::PackedDate;
 use crate::error::Field;
 use crate::{Config, Control, Input, Summary, aggregate_to_writer};
 
-fn run_engine(input: &[u8], config: &Config, as_file: bool) -> Vec<u8> {
+/// How a test hands its input to the engine.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    File,
+    Reader,
+    /// In pieces of 1 to this many bytes ([`Input::Pieces`]).
+    Pieces(usize),
+}
+
+const KINDS: [Kind; 4] = [Kind::File, Kind::Reader, Kind::Pieces(1), Kind::Pieces(100)];
+
+fn kind() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        Just(Kind::File),
+        Just(Kind::Reader),
+        (1usize..300).prop_map(Kind::Pieces),
+        Just(Kind::Pieces(1 << 20)),
+    ]
+}
+
+/// `data` in pieces of 1 to `most` bytes, of varying sizes.
+struct TestPieces {
+    data: bytes::Bytes,
+    most: usize,
+    given: usize,
+}
+
+impl crate::Pieces for TestPieces {
+    fn next_piece(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
+        if self.data.is_empty() {
+            return Ok(None);
+        }
+        self.given += 1;
+        let len = (1 + self.given * 7919 % self.most).min(self.data.len());
+        Ok(Some(self.data.split_to(len)))
+    }
+}
+
+/// Runs the engine on `input` handed over as `kind` says.
+fn try_engine(
+    input: &[u8],
+    config: &Config,
+    kind: Kind,
+) -> Result<(Vec<u8>, Summary), crate::Error> {
     let mut out = Vec::new();
     let control = Control::new();
-    if as_file {
-        let mut file = tempfile::NamedTempFile::new().expect("temp file");
-        file.write_all(input).expect("write input");
-        aggregate_to_writer(Input::File(file.path()), &mut out, config, &control)
-            .expect("engine succeeds");
-    } else {
-        let reader = Box::new(std::io::Cursor::new(input.to_vec()));
-        aggregate_to_writer(
-            Input::Reader { reader, len: None },
-            &mut out,
-            config,
-            &control,
-        )
-        .expect("engine succeeds");
-    }
-    out
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    let input = match kind {
+        Kind::File => {
+            std::fs::write(file.path(), input).expect("write input");
+            Input::File(file.path())
+        }
+        Kind::Reader => Input::Reader {
+            reader: Box::new(std::io::Cursor::new(input.to_vec())),
+            len: None,
+        },
+        Kind::Pieces(most) => Input::Pieces {
+            pieces: Box::new(TestPieces {
+                data: bytes::Bytes::copy_from_slice(input),
+                most,
+                given: 0,
+            }),
+            len: Some(input.len() as u64),
+        },
+    };
+    let summary = aggregate_to_writer(input, &mut out, config, &control)?;
+    Ok((out, summary))
+}
+
+fn run_engine(input: &[u8], config: &Config, kind: Kind) -> Vec<u8> {
+    try_engine(input, config, kind).expect("engine succeeds").0
 }
 
 /// Runs the engine on a file, returning the output and the summary.
 fn run_file(input: &[u8], config: &Config) -> (Vec<u8>, Summary) {
-    let mut file = tempfile::NamedTempFile::new().expect("temp file");
-    file.write_all(input).expect("write input");
-    let mut out = Vec::new();
-    let summary = aggregate_to_writer(Input::File(file.path()), &mut out, config, &Control::new())
-        .expect("engine succeeds");
-    (out, summary)
+    try_engine(input, config, Kind::File).expect("engine succeeds")
 }
 
 /// The in-memory size of all the groups of `input` (a valid CSV with its header): the memory
@@ -132,7 +179,7 @@ proptest! {
         final_newline in any::<bool>(),
         threads in 1usize..4,
         spill in any::<bool>(),
-        as_file in any::<bool>(),
+        kind in kind(),
         block in prop_oneof![Just(64usize), Just(1000), Just(4 << 20)],
     ) {
         let input = render(&rows, crlf, quote_all, final_newline || rows.is_empty());
@@ -143,7 +190,7 @@ proptest! {
             block_bytes: block,
             ..Config::default()
         };
-        let got = run_engine(&input, &config, as_file);
+        let got = run_engine(&input, &config, kind);
         prop_assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&expected));
     }
 }
@@ -185,8 +232,8 @@ proptest! {
 fn seed_example() {
     let input = b"Song,Date,Number of Plays\nUmbrella,2020-01-02,200\nUmbrella,2020-01-01,100\nIn The End,2020-01-01,500\nUmbrella,2020-01-01,50\nIn The End,2020-01-01,1000\nUmbrella,2020-01-02,50\nIn The End,2020-01-02,500\n";
     let expected = "Song,Date,Number of Plays\nIn The End,2020-01-01,1500\nIn The End,2020-01-02,500\nUmbrella,2020-01-01,150\nUmbrella,2020-01-02,250\n";
-    for as_file in [true, false] {
-        let got = run_engine(input, &Config::default(), as_file);
+    for kind in KINDS {
+        let got = run_engine(input, &Config::default(), kind);
         assert_eq!(String::from_utf8_lossy(&got), expected);
     }
 }
@@ -235,24 +282,53 @@ fn first_error_in_file_order_with_its_line() {
         block_bytes: 512,
         ..Config::default()
     };
-    let file = tempfile::NamedTempFile::new().expect("temp");
-    std::fs::write(file.path(), &input).expect("write");
-    for as_file in [true, false] {
-        let mut out = Vec::new();
-        let input_box = if as_file {
-            Input::File(file.path())
-        } else {
-            Input::Reader {
-                reader: Box::new(std::io::Cursor::new(input.clone().into_bytes())),
-                len: None,
-            }
-        };
-        let err = aggregate_to_writer(input_box, &mut out, &config, &Control::new())
-            .expect_err("invalid date");
+    for kind in KINDS {
+        let err = try_engine(input.as_bytes(), &config, kind).expect_err("invalid date");
         assert_eq!(
             err.to_string(),
-            "invalid input: line 2004, field \"Date\": \"2020-02-30\" is not a real calendar date"
+            "invalid input: line 2004, field \"Date\": \"2020-02-30\" is not a real calendar date",
+            "{kind:?}"
         );
+    }
+}
+
+/// Overlong records, headers and empty inputs end as the same error, or the same result,
+/// whichever way the input comes.
+#[test]
+fn overlong_records_and_headers_end_alike_in_every_input_kind() {
+    let header = "Song,Date,Number of Plays\n";
+    let mut unclosed = format!("{header}a,2020-01-01,1\n\"");
+    unclosed.push_str(&"y".repeat((1 << 20) + 10_000));
+    unclosed.push_str("\",2020-01-01,1\nb,2020-01-01,2\n");
+    let mut long_name = format!("{header}\"");
+    long_name.push_str(&"z\n".repeat(200_000));
+    long_name.push_str("\",2020-01-01,3\n");
+    let inputs = [
+        unclosed,
+        long_name,
+        String::new(),
+        "\u{feff}".into(),
+        header.into(),
+        "Song,Date,Number of Plays".into(),
+        "\u{feff}Song,Date,Number of Plays\r\nx,2020-01-01,1".into(),
+        "Song,Date,Plays\nx,2020-01-01,1\n".into(),
+        format!("Song,Date,{}\n", "x".repeat((1 << 20) + 10)),
+    ];
+    let config = Config {
+        threads: 2,
+        block_bytes: 4096,
+        ..Config::default()
+    };
+    for input in &inputs {
+        let outcome = |kind| {
+            try_engine(input.as_bytes(), &config, kind)
+                .map(|(out, _)| out)
+                .map_err(|e| e.to_string())
+        };
+        let expected = outcome(Kind::Reader);
+        for kind in [Kind::Pieces(1), Kind::Pieces(5000), Kind::Pieces(1 << 22)] {
+            assert_eq!(outcome(kind), expected, "{kind:?}: {:.60?}", input);
+        }
     }
 }
 

@@ -170,6 +170,7 @@ pub(crate) fn worker(
             let data: &[u8] = match (&block.data, map) {
                 (BlockData::Mapped { start, end }, Some(map)) => &map[*start..*end],
                 (BlockData::Owned { buf, len }, _) => &buf[..*len],
+                (BlockData::Shared(bytes), _) => bytes,
                 (BlockData::Mapped { .. }, None) => &[],
             };
             let mut sink = TableSink {
@@ -211,6 +212,7 @@ pub(crate) fn worker(
             BlockData::Owned { buf, .. } => {
                 let _ = pool.try_send(buf);
             }
+            BlockData::Shared(_) => {}
         }
     }
     if !shared.stopped() {

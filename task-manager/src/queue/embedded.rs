@@ -137,8 +137,8 @@ impl EmbeddedQueue {
             let (config, control, output) =
                 (self.runner.config.clone(), control.clone(), output.clone());
             tokio::task::spawn_blocking(move || {
-                let input = Input::Reader {
-                    reader: Box::new(reader),
+                let input = Input::Pieces {
+                    pieces: Box::new(reader),
                     len,
                 };
                 let result = processor::aggregate(input, &output, &config, &control);

@@ -363,8 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_every_chunk_in_order_followed_or_not_direct_or_not() {
-        use crate::arrival::UploadReader;
-        use std::io::Read;
+        use crate::arrival::{UploadReader, read_all};
 
         for (followed, sync) in [(false, true), (true, true), (true, false)] {
             let file = tempfile::NamedTempFile::new().unwrap();
@@ -373,10 +372,7 @@ mod tests {
             let reader = arrival.clone().map(|arrival| {
                 let file = file.reopen().unwrap();
                 let mut reader = UploadReader::new(arrival, file, processor::Control::new());
-                std::thread::spawn(move || {
-                    let mut read = Vec::new();
-                    reader.read_to_end(&mut read).map(|_| read)
-                })
+                std::thread::spawn(move || read_all(&mut reader))
             });
             let file_for_spool = file.as_file().try_clone().unwrap();
             let mut spool = Spool::new(file_for_spool, sync, arrival);
@@ -453,8 +449,8 @@ mod tests {
                 let reader = UploadReader::new(arrival.clone(), file.reopen().unwrap(), control);
                 let len = Some(data.len() as u64);
                 std::thread::spawn(move || {
-                    let input = Input::Reader {
-                        reader: Box::new(reader),
+                    let input = Input::Pieces {
+                        pieces: Box::new(reader),
                         len,
                     };
                     // Small blocks: many of them are cut while the upload arrives.
