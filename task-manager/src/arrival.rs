@@ -19,7 +19,9 @@ use tokio::sync::Semaphore;
 
 /// How often a waiting reader checks whether its engine was cancelled.
 const CANCEL_CHECK: Duration = Duration::from_millis(50);
-/// Bytes of received pieces held for the engine (queued for it or being parsed), at most.
+/// Bytes of received pieces held for the reader, at most. The pieces it has taken (which the
+/// engine parses where they are) are not counted: the engine holds a few, as many as it would
+/// hold buffers of its own.
 pub const RECENT_WINDOW: usize = 32 << 20;
 /// Bytes read from the file at once, where the reader finds them there.
 const FILE_PIECE: usize = 4 << 20;
@@ -60,9 +62,8 @@ enum End {
 
 /// Where the reader finds the bytes at its position.
 enum Next {
-    /// In this received piece, which starts at the position, taken from the window: the room
-    /// it took there, to be given back once the engine is done with it.
-    Memory(Bytes, usize),
+    /// In this received piece, which starts at the position.
+    Memory(Bytes),
     /// In the file, up to this offset.
     File(u64),
     /// Nowhere: the upload ends there.
@@ -104,7 +105,7 @@ impl Arrival {
                 return;
             }
         };
-        // Given back once the engine is done with the piece (or it is forgotten unread).
+        // Given back as the reader moves past the piece.
         permit.forget();
         let mut state = self.lock();
         if state.end == End::Aborted {
@@ -173,13 +174,11 @@ impl Arrival {
                 self.room.add_permits(forgotten);
             }
             let next_piece = state.recent.front().map(|(start, _)| *start);
-            if let Some(start) = next_piece
-                && start <= pos
-                && let Some((_, piece)) = state.recent.pop_front()
+            if let Some((start, piece)) = state.recent.front()
+                && *start <= pos
             {
                 let from = usize::try_from(pos - start).unwrap_or(usize::MAX);
-                let room = piece.len().min(RECENT_WINDOW);
-                return Ok(Next::Memory(piece.slice(from..), room));
+                return Ok(Next::Memory(piece.slice(from..)));
             }
             if state.written > pos {
                 let upto = next_piece.map_or(state.written, |start| start.min(state.written));
@@ -238,11 +237,7 @@ impl UploadReader {
 impl Pieces for UploadReader {
     fn next_piece(&mut self) -> io::Result<Option<Bytes>> {
         let piece = match self.arrival.next(self.pos, &self.control)? {
-            Next::Memory(piece, room) => Bytes::from_owner(Held {
-                piece,
-                arrival: self.arrival.clone(),
-                room,
-            }),
+            Next::Memory(piece) => piece,
             Next::File(upto) => {
                 let want =
                     usize::try_from(upto - self.pos).map_or(FILE_PIECE, |n| n.min(FILE_PIECE));
@@ -262,25 +257,6 @@ impl Pieces for UploadReader {
         };
         self.pos += piece.len() as u64;
         Ok(Some(piece))
-    }
-}
-
-/// A piece the engine holds: its room in the window comes back when it is dropped.
-struct Held {
-    piece: Bytes,
-    arrival: Arc<Arrival>,
-    room: usize,
-}
-
-impl AsRef<[u8]> for Held {
-    fn as_ref(&self) -> &[u8] {
-        &self.piece
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.arrival.room.add_permits(self.room);
     }
 }
 
@@ -379,14 +355,16 @@ mod tests {
         let first = reader.next_piece().unwrap().expect("a piece");
         assert_eq!(first, piece);
         assert_eq!(first.as_ptr(), piece.as_ptr());
-        // While the engine holds it, it takes its room.
-        assert!(tokio::time::timeout(wait, fifth.as_mut()).await.is_err());
-        assert_eq!(arrival.lock().recent.len(), 3);
-        drop(first);
+        // The reader takes the next piece: the first one's room takes the fifth, although the
+        // engine still holds the first (its workers may wait for one another, in a spill
+        // round, until the reader gives them more).
+        let second = reader.next_piece().unwrap().expect("a piece");
+        assert_eq!(second.len(), piece.len());
         tokio::time::timeout(wait, fifth)
             .await
             .expect("room for the fifth piece");
         assert_eq!(arrival.lock().recent.len(), 4);
+        drop((first, second));
         drop(reader);
         assert!(arrival.lock().recent.is_empty());
         // Nobody reads: a piece is not held, and not waited for.

@@ -35,8 +35,11 @@ pub const BLOCK: usize = 4 << 20;
 const BLOCKS_IN_FLIGHT: usize = 2;
 /// Alignment of a direct write's memory, offset and length.
 const DIRECT_ALIGN: usize = 4096;
-/// Idle blocks kept for the next followed upload: enough for one.
-const IDLE_BLOCKS: usize = RECENT_WINDOW / BLOCK + BLOCKS_IN_FLIGHT + 2;
+/// Blocks the engine holds while it parses them, beyond those waiting for it: queued for its
+/// workers and being parsed (two of each on two cores), and the one it is cutting.
+const ENGINE_BLOCKS: usize = 5;
+/// Idle blocks kept for the next followed upload: enough for one (on two cores).
+const IDLE_BLOCKS: usize = RECENT_WINDOW / BLOCK + BLOCKS_IN_FLIGHT + ENGINE_BLOCKS + 2;
 /// Bytes written between two requests to start writing back to the disk.
 const WRITEBACK_STEP: u64 = 32 << 20;
 
