@@ -2,7 +2,6 @@
 //! progress bar and downloads the result (the successor of the Python `file_uploader.py`).
 
 mod api;
-mod sendfile;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -4,18 +4,16 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use indicatif::ProgressBar;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
-use reqwest::{Body, Response, StatusCode, Url};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Body, Response};
 use serde::Deserialize;
 use task_protocol::TaskStatus;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
-
-use super::sendfile;
 
 /// Timeout of the short requests (status); uploads and downloads take as long as they need.
 const SHORT_REQUEST: Duration = Duration::from_secs(30);
@@ -25,8 +23,6 @@ const UPLOAD_CHUNK: usize = 1 << 20;
 /// A task manager at a base URL.
 pub struct Api {
     http: reqwest::Client,
-    /// The headers `http` sends on every request (for uploads sent without it).
-    headers: HeaderMap,
     base_url: String,
 }
 
@@ -56,15 +52,13 @@ pub enum StatusError {
 impl Api {
     /// A client of the task manager at `base_url`, sending `token` (its `API_TOKEN`) when given.
     pub fn new(base_url: &str, token: Option<&str>) -> anyhow::Result<Self> {
-        let headers = crate::bearer::headers(token)?;
         let http = reqwest::Client::builder()
-            .default_headers(headers.clone())
+            .default_headers(crate::bearer::headers(token)?)
             .connect_timeout(Duration::from_secs(10))
             .build()
             .context("cannot build the HTTP client")?;
         Ok(Api {
             http,
-            headers,
             base_url: base_url.trim_end_matches('/').to_owned(),
         })
     }
@@ -87,49 +81,32 @@ impl Api {
     /// Uploads `path` as a raw CSV body named by the query's `filename` (no multipart framing
     /// for the server to parse), streamed from disk; returns the task id.
     pub async fn upload(&self, path: &Path, bar: &ProgressBar) -> anyhow::Result<Uuid> {
-        let cannot_read = || format!("cannot read {}", path.display());
-        let file = std::fs::File::open(path).with_context(cannot_read)?;
-        let len = file.metadata().with_context(cannot_read)?.len();
+        let content = map_file(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let len = content.len() as u64;
         bar.set_length(len);
+        let counter = bar.clone();
+        let stream = futures_util::stream::iter(chunks(content, UPLOAD_CHUNK)).map(move |chunk| {
+            counter.inc(chunk.len() as u64);
+            Ok::<_, std::io::Error>(chunk)
+        });
         let name = path
             .file_name()
             .map_or_else(|| "upload.csv".into(), |n| n.to_string_lossy().into_owned());
-        let mut url = Url::parse(&format!("{}/v1/data_processor/upload", self.base_url))
-            .with_context(|| format!("invalid task manager URL {}", self.base_url))?;
-        url.query_pairs_mut().append_pair("filename", &name);
-        let (status, body) = if sendfile::applies_to(&url) {
-            let answer = sendfile::post_file(&url, &self.headers, &file, len, bar)
-                .await
-                .with_context(|| format!("POST {url}"))?;
-            (answer.status, answer.body)
-        } else {
-            let content = map_file(&file).with_context(cannot_read)?;
-            let counter = bar.clone();
-            let stream =
-                futures_util::stream::iter(chunks(content, UPLOAD_CHUNK)).map(move |chunk| {
-                    counter.inc(chunk.len() as u64);
-                    Ok::<_, std::io::Error>(chunk)
-                });
-            let response = self
-                .http
-                .post(url.clone())
-                .header(CONTENT_TYPE, "text/csv")
-                .header(CONTENT_LENGTH, len)
-                .body(Body::wrap_stream(stream))
-                .send()
-                .await
-                .with_context(|| format!("POST {url}"))?;
-            let status = response.status();
-            let body = response
-                .bytes()
-                .await
-                .with_context(|| format!("POST {url}: answer interrupted"))?;
-            (status, body.to_vec())
-        };
-        if !status.is_success() {
-            return Err(failure(status, &body, url.as_str()));
-        }
-        let accepted: Accepted = serde_json::from_slice(&body)
+        let url = format!("{}/v1/data_processor/upload", self.base_url);
+        let response = self
+            .http
+            .post(&url)
+            .query(&[("filename", name)])
+            .header(CONTENT_TYPE, "text/csv")
+            .header(CONTENT_LENGTH, len)
+            .body(Body::wrap_stream(stream))
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        let accepted: Accepted = success(response, &url)
+            .await?
+            .json()
+            .await
             .with_context(|| format!("POST {url}: unexpected answer"))?;
         Ok(accepted.task_id)
     }
@@ -200,16 +177,17 @@ impl Api {
     }
 }
 
-/// The content of `file`, mapped into memory: the upload sends it from the page cache
-/// without reading it into buffers first.
-fn map_file(file: &std::fs::File) -> std::io::Result<Bytes> {
+/// The content of the file at `path`, mapped into memory: the upload sends it from the page
+/// cache without reading it into buffers first.
+fn map_file(path: &Path) -> std::io::Result<Bytes> {
+    let file = std::fs::File::open(path)?;
     if file.metadata()?.len() == 0 {
         return Ok(Bytes::new());
     }
     // SAFETY: the map is only read. Another process truncating the file during the upload
     // would fault (SIGBUS), as with any memory-mapped reader (the `aggregate` command maps
     // its input too).
-    let map = unsafe { memmap2::Mmap::map(file) }?;
+    let map = unsafe { memmap2::Mmap::map(&file) }?;
     let _ = map.advise(memmap2::Advice::Sequential);
     Ok(Bytes::from_owner(map))
 }
@@ -227,18 +205,12 @@ async fn success(response: Response, url: &str) -> anyhow::Result<Response> {
     if status.is_success() {
         return Ok(response);
     }
-    let body = response.bytes().await.unwrap_or_default();
-    Err(failure(status, &body, url))
-}
-
-/// The error for an answer `status` with `body`: the server's `{"error": ...}` message, else
-/// the start of the body.
-fn failure(status: StatusCode, body: &[u8], url: &str) -> anyhow::Error {
-    let message = serde_json::from_slice::<serde_json::Value>(body)
+    let body = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|json| json.get("error")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect());
-    anyhow::anyhow!("{url}: HTTP {status}: {message}")
+        .unwrap_or_else(|| body.chars().take(500).collect());
+    bail!("{url}: HTTP {status}: {message}")
 }
 
 #[cfg(test)]
@@ -251,7 +223,7 @@ mod tests {
         let path = dir.path().join("plays.csv");
         let content: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
         std::fs::write(&path, &content).unwrap();
-        let mapped = map_file(&std::fs::File::open(&path).unwrap()).unwrap();
+        let mapped = map_file(&path).unwrap();
         assert_eq!(mapped, content);
         for size in [
             1,
@@ -279,15 +251,12 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_file_is_an_empty_upload() {
+    fn an_empty_file_is_an_empty_upload_and_a_missing_one_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("empty.csv");
         std::fs::write(&path, b"").unwrap();
-        assert!(
-            map_file(&std::fs::File::open(&path).unwrap())
-                .unwrap()
-                .is_empty()
-        );
+        assert!(map_file(&path).unwrap().is_empty());
         assert_eq!(chunks(Bytes::new(), 10).count(), 0);
+        assert!(map_file(&dir.path().join("missing.csv")).is_err());
     }
 }
