@@ -211,9 +211,10 @@ impl State {
     }
 }
 
-/// The engine's input while an upload arrives: the pieces [`Arrival`] keeps, else the file
-/// (its own open file description: the writer's may be set for direct I/O). A read waits for
-/// the bytes; it fails when the upload was aborted or `control` cancelled.
+/// The engine's input while an upload arrives ([`Pieces`]): the pieces [`Arrival`] keeps,
+/// handed over as they are, else the file, [`FILE_PIECE`] bytes at a time (its own open file
+/// description: the writer's may be set for direct I/O). Asking for a piece waits for its
+/// bytes; it fails when the upload was aborted or `control` cancelled.
 pub struct UploadReader {
     arrival: Arc<Arrival>,
     file: File,
