@@ -414,6 +414,13 @@ pub(crate) fn produce_pieces(
     // header is not found), without a record end; and the double quotes among them.
     let mut pending: Vec<u8> = Vec::new();
     let mut pending_quotes = 0;
+    // A pooled buffer for `pending` when it has none (it went out as a block).
+    let mut give_buffer = |pending: &mut Vec<u8>| {
+        if pending.capacity() == 0 {
+            *pending = take_buffer();
+            pending.clear();
+        }
+    };
     let mut header = None;
     let limit = block_bytes + MAX_RECORD_BYTES;
     while !out.stopped && !control.is_cancelled() {
@@ -435,10 +442,7 @@ pub(crate) fn produce_pieces(
         while (header.is_none() || !pending.is_empty()) && taken < piece.len() && !out.stopped {
             let more = STITCH_BYTES.max(pending.len()).min(piece.len() - taken);
             let (mut from, mut quotes) = (pending.len(), pending_quotes);
-            if pending.capacity() == 0 {
-                pending = take_buffer();
-                pending.clear();
-            }
+            give_buffer(&mut pending);
             pending.extend_from_slice(&piece[taken..taken + more]);
             taken += more;
             if header.is_none() {
@@ -497,10 +501,7 @@ pub(crate) fn produce_pieces(
                 }
                 None if most < piece.len() => out.shared(piece.slice(pos..most), true),
                 None => {
-                    if pending.capacity() == 0 {
-                        pending = take_buffer();
-                    }
-                    pending.clear();
+                    give_buffer(&mut pending);
                     pending.extend_from_slice(&piece[pos..]);
                     pending_quotes = count_quotes(&pending);
                     break;

@@ -308,22 +308,29 @@ fn write_gathered(file: &mut File, chunks: &mut Vec<Bytes>, direct: &mut bool) -
 #[cfg(target_os = "linux")]
 fn set_direct(file: &File, on: bool) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: plain system calls on an open descriptor; they only change its status flags.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let flags = status_flags(file)?;
     let flags = if on {
         flags | libc::O_DIRECT
     } else {
         flags & !libc::O_DIRECT
     };
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+    // SAFETY: a plain system call on an open descriptor; it only changes its status flags.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The status flags of `file`'s open file description (`O_DIRECT` among them).
+#[cfg(target_os = "linux")]
+fn status_flags(file: &File) -> io::Result<libc::c_int> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: reads the status flags of an open descriptor.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags)
 }
 
 /// Direct I/O is not used on this system.
@@ -358,10 +365,7 @@ mod tests {
 
     /// Whether `file`'s open file description is set for direct I/O.
     fn is_direct(file: &File) -> bool {
-        use std::os::fd::AsRawFd;
-        // SAFETY: reads the status flags of an open descriptor.
-        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-        flags >= 0 && flags & libc::O_DIRECT != 0
+        status_flags(file).is_ok_and(|flags| flags & libc::O_DIRECT != 0)
     }
 
     #[tokio::test]
