@@ -35,6 +35,7 @@ use crate::queue::{Early, EarlyUpload};
 use crate::storage::sanitize_filename;
 use spool::Spool;
 
+mod flush_behind;
 mod spool;
 
 /// Room for the multipart framing around the file when the `Content-Length` of a multipart

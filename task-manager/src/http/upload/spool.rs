@@ -1,7 +1,8 @@
 //! Writes an upload to its file on a blocking thread, so the async threads only pass pieces
 //! along. Writeback to the disk starts while the bytes still arrive (every
-//! [`WRITEBACK_STEP`]), so that making the file durable at the end (when asked to) waits for
-//! what the disk has not caught up with only, not for the whole upload.
+//! [`WRITEBACK_STEP`]), and when the upload is to be made durable, the disk's write cache is
+//! flushed behind the writes ([`FlushBehind`]), so that the sync at the end waits for what the
+//! disk has not caught up with only, not for the whole upload.
 //!
 //! When the engine in this process follows the upload ([`Arrival`]), the bytes are gathered
 //! into blocks of [`BLOCK`] bytes, taken from a pool that keeps their memory mapped from one
@@ -17,12 +18,14 @@
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use memmap2::MmapMut;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::flush_behind::FlushBehind;
 use crate::arrival::{Arrival, RECENT_WINDOW};
 
 /// Bytes gathered for one write between the network and the disk.
@@ -52,6 +55,15 @@ pub struct Spool {
     writer: Option<JoinHandle<io::Result<()>>>,
     /// The blocks of a followed upload.
     blocks: Option<Blocks>,
+    /// Time the network side waited for the engine and for the writer.
+    waited: Waited,
+}
+
+/// How long the network side waited for the engine and for the writer (a debug log).
+#[derive(Default)]
+struct Waited {
+    engine: Duration,
+    writer: Duration,
 }
 
 /// What the writer thread receives.
@@ -92,6 +104,7 @@ impl Spool {
             pieces: Some(pieces),
             writer: Some(writer),
             blocks,
+            waited: Waited::default(),
         }
     }
 
@@ -111,8 +124,13 @@ impl Spool {
 
     /// Hands a block to the engine, then to the writer.
     async fn hand_over(&mut self, (arrival, offset, block): Sealed) -> io::Result<()> {
+        let start = Instant::now();
         arrival.offer(offset, block.clone()).await;
-        self.send(Piece::Data(block)).await
+        let offered = Instant::now();
+        self.waited.engine += offered - start;
+        let sent = self.send(Piece::Data(block)).await;
+        self.waited.writer += offered.elapsed();
+        sent
     }
 
     async fn send(&mut self, piece: Piece) -> io::Result<()> {
@@ -133,7 +151,15 @@ impl Spool {
         if let Some(last) = self.blocks.as_mut().and_then(Blocks::seal) {
             self.hand_over(last).await?;
         }
-        self.end().await
+        let start = Instant::now();
+        let ended = self.end().await;
+        tracing::debug!(
+            waited_for_engine_seconds = self.waited.engine.as_secs_f64(),
+            waited_for_writer_seconds = self.waited.writer.as_secs_f64(),
+            waited_at_end_seconds = start.elapsed().as_secs_f64(),
+            "upload handed over"
+        );
+        ended
     }
 
     /// Tells the writer that the upload is complete, and waits for it.
@@ -222,7 +248,8 @@ fn take_block() -> io::Result<MmapMut> {
 
 /// The writer thread: writes the pieces as they come, gathered up to [`WRITE_BUFFER`] bytes
 /// per system call (vectored: the pieces are not copied into a buffer first), then syncs the
-/// file if `sync`. Returns an error when the upload stopped before its end.
+/// file if `sync` (flushed to the disk behind the writes meanwhile, [`FlushBehind`]). Returns
+/// an error when the upload stopped before its end.
 fn write_all(
     mut file: File,
     mut pieces: mpsc::Receiver<Piece>,
@@ -230,6 +257,8 @@ fn write_all(
     mut direct: bool,
     arrival: Option<&Arrival>,
 ) -> io::Result<()> {
+    let started = Instant::now();
+    let mut flush = sync.then(|| FlushBehind::new(&file)).transpose()?;
     let mut gathered: Vec<Bytes> = Vec::new();
     let mut pending = 0usize;
     let mut written = 0u64;
@@ -262,6 +291,9 @@ fn write_all(
             start_writeback(&file, written_back, written - written_back);
             written_back = written;
         }
+        if let Some(flush) = &mut flush {
+            flush.written(written);
+        }
     }
     write_gathered(&mut file, &mut gathered, &mut direct)?;
     written += pending as u64;
@@ -269,9 +301,19 @@ fn write_all(
         arrival.advance(written);
         arrival.complete();
     }
-    if sync {
-        file.sync_all()?;
-    }
+    let Some(flush) = flush else {
+        return Ok(());
+    };
+    let written_in = started.elapsed();
+    let flushes = flush.finish()?;
+    file.sync_all()?;
+    tracing::debug!(
+        bytes = written,
+        seconds = started.elapsed().as_secs_f64(),
+        final_sync_seconds = (started.elapsed() - written_in).as_secs_f64(),
+        flushes,
+        "upload written and synced"
+    );
     Ok(())
 }
 
