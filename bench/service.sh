@@ -3,7 +3,9 @@
 # `processor upload` through the task manager, divided by the wall time of `processor aggregate`
 # alone, the CPU time each side used (the client's, the task manager's and the worker's against
 # the CLI's: on a machine with few cores, their sum bounds the service's wall time from below),
-# and the task manager's peak RSS while it receives the upload.
+# and the task manager's peak RSS while it receives the upload. With SYNC_UPLOADS=1 it also
+# times writing as many bytes durably to the storage directory's disk (direct writes, then
+# fsync): the floor of a synced upload's time, whatever the service does.
 #
 #   bench/service.sh [MODE...]       MODE: embedded distributed (default: both)
 #
@@ -169,6 +171,15 @@ rated_run() {
     echo "$(echo "$uploaded - $start" | bc -l) $(echo "$end - $uploaded" | bc -l)"
 }
 
+# Seconds to write $1 bytes durably into directory $2 (4 MiB direct writes, then fsync).
+durable_write() {
+    local file=$2/durable-write.tmp wall _
+    read -r wall _ < <(seconds dd if=/dev/zero of="$file" bs=4M count=$((($1 + (4 << 20) - 1) >> 22)) \
+        oflag=direct conv=fsync status=none)
+    rm -f "$file"
+    echo "$wall"
+}
+
 # Who serves in MODE $1, for the CPU figures.
 server_side() {
     if [[ $1 == distributed ]]; then echo "task manager + worker"; else echo "task manager"; fi
@@ -199,11 +210,11 @@ main() {
     input=$(dataset "$name")
     RESULTS=$BENCH_DIR/results/service-$(date -u +%Y%m%dT%H%M%SZ)
     mkdir -p "$RESULTS"
-    local runs=${RUNS:-3} mode run file cli cli_cpu service peak client_cpu service_cpu upload after
+    local runs=${RUNS:-3} mode run file cli cli_cpu service peak client_cpu service_cpu upload after disk
     say "$name: $(du -h "$input" | cut -f1), $runs run(s), modes: ${modes[*]}, SYNC_UPLOADS=${SYNC_UPLOADS:-1}"
     for mode in "${modes[@]}"; do
         start_service "$mode"
-        for file in cli cli_cpu service peak client_cpu service_cpu after; do : >"$WORK/$file"; done
+        for file in cli cli_cpu service peak client_cpu service_cpu after disk; do : >"$WORK/$file"; done
         for ((run = 1; run <= runs; run++)); do
             warm "$input"
             read -r cli cli_cpu < <(seconds "$PROCESSOR" aggregate "$input" -o "$WORK/cli.csv" --quiet)
@@ -216,6 +227,10 @@ main() {
                 echo "$cli" >>"$WORK/cli" && echo "$after" >>"$WORK/after"
                 rm -f "$WORK/cli.csv" "$WORK/service.csv" "$WORK/$mode"/raw_data/*.csv "$WORK/$mode"/processed_data/*.csv
                 continue
+            fi
+            if [[ ${SYNC_UPLOADS:-1} == 1 ]]; then
+                durable_write "$(stat -c %s "$input")" "$WORK/$mode" >>"$WORK/disk"
+                warm "$input"
             fi
             read -r service peak client_cpu service_cpu < <(service_run "$input" "$WORK/service.csv")
             cmp -s "$WORK/cli.csv" "$WORK/service.csv" || die "$mode: the service's result differs from the CLI's"
@@ -245,6 +260,11 @@ main() {
             "$cli_cpu" "$(echo "$client_cpu + $service_cpu" | bc -l)" \
             "$(echo "($client_cpu + $service_cpu) / $cli_cpu" | bc -l)" "$client_cpu" \
             "$(server_side "$mode")" "$service_cpu" | tee -a "$RESULTS/table.txt"
+        if [[ -s $WORK/disk ]]; then
+            disk=$(median <"$WORK/disk")
+            printf '%s: writing the input durably to the disk alone takes %.2f s (%.2fx the CLI): a synced upload cannot take less\n' \
+                "$mode" "$disk" "$(echo "$disk / $cli" | bc -l)" | tee -a "$RESULTS/table.txt"
+        fi
         stop_service
         cleanup_distributed "$mode"
     done
