@@ -12,10 +12,13 @@ use std::thread::JoinHandle;
 /// Bytes written between two flushes.
 pub const FLUSH_STEP: u64 = 64 << 20;
 
-/// A thread that flushes a file each time it is asked to.
+/// A thread that flushes a file each time it is asked to. Dropped without [`finish`]
+/// (the upload failed: nothing waits for its file), the thread ends after the flush under way.
+///
+/// [`finish`]: FlushBehind::finish
 pub struct FlushBehind {
-    requests: Option<SyncSender<()>>,
-    thread: Option<JoinHandle<io::Result<u32>>>,
+    requests: SyncSender<()>,
+    thread: JoinHandle<io::Result<u32>>,
     /// Bytes written when the last flush was asked for.
     asked_at: u64,
 }
@@ -39,8 +42,8 @@ impl FlushBehind {
                 Ok(flushes)
             })?;
         Ok(FlushBehind {
-            requests: Some(requests),
-            thread: Some(thread),
+            requests,
+            thread,
             asked_at: 0,
         })
     }
@@ -51,29 +54,21 @@ impl FlushBehind {
             return;
         }
         self.asked_at = written;
-        if let Some(requests) = &self.requests {
-            // Full: a flush is already asked for, and covers these bytes. Disconnected: the
-            // thread stopped on an error, which `finish` returns.
-            let _ = requests.try_send(());
-        }
+        // Full: a flush is already asked for, and covers these bytes. Disconnected: the thread
+        // stopped on an error, which `finish` returns.
+        let _ = self.requests.try_send(());
     }
 
     /// Waits for the flush under way, if any, and stops the thread; returns the flushes done,
     /// or the first flush's error.
-    pub fn finish(mut self) -> io::Result<u32> {
-        self.requests = None;
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(io::Error::other("the upload's flush thread panicked")),
-            None => Ok(0),
-        }
-    }
-}
-
-impl Drop for FlushBehind {
-    /// Stops the thread without waiting for it (the upload failed: nothing waits for its file).
-    fn drop(&mut self) {
-        self.requests = None;
+    pub fn finish(self) -> io::Result<u32> {
+        let FlushBehind {
+            requests, thread, ..
+        } = self;
+        drop(requests);
+        thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the upload's flush thread panicked")))
     }
 }
 
