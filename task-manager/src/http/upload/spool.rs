@@ -304,13 +304,13 @@ fn write_all(
     let Some(flush) = flush else {
         return Ok(());
     };
-    let written_in = started.elapsed();
+    let syncing = Instant::now();
     let flushes = flush.finish()?;
     file.sync_all()?;
     tracing::debug!(
         bytes = written,
         seconds = started.elapsed().as_secs_f64(),
-        final_sync_seconds = (started.elapsed() - written_in).as_secs_f64(),
+        final_sync_seconds = syncing.elapsed().as_secs_f64(),
         flushes,
         "upload written and synced"
     );
