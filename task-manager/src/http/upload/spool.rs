@@ -298,11 +298,12 @@ fn write_all(
         if let Some(arrival) = arrival {
             arrival.advance(written);
         }
-        if sync && !direct && written - written_back >= WRITEBACK_STEP {
-            start_writeback(&file, written_back, written - written_back);
-            written_back = written;
-        }
+        // Only an upload to be synced is written back and flushed behind (see the module).
         if let Some(flush) = &mut flush {
+            if !direct && written - written_back >= WRITEBACK_STEP {
+                start_writeback(&file, written_back, written - written_back);
+                written_back = written;
+            }
             flush.written(written);
         }
     }
