@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use bench::{dataset_size, datasets};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use processor::{Config, Control, Input, Summary};
+use engine::{Config, Control, Input, Summary};
 
 /// A budget no benchmark input comes near.
 const UNBOUNDED: u64 = 8 << 30;
 
 fn run(input: Input<'_>, config: &Config) -> Summary {
-    processor::aggregate_to_writer(input, &mut std::io::sink(), config, &Control::new())
+    engine::aggregate_to_writer(input, &mut std::io::sink(), config, &Control::new())
         .unwrap_or_else(|e| panic!("generated data must aggregate: {e}"))
 }
 

@@ -23,7 +23,7 @@ impl Dataset {
 /// The data set size: `BENCH_SIZE` when set and valid, else [`DEFAULT_SIZE`].
 pub fn dataset_size() -> Result<u64, String> {
     match std::env::var("BENCH_SIZE") {
-        Ok(text) => processor::parse_size(&text).map_err(|e| format!("BENCH_SIZE: {e}")),
+        Ok(text) => engine::parse_size(&text).map_err(|e| format!("BENCH_SIZE: {e}")),
         Err(_) => Ok(DEFAULT_SIZE),
     }
 }

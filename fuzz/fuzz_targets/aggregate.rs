@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use fixtures::reference::{self, Rejection};
 use libfuzzer_sys::fuzz_target;
 use fixtures::growing::Revealed;
-use processor::{Config, Control, Error, Input};
+use engine::{Config, Control, Error, Input};
 
 const HEADER: &[u8] = b"Song,Date,Number of Plays\n";
 const BLOCK_BYTES: [usize; 8] = [1, 2, 3, 5, 8, 16, 64, 4 << 20];
@@ -80,7 +80,7 @@ impl Read for Pieces<'_> {
     }
 }
 
-fn run_engine(input: &[u8], mode: &Mode) -> Result<(Vec<u8>, processor::Summary), Error> {
+fn run_engine(input: &[u8], mode: &Mode) -> Result<(Vec<u8>, engine::Summary), Error> {
     let spill_dir = work_dir().path().join("spill");
     std::fs::create_dir_all(&spill_dir).expect("spill directory");
     let config = Config {
@@ -116,7 +116,7 @@ fn run_engine(input: &[u8], mode: &Mode) -> Result<(Vec<u8>, processor::Summary)
         Input::File(&path)
     };
     let mut out = Vec::new();
-    let result = processor::aggregate_to_writer(source, &mut out, &config, &Control::new());
+    let result = engine::aggregate_to_writer(source, &mut out, &config, &Control::new());
     let left: Vec<_> = std::fs::read_dir(&spill_dir)
         .expect("spill directory")
         .collect();

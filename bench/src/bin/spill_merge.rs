@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand, ValueEnum};
 use extsort::{ExternalSorter, Sortable};
 use fixtures::{Length, Skew, Spec};
-use processor::{Config, Control, Input, Phase};
+use engine::{Config, Control, Input, Phase};
 
 #[derive(Parser)]
 #[command(about = "Spill + merge: the engine's sorted runs against the extsort crate")]
@@ -36,10 +36,10 @@ enum Cmd {
     /// Generates the data (kept while its size matches), runs both variants and prints medians.
     Compare {
         /// Size of the generated CSV.
-        #[arg(long, default_value = "256M", value_parser = processor::parse_size)]
+        #[arg(long, default_value = "256M", value_parser = engine::parse_size)]
         size: u64,
         /// Memory budget of the `spill` runs.
-        #[arg(long, default_value = "96M", value_parser = processor::parse_size)]
+        #[arg(long, default_value = "96M", value_parser = engine::parse_size)]
         limit: u64,
         /// Runs of each variant and mode.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
@@ -55,7 +55,7 @@ enum Cmd {
     Run {
         variant: Variant,
         file: PathBuf,
-        #[arg(long, value_parser = processor::parse_size)]
+        #[arg(long, value_parser = engine::parse_size)]
         limit: u64,
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -250,7 +250,7 @@ fn run_engine(
             }
             phases
         });
-        let summary = processor::aggregate_to_writer(Input::File(file), out, &config, &control);
+        let summary = engine::aggregate_to_writer(Input::File(file), out, &config, &control);
         finished.store(true, Ordering::Relaxed);
         (summary, sampler.join())
     });
@@ -379,7 +379,7 @@ fn run_extsort(
     let merging = Instant::now();
     let spills = sorted.disk_segment_count() as u64;
     let mut out = CountingWriter::new(out);
-    writeln!(out, "{}", processor::HEADER)?;
+    writeln!(out, "{}", engine::HEADER)?;
     let mut groups = 0u64;
     let mut current: Option<Record> = None;
     for record in sorted {

@@ -1,0 +1,161 @@
+//! `processor worker`: consumes tasks from RabbitMQ, aggregates them with the engine and
+//! reports to the task manager. A thin shell around [`engine::aggregate`].
+
+mod arriving;
+mod backoff;
+mod callbacks;
+mod consumer;
+mod error_chain;
+mod paths;
+mod running;
+mod task;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use lapin::uri::AMQPUri;
+use engine::{Config, parse_size};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use callbacks::Callbacks;
+use consumer::{Consumer, QueueSettings};
+use task::TaskContext;
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f
+    #[arg(long, env = "AMQP_URL", hide_env_values = true, value_parser = parse_amqp_uri)]
+    amqp_url: AMQPUri,
+    /// Durable queue to consume (declared if missing).
+    #[arg(long, env = "QUEUE_NAME", default_value = task_protocol::DEFAULT_QUEUE_NAME)]
+    queue: String,
+    /// Base URL of the task manager, for the callbacks.
+    #[arg(
+        long,
+        env = "TASK_MANAGER_URL",
+        default_value = "http://127.0.0.1:5000"
+    )]
+    task_manager_url: String,
+    /// Token for the callbacks: the task manager's WORKER_TOKEN (of a comma-separated list,
+    /// the first). Prefer the environment variable: arguments show in process lists.
+    #[arg(long, env = "WORKER_TOKEN", hide_env_values = true)]
+    worker_token: Option<String>,
+    /// Shared storage root; the task messages' paths are relative to it.
+    #[arg(long, env = "STORAGE_DIR", default_value = "local_storage")]
+    storage_dir: PathBuf,
+    /// Tasks processed at once (also the RabbitMQ prefetch count).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Memory budget of each running task, e.g. 512M or 2G; above it sorted runs spill to disk.
+    #[arg(long, env = "ENGINE_MEMORY_LIMIT", value_parser = parse_size, default_value = "1G")]
+    memory_limit: u64,
+    /// Engine threads per task (0: all cores).
+    #[arg(long, env = "ENGINE_THREADS", default_value_t = 0)]
+    threads: usize,
+    /// Directory for spilled runs (default: the system temp dir).
+    #[arg(long, env = "ENGINE_TEMP_DIR")]
+    temp_dir: Option<PathBuf>,
+    /// Seconds the running tasks may finish after SIGTERM/Ctrl-C before they are
+    /// cancelled and returned to the queue.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value_t = 25)]
+    drain_timeout: u64,
+    /// Deliveries of a task after which it is abandoned: reported FAILED and dead-lettered
+    /// (a task whose processing is interrupted each time, e.g. a worker killed by the OOM killer).
+    #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(task_protocol::QUEUE_DELIVERY_LIMIT)))]
+    max_attempts: u32,
+    /// Milliseconds between two progress reports of a running task.
+    #[arg(long, env = "WORKER_PROGRESS_INTERVAL_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    progress_interval_ms: u64,
+    /// Seconds an upload that a task message announces while it arrives may stop growing
+    /// before the message goes back to the queue (longer than the task manager's
+    /// UPLOAD_IDLE_TIMEOUT, which refuses such an upload first).
+    #[arg(long, env = "WORKER_ARRIVAL_TIMEOUT", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    arrival_timeout: u64,
+}
+
+fn parse_amqp_uri(text: &str) -> Result<AMQPUri, String> {
+    text.parse()
+}
+
+pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    super::init_tracing("info");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
+    let processed = args.storage_dir.join("processed_data");
+    tokio::fs::create_dir_all(&processed)
+        .await
+        .with_context(|| format!("cannot create {}", processed.display()))?;
+    let shutdown = CancellationToken::new();
+    let abort = CancellationToken::new();
+    tokio::spawn(stop_on_signals(shutdown.clone(), abort.clone()));
+
+    let ctx = TaskContext {
+        storage_dir: args.storage_dir,
+        engine: Config {
+            memory_limit: args.memory_limit,
+            threads: args.threads,
+            temp_dir: args.temp_dir,
+            ..Config::default()
+        },
+        callbacks: Callbacks::new(&args.task_manager_url, args.worker_token.as_deref())?,
+        progress_every: Duration::from_millis(args.progress_interval_ms),
+        abort,
+        max_attempts: args.max_attempts,
+        running: Default::default(),
+        arrival_timeout: Duration::from_secs(args.arrival_timeout),
+    };
+    let settings = QueueSettings {
+        amqp_uri: args.amqp_url,
+        queue: args.queue,
+        concurrency: args.concurrency,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+    };
+    Consumer::new(settings, ctx, shutdown).run().await?;
+    info!("worker stopped");
+    Ok(())
+}
+
+/// First SIGTERM/Ctrl-C: stop consuming and let the running tasks finish.
+/// Second one: cancel them (their messages return to the queue).
+async fn stop_on_signals(shutdown: CancellationToken, abort: CancellationToken) {
+    stop_signal().await;
+    info!("stop requested: no new tasks");
+    shutdown.cancel();
+    stop_signal().await;
+    warn!("second stop request: cancelling the running tasks");
+    abort.cancel();
+}
+
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+                return;
+            }
+            Err(err) => warn!(error = %err, "cannot listen for SIGTERM"),
+        }
+    }
+    if let Err(err) = tokio::signal::ctrl_c().await {
+        warn!(error = %err, "cannot listen for Ctrl-C");
+        std::future::pending::<()>().await;
+    }
+}

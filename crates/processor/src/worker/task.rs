@@ -1,0 +1,508 @@
+//! One task from its queue message to its final report: start, run the engine with
+//! progress reports, report DONE or FAILED, and tell the consumer what to do with the message.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use engine::{Config, Control, Input, Summary};
+use task_protocol::{EventAck, TaskMessage, TaskStatus, WorkerEvent};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+use uuid::Uuid;
+
+use super::arriving::{ArrivingFile, ReadEnd, Unfinished, UploadState, upload_state};
+use super::callbacks::{CallbackError, Callbacks};
+use super::paths;
+use super::running::RunningTasks;
+
+/// Pause between two looks at an arriving upload whose engine has already ended.
+const UPLOAD_POLL: Duration = Duration::from_millis(50);
+
+/// What the consumer does with the message once the task is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The task is finished, or failed for a reason of its own (e.g. invalid CSV): remove the
+    /// message.
+    Ack,
+    /// The message cannot be processed (not a task, unknown task, missing input, too many
+    /// attempts): RabbitMQ moves it to the dead-letter queue.
+    Reject,
+    /// The task was interrupted (worker stopping, task manager unreachable): queue it again.
+    Requeue,
+}
+
+impl fmt::Display for Disposition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Disposition::Ack => "ack",
+            Disposition::Reject => "reject",
+            Disposition::Requeue => "requeue",
+        })
+    }
+}
+
+/// What every task needs; shared by the concurrent tasks of a worker.
+pub struct TaskContext {
+    /// Root of the shared storage that the message's paths are relative to.
+    pub storage_dir: PathBuf,
+    pub engine: Config,
+    pub callbacks: Callbacks,
+    /// Interval between progress reports.
+    pub progress_every: Duration,
+    /// Cancelled when running tasks must stop (worker shutting down): they go back to the queue.
+    pub abort: CancellationToken,
+    /// Deliveries of a message after which its task is abandoned (FAILED, dead-lettered).
+    pub max_attempts: u32,
+    /// The tasks being handled, so that a redelivery never runs beside the first delivery.
+    pub running: RunningTasks,
+    /// How long an arriving upload may stop growing before the task goes back to the queue.
+    pub arrival_timeout: Duration,
+}
+
+/// What the broker tells about a delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryInfo {
+    /// Earlier deliveries of the message that ended without settling it (worker killed,
+    /// connection lost) or with a requeue (before RabbitMQ 4.3): its `x-delivery-count` header.
+    pub earlier_attempts: u32,
+    /// Delivered before: a killed worker may have left a partial result file.
+    pub redelivered: bool,
+}
+
+/// Handles the message `payload` and says what to do with it.
+pub async fn handle(payload: &[u8], info: DeliveryInfo, ctx: &TaskContext) -> Disposition {
+    let message: TaskMessage = match serde_json::from_slice(payload) {
+        Ok(message) => message,
+        Err(err) => {
+            let preview = String::from_utf8_lossy(&payload[..payload.len().min(200)]);
+            error!(error = %err, payload = %preview, "not a task message; rejected");
+            return Disposition::Reject;
+        }
+    };
+    let span = info_span!("task", task_id = %message.task_id);
+    let run = run_task(&message, info, ctx).instrument(span);
+    ctx.running.exclusive(message.task_id, run).await
+}
+
+async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) -> Disposition {
+    let id = message.task_id;
+    let resolved = paths::resolve(&ctx.storage_dir, &message.input_path).and_then(|input| {
+        paths::resolve(&ctx.storage_dir, &message.output_path).map(|output| (input, output))
+    });
+    let (input, output) = match resolved {
+        Ok(paths) => paths,
+        Err(err) => {
+            error!(error = %err, "invalid task message");
+            let event = WorkerEvent::Failed {
+                error: err.to_string(),
+            };
+            return report_end(ctx, id, event, Disposition::Reject).await;
+        }
+    };
+    if info.redelivered {
+        remove_stale_partials(output.clone()).await;
+    }
+    if info.earlier_attempts >= ctx.max_attempts {
+        let error = format!(
+            "abandoned after {} attempts: the processing was interrupted each time (worker \
+             killed or stopped, or task manager unreachable); WORKER_MAX_ATTEMPTS sets the limit",
+            info.earlier_attempts
+        );
+        error!(%error, "task abandoned");
+        return report_end(ctx, id, WorkerEvent::Failed { error }, Disposition::Reject).await;
+    }
+
+    let mut source = Source::File(input.clone());
+    if let Some(relative) = &message.arriving_path {
+        let arriving = match paths::resolve(&ctx.storage_dir, relative) {
+            Ok(path) => path,
+            Err(err) => {
+                error!(error = %err, "invalid task message; dead-lettered");
+                return Disposition::Reject;
+            }
+        };
+        match std::fs::File::open(&arriving) {
+            Ok(file) => {
+                source = Source::Arriving {
+                    file,
+                    arriving,
+                    input: input.clone(),
+                    capacity: message.arriving_len,
+                }
+            }
+            // Complete (renamed) or refused (removed): the task manager knows which.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                warn!(error = %err, "cannot open the arriving upload; requeued");
+                return Disposition::Requeue;
+            }
+        }
+    }
+    if let Source::File(_) = source
+        && let Some(disposition) = start_from_file(message, &input, ctx).await
+    {
+        return disposition;
+    }
+    info!(input = %input.display(), "processing");
+    let event = match run_engine(id, source, output, ctx).await {
+        EngineEnd::Finished(summary) => {
+            info!(
+                rows = summary.rows_read,
+                groups = summary.groups_written,
+                seconds = summary.elapsed_seconds,
+                "done"
+            );
+            WorkerEvent::Done {
+                rows: summary.rows_read,
+                groups: summary.groups_written,
+                output_bytes: summary.output_bytes,
+            }
+        }
+        EngineEnd::Failed(error) => {
+            warn!(%error, "failed");
+            WorkerEvent::Failed { error }
+        }
+        EngineEnd::StoppedByTaskManager(status) => {
+            info!(%status, "stopped: the task manager reports the task finished");
+            return Disposition::Ack;
+        }
+        EngineEnd::Interrupted => {
+            info!("interrupted; the task goes back to the queue");
+            return Disposition::Requeue;
+        }
+        EngineEnd::NotStarted(err) => return after_refusal(err),
+        EngineEnd::Upload(Unfinished::Refused) => {
+            // Complete after all (a rename the reader missed): processed from the file when
+            // the message comes back.
+            return start_from_file(message, &input, ctx)
+                .await
+                .unwrap_or(Disposition::Requeue);
+        }
+        EngineEnd::Upload(Unfinished::Stalled) => {
+            warn!("the upload stopped arriving; the message goes back to the queue");
+            return Disposition::Requeue;
+        }
+    };
+    report_end(ctx, id, event, Disposition::Ack).await
+}
+
+/// Tells the task manager that the task starts and checks its input; `None` when the task
+/// is to be processed, else what to do with the message. For a message announcing an upload
+/// that is no longer arriving, an unknown task is an upload that was refused.
+async fn start_from_file(
+    message: &TaskMessage,
+    input: &std::path::Path,
+    ctx: &TaskContext,
+) -> Option<Disposition> {
+    let id = message.task_id;
+    match begin(ctx, id).await {
+        Ok(status) if status.is_terminal() => {
+            info!(%status, "task already finished; skipped");
+            return Some(Disposition::Ack);
+        }
+        Ok(_) => {}
+        Err(CallbackError::Refused { status, .. })
+            if status == reqwest::StatusCode::NOT_FOUND && message.arriving_path.is_some() =>
+        {
+            info!("the upload was refused: there is no task; message dropped");
+            return Some(Disposition::Ack);
+        }
+        Err(err) => return Some(after_refusal(err)),
+    }
+    if let Err(err) = tokio::fs::metadata(input).await
+        && err.kind() == std::io::ErrorKind::NotFound
+    {
+        let error = format!(
+            "the input file {} is missing from the storage",
+            message.input_path
+        );
+        error!(%error, "task dropped");
+        let failed = WorkerEvent::Failed { error };
+        return Some(report_end(ctx, id, failed, Disposition::Reject).await);
+    }
+    None
+}
+
+/// Removes the partial result files a killed worker left for this output.
+async fn remove_stale_partials(output: PathBuf) {
+    match tokio::task::spawn_blocking(move || engine::remove_stale_partials(&output)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(removed)) => info!(removed, "removed partial results of an interrupted attempt"),
+        Ok(Err(err)) => warn!(error = %err, "cannot remove stale partial results"),
+        Err(err) => warn!(error = %err, "cannot remove stale partial results"),
+    }
+}
+
+/// Tells the task manager that the task starts; returns its status.
+async fn begin(ctx: &TaskContext, id: Uuid) -> Result<TaskStatus, CallbackError> {
+    let ack = ctx
+        .callbacks
+        .send(id, &WorkerEvent::Started, &ctx.abort)
+        .await?;
+    Ok(ack.status)
+}
+
+/// What the engine reads.
+enum Source {
+    File(PathBuf),
+    /// An upload still arriving in `file` (open at `arriving`), to be renamed to `input`,
+    /// at most `capacity` bytes long when known.
+    Arriving {
+        file: std::fs::File,
+        arriving: PathBuf,
+        input: PathBuf,
+        capacity: Option<u64>,
+    },
+}
+
+/// How a run of the engine ended.
+enum EngineEnd {
+    Finished(Summary),
+    /// The engine's message (line, field and value for bad input).
+    Failed(String),
+    /// Stopped because the task manager answered a terminal status (CANCELLED, usually).
+    StoppedByTaskManager(TaskStatus),
+    /// Stopped because the worker is shutting down.
+    Interrupted,
+    /// The task manager refused (or could not take) the news that the task starts.
+    NotStarted(CallbackError),
+    /// The arriving upload did not complete.
+    Upload(Unfinished),
+}
+
+/// Runs the engine off the async threads, reporting progress every `progress_every`
+/// and cancelling it when the task manager answers CANCELLED (or another terminal status)
+/// or the worker aborts. On an arriving upload, the task starts (and progress is reported)
+/// once the upload is complete.
+async fn run_engine(id: Uuid, source: Source, output: PathBuf, ctx: &TaskContext) -> EngineEnd {
+    let control = Control::new();
+    let read_end = ReadEnd::default();
+    // Until the task exists: the arriving upload's paths.
+    let mut waiting = None;
+    let input = match source {
+        Source::File(path) => EngineInput::File(path),
+        Source::Arriving {
+            file,
+            arriving,
+            input,
+            capacity,
+        } => {
+            waiting = Some((arriving.clone(), input.clone()));
+            let followed = ArrivingFile::new(
+                file,
+                arriving,
+                input,
+                control.clone(),
+                ctx.arrival_timeout,
+                read_end.clone(),
+            );
+            EngineInput::Arriving(followed, capacity)
+        }
+    };
+    let engine = {
+        let control = control.clone();
+        let config = ctx.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            // An error here, as the engine's, is the task's once its upload is complete.
+            if let Some(dir) = output.parent()
+                && let Err(source) = std::fs::create_dir_all(dir)
+            {
+                let path = dir.to_path_buf();
+                return Err(engine::Error::Write { path, source });
+            }
+            let result = match input {
+                EngineInput::File(path) => {
+                    engine::aggregate(Input::File(&path), &output, &config, &control)
+                }
+                EngineInput::Arriving(arriving, capacity) => {
+                    // Without the upload's announced length (an older task manager), the
+                    // engine waits for the whole file.
+                    let input = Input::Growing {
+                        file: arriving.file(),
+                        capacity,
+                        growth: &arriving,
+                    };
+                    engine::aggregate(input, &output, &config, &control)
+                }
+            };
+            // This process lives on: give the run's memory back to the system.
+            engine::return_free_memory();
+            result
+        })
+    };
+    tokio::pin!(engine);
+    let mut ticks = tokio::time::interval(ctx.progress_every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    let mut stopped = None;
+    let mut interrupted = false;
+    let result = loop {
+        tokio::select! {
+            result = &mut engine => break result,
+            _ = ticks.tick() => {
+                let status = match &waiting {
+                    Some((arriving, input)) => match upload_state(arriving, input) {
+                        Ok(UploadState::Complete) => match start(ctx, id, input, &control).await {
+                            Ok(status) => {
+                                waiting = None;
+                                Some(status)
+                            }
+                            Err(err) => {
+                                stopped = Some(EngineEnd::NotStarted(err));
+                                control.cancel();
+                                None
+                            }
+                        },
+                        // The reader sees a refused or stalled upload.
+                        _ => None,
+                    },
+                    None => report_progress(ctx, id, &control).await,
+                };
+                if let Some(status) = status
+                    && status.is_terminal()
+                {
+                    stopped = Some(EngineEnd::StoppedByTaskManager(status));
+                    control.cancel();
+                }
+            }
+            _ = ctx.abort.cancelled(), if !interrupted => {
+                interrupted = true;
+                control.cancel();
+            }
+        }
+    };
+    if let Some(unfinished) = *read_end.lock().unwrap_or_else(PoisonError::into_inner) {
+        return EngineEnd::Upload(unfinished);
+    }
+    if interrupted {
+        return EngineEnd::Interrupted;
+    }
+    if let Some(end) = stopped {
+        return end;
+    }
+    if let Some((arriving, input)) = waiting {
+        // Ended before the upload did (bad input early on): the outcome is the task's once
+        // the upload is complete.
+        match wait_for_upload(ctx, &arriving, &input).await {
+            Ok(()) => match start(ctx, id, &input, &control).await {
+                Ok(status) if status.is_terminal() => {
+                    return EngineEnd::StoppedByTaskManager(status);
+                }
+                Ok(_) => {}
+                Err(err) => return EngineEnd::NotStarted(err),
+            },
+            Err(end) => return end,
+        }
+    }
+    match result {
+        Ok(Ok(summary)) => EngineEnd::Finished(summary),
+        Ok(Err(engine::Error::Cancelled)) => EngineEnd::Interrupted,
+        Ok(Err(err)) => EngineEnd::Failed(err.to_string()),
+        Err(join_error) => EngineEnd::Failed(format!("internal error in the engine: {join_error}")),
+    }
+}
+
+/// What the engine's thread opens.
+enum EngineInput {
+    File(PathBuf),
+    /// An arriving upload and the most bytes it can reach, when known.
+    Arriving(ArrivingFile, Option<u64>),
+}
+
+/// Starts the task of a complete upload: reports it started and sets the input's size.
+async fn start(
+    ctx: &TaskContext,
+    id: Uuid,
+    input: &std::path::Path,
+    control: &Control,
+) -> Result<TaskStatus, CallbackError> {
+    if let Ok(metadata) = tokio::fs::metadata(input).await {
+        control.progress().set_total(metadata.len());
+    }
+    info!("upload complete; task started");
+    begin(ctx, id).await
+}
+
+/// Waits until an arriving upload is complete; the end of the run otherwise.
+async fn wait_for_upload(
+    ctx: &TaskContext,
+    arriving: &std::path::Path,
+    input: &std::path::Path,
+) -> Result<(), EngineEnd> {
+    let mut size = 0;
+    let mut grown = tokio::time::Instant::now();
+    loop {
+        match upload_state(arriving, input) {
+            Ok(UploadState::Complete) => return Ok(()),
+            Ok(UploadState::Refused) => return Err(EngineEnd::Upload(Unfinished::Refused)),
+            Ok(UploadState::Arriving) => {}
+            Err(err) => warn!(error = %err, "cannot look at the upload"),
+        }
+        let now = tokio::fs::metadata(arriving)
+            .await
+            .map_or(size, |m| m.len());
+        if now != size {
+            (size, grown) = (now, tokio::time::Instant::now());
+        } else if grown.elapsed() > ctx.arrival_timeout {
+            return Err(EngineEnd::Upload(Unfinished::Stalled));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(UPLOAD_POLL) => {}
+            _ = ctx.abort.cancelled() => return Err(EngineEnd::Interrupted),
+        }
+    }
+}
+
+/// Posts the engine's progress once; returns the task's status when the task manager answered.
+async fn report_progress(ctx: &TaskContext, id: Uuid, control: &Control) -> Option<TaskStatus> {
+    let snapshot = control.progress().snapshot();
+    let event = WorkerEvent::Progress {
+        progress: snapshot.fraction(),
+        rows: snapshot.rows,
+    };
+    match ctx.callbacks.send_once(id, &event).await {
+        Ok(EventAck { status }) => Some(status),
+        Err(err) => {
+            warn!(error = %err, "progress report lost");
+            None
+        }
+    }
+}
+
+/// Sends the final event; once the task manager accepted it, the message is settled with
+/// `settle`. A message to dead-letter (with a FAILED event) is acknowledged instead when the
+/// task had already ended otherwise (DONE, CANCELLED): the late FAILED changed nothing.
+async fn report_end(
+    ctx: &TaskContext,
+    id: Uuid,
+    event: WorkerEvent,
+    settle: Disposition,
+) -> Disposition {
+    match ctx.callbacks.send(id, &event, &ctx.abort).await {
+        Ok(EventAck { status }) => {
+            if settle == Disposition::Reject && status != TaskStatus::Failed {
+                info!(%status, "task already finished; message acknowledged");
+                return Disposition::Ack;
+            }
+            settle
+        }
+        Err(err) => after_refusal(err),
+    }
+}
+
+/// A refused event (unknown task, usually) sends the message to the dead-letter queue:
+/// retrying cannot help. An unreachable task manager sends it back to the queue.
+fn after_refusal(err: CallbackError) -> Disposition {
+    match err {
+        CallbackError::Refused { .. } => {
+            error!(error = %err, "task dropped; message dead-lettered");
+            Disposition::Reject
+        }
+        CallbackError::Unavailable(_) => {
+            warn!(error = %err, "task returned to the queue");
+            Disposition::Requeue
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! Embedded mode: a bounded in-process queue and `EMBEDDED_WORKERS` runners that run the
+//! engine on blocking threads and record its progress with the same events a remote worker
+//! sends ([`Store::apply_event`]). An upload may also be aggregated while it arrives, on a
+//! runner that has nothing else to do ([`early`]).
+
+mod early;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use engine::{Control, Input, Summary};
+use task_protocol::{TaskStatus, WorkerEvent};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::QueueError;
+use crate::arrival::{Arrival, UploadReader};
+use crate::storage::Storage;
+use crate::store::Store;
+pub use early::EarlyRun;
+use early::Receiving;
+
+/// Tasks waiting for a runner, at most.
+const QUEUE_CAPACITY: usize = 10_000;
+/// How often a running task's progress is recorded.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// Pauses between attempts at recording an event while the database is unavailable.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
+const LAST_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// The in-process queue and its runners.
+pub struct EmbeddedQueue {
+    sender: mpsc::Sender<Uuid>,
+    runner: Runner,
+    runners: Mutex<Vec<JoinHandle<()>>>,
+    /// Tasks whose engine started during their upload.
+    adopted: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The engines at work, by task, to cancel them.
+type Running = Arc<Mutex<HashMap<Uuid, Control>>>;
+
+/// An engine at work on a blocking thread.
+type Engine = JoinHandle<Result<Summary, engine::Error>>;
+
+/// What a runner needs.
+#[derive(Clone)]
+struct Runner {
+    store: Store,
+    storage: Storage,
+    config: engine::Config,
+    running: Running,
+    /// One per engine allowed to run (`EMBEDDED_WORKERS`).
+    permits: Arc<Semaphore>,
+    receiving: Receiving,
+    stop: CancellationToken,
+}
+
+impl EmbeddedQueue {
+    /// Starts `workers` runners, then queues the tasks a previous run left unfinished.
+    pub async fn start(
+        store: Store,
+        storage: Storage,
+        config: engine::Config,
+        workers: usize,
+    ) -> Result<EmbeddedQueue, crate::store::StoreError> {
+        let unfinished = store.unfinished().await?;
+        let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let workers = workers.max(1);
+        let runner = Runner {
+            store: store.clone(),
+            storage,
+            config,
+            running: Running::default(),
+            permits: Arc::new(Semaphore::new(workers)),
+            receiving: Receiving::default(),
+            stop: CancellationToken::new(),
+        };
+        let runners = (0..workers)
+            .map(|_| tokio::spawn(runner.clone().run(receiver.clone())))
+            .collect();
+        if !unfinished.is_empty() {
+            tracing::info!(
+                tasks = unfinished.len(),
+                "queueing the tasks left unfinished"
+            );
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                for id in unfinished {
+                    if sender.send(id).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(EmbeddedQueue {
+            sender,
+            runner,
+            runners: Mutex::new(runners),
+            adopted: Mutex::default(),
+        })
+    }
+
+    /// Queues a task.
+    pub fn submit(&self, id: Uuid) -> Result<(), QueueError> {
+        if self.runner.stop.is_cancelled() {
+            return Err(QueueError::Closed);
+        }
+        self.sender.try_send(id).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => QueueError::Full,
+            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+        })
+    }
+
+    /// Starts the engine on the upload of the future task `id` while it arrives (reading the
+    /// pieces `arrival` offers, else `file`), when a runner is idle; `len`: the upload's
+    /// `Content-Length`, when known, for the progress.
+    pub fn start_early(
+        &self,
+        id: Uuid,
+        file: std::fs::File,
+        arrival: Arc<Arrival>,
+        len: Option<u64>,
+    ) -> Option<EarlyRun> {
+        if self.runner.stop.is_cancelled() {
+            return None;
+        }
+        let permit = self.runner.permits.clone().try_acquire_owned().ok()?;
+        let control = Control::new();
+        let output = self.runner.storage.output_path(id);
+        let reader = UploadReader::new(arrival, file, control.clone());
+        let engine = {
+            let (config, control, output) =
+                (self.runner.config.clone(), control.clone(), output.clone());
+            tokio::task::spawn_blocking(move || {
+                let input = Input::Pieces {
+                    pieces: Box::new(reader),
+                    len,
+                };
+                let result = engine::aggregate(input, &output, &config, &control);
+                drop(permit);
+                engine::return_free_memory();
+                result
+            })
+        };
+        tracing::debug!(task_id = %id, "aggregating the upload while it arrives");
+        Some(EarlyRun::new(
+            id,
+            control,
+            engine,
+            output,
+            self.runner.receiving.clone(),
+        ))
+    }
+
+    /// Takes over the task of an early run whose upload is complete and recorded: its
+    /// engine goes on as the task's, or, when it gave way to a queued task, the task is
+    /// queued.
+    pub fn adopt(&self, early: EarlyRun) -> Result<(), QueueError> {
+        let id = early.id();
+        let Some((control, engine)) = early.take() else {
+            return self.submit(id);
+        };
+        let runner = self.runner.clone();
+        let task = tokio::spawn(async move {
+            if runner.begin(id).await {
+                runner.supervise(id, control, engine).await;
+            } else {
+                control.cancel();
+                discard_result(id, engine, runner.storage.output_path(id)).await;
+            }
+        });
+        let mut adopted = lock(&self.adopted);
+        adopted.retain(|task| !task.is_finished());
+        adopted.push(task);
+        Ok(())
+    }
+
+    /// Stops the engine working on `id`, if any.
+    pub fn cancel(&self, id: Uuid) {
+        if let Some(control) = lock(&self.runner.running).get(&id) {
+            control.cancel();
+        }
+    }
+
+    /// Ok while the runners are up.
+    pub fn health(&self) -> Result<(), QueueError> {
+        let runners = lock(&self.runners);
+        if self.runner.stop.is_cancelled() || runners.iter().all(|runner| runner.is_finished()) {
+            return Err(QueueError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Stops the runners; the engines at work are interrupted and their tasks stay
+    /// `PROCESSING`, to be queued again at the next start.
+    pub async fn shutdown(&self) {
+        self.runner.stop.cancel();
+        self.runner.receiving.cancel_all();
+        for control in lock(&self.runner.running).values() {
+            control.cancel();
+        }
+        let tasks = std::mem::take(&mut *lock(&self.runners))
+            .into_iter()
+            .chain(std::mem::take(&mut *lock(&self.adopted)));
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::error!("an embedded runner failed: {e}");
+            }
+        }
+    }
+}
+
+/// Waits for an engine whose result is of no use and removes its output.
+async fn discard_result(id: Uuid, engine: Engine, output: std::path::PathBuf) {
+    if let Ok(Ok(_)) = engine.await
+        && let Err(e) = tokio::fs::remove_file(&output).await
+    {
+        tracing::warn!(task_id = %id, "cannot remove {}: {e}", output.display());
+    }
+}
+
+impl Runner {
+    async fn run(self, receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Uuid>>>) {
+        loop {
+            let next = tokio::select! {
+                _ = self.stop.cancelled() => None,
+                id = async { receiver.lock().await.recv().await } => id,
+            };
+            let Some(id) = next else { break };
+            let permit = match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    // Busy with early runs: a queued task goes first.
+                    self.receiving.give_way();
+                    tokio::select! {
+                        _ = self.stop.cancelled() => break,
+                        permit = self.permits.clone().acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => break,
+                        },
+                    }
+                }
+            };
+            self.process(id).await;
+            drop(permit);
+        }
+    }
+
+    /// Records that a task starts; false when it is not to be processed.
+    async fn begin(&self, id: Uuid) -> bool {
+        match self.report(id, WorkerEvent::Started).await {
+            Some(status) if !status.is_terminal() => true,
+            Some(status) => {
+                tracing::info!(task_id = %id, %status, "skipping a finished task");
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Runs one task from start to its final event.
+    async fn process(&self, id: Uuid) {
+        if !self.begin(id).await {
+            return;
+        }
+        let control = Control::new();
+        let engine = {
+            let input = self.storage.input_path(id);
+            let output = self.storage.output_path(id);
+            let config = self.config.clone();
+            let control = control.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = engine::aggregate(Input::File(&input), &output, &config, &control);
+                // This process lives on: give the run's memory back to the system.
+                engine::return_free_memory();
+                result
+            })
+        };
+        self.supervise(id, control, engine).await;
+    }
+
+    /// Records the progress of a task's engine, then its outcome.
+    async fn supervise(&self, id: Uuid, control: Control, mut engine: Engine) {
+        tracing::info!(task_id = %id, "processing");
+        lock(&self.running).insert(id, control.clone());
+        if self.stop.is_cancelled() {
+            control.cancel();
+        }
+        let output = self.storage.output_path(id);
+        let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
+        ticker.tick().await;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut engine => break outcome,
+                _ = ticker.tick() => {
+                    let snapshot = control.progress().snapshot();
+                    let event = WorkerEvent::Progress {
+                        progress: snapshot.fraction(),
+                        rows: snapshot.rows,
+                    };
+                    // Cancelled (or deleted) meanwhile: stop the engine.
+                    if let Ok(status) = self.store.apply_event(id, &event).await
+                        && status.is_none_or(TaskStatus::is_terminal)
+                    {
+                        control.cancel();
+                    }
+                }
+            }
+        };
+        lock(&self.running).remove(&id);
+        let event = match outcome {
+            Ok(Ok(summary)) => WorkerEvent::Done {
+                rows: summary.rows_read,
+                groups: summary.groups_written,
+                output_bytes: summary.output_bytes,
+            },
+            Ok(Err(engine::Error::Cancelled)) => {
+                tracing::info!(task_id = %id, "stopped");
+                return;
+            }
+            Ok(Err(e)) => WorkerEvent::Failed {
+                error: e.to_string(),
+            },
+            Err(e) => WorkerEvent::Failed {
+                error: format!("internal error: the engine stopped unexpectedly: {e}"),
+            },
+        };
+        let done = matches!(event, WorkerEvent::Done { .. });
+        match self.report(id, event).await {
+            Some(TaskStatus::Cancelled) if done => {
+                // Cancelled while finishing: the result is of no use.
+                if let Err(e) = tokio::fs::remove_file(&output).await {
+                    tracing::warn!(task_id = %id, "cannot remove {}: {e}", output.display());
+                }
+                tracing::info!(task_id = %id, "cancelled; result discarded");
+            }
+            Some(status) => tracing::info!(task_id = %id, %status, "finished"),
+            None => tracing::warn!(
+                task_id = %id,
+                "stopped before the outcome was recorded; the task is queued again at the next start"
+            ),
+        }
+    }
+
+    /// Records an event, retrying while the database is unavailable, until it is recorded or
+    /// the runners stop; returns the status afterwards (`None`: unknown task, or stopped
+    /// first: the task is then queued again at the next start).
+    async fn report(&self, id: Uuid, event: WorkerEvent) -> Option<TaskStatus> {
+        let mut delay = FIRST_RETRY_DELAY;
+        loop {
+            match self.store.apply_event(id, &event).await {
+                Ok(status) => return status,
+                Err(e) => {
+                    tracing::warn!(task_id = %id, "recording {event:?} failed, retrying: {e}");
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(LAST_RETRY_DELAY);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;
