@@ -13,7 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use task_protocol::TaskStatus;
 use uuid::Uuid;
 
-use api::{Api, StatusError, TaskState};
+use api::{Api, StatusError};
+use task_protocol::TaskView;
 
 /// Interval between two status requests. Each asks the server to hold its answer that long
 /// unless the task finishes (long polling), so the end is seen at once.
@@ -105,7 +106,7 @@ async fn upload_and_fetch(args: UploadArgs) -> anyhow::Result<()> {
 
 /// Follows the task's status (one request per [`POLL_EVERY`] at most) until it is DONE,
 /// FAILED or CANCELLED.
-async fn follow(api: &Api, task_id: Uuid, show: bool) -> anyhow::Result<TaskState> {
+async fn follow(api: &Api, task_id: Uuid, show: bool) -> anyhow::Result<TaskView> {
     let bar = if show {
         ProgressBar::new(1000)
     } else {

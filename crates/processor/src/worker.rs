@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use lapin::uri::AMQPUri;
 use engine::{Config, parse_size};
+use lapin::uri::AMQPUri;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 

@@ -2,9 +2,9 @@
 //! 74 I/O, 130 interrupted), messages on stderr, the summary file, and that a failed run leaves
 //! no output and no temporary file behind.
 
+use fixtures::golden as golden_cases;
 #[cfg(unix)]
 use test_support::fifo;
-use fixtures::golden as golden_cases;
 
 use std::ffi::OsStr;
 use std::io::Write;

@@ -2,8 +2,8 @@
 //! task with a message naming the path and the cause when the result directory is unusable (a
 //! regular file in its place) or the disk is full (a tiny tmpfs), and leaves no partial result.
 
-use test_support::cleanup;
 use test_support as common;
+use test_support::cleanup;
 use test_support::worker_process;
 
 use cleanup::CleanupOnPanic;

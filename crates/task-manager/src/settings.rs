@@ -134,8 +134,8 @@ impl Settings {
         settings.api_tokens = Tokens::parse(&var("API_TOKEN").unwrap_or_default());
         settings.worker_tokens = Tokens::parse(&var("WORKER_TOKEN").unwrap_or_default());
         if let Some(limit) = var("MAX_UPLOAD_BYTES") {
-            settings.max_upload_bytes = engine::parse_size(&limit)
-                .map_err(|e| anyhow::anyhow!("MAX_UPLOAD_BYTES: {e}"))?;
+            settings.max_upload_bytes =
+                engine::parse_size(&limit).map_err(|e| anyhow::anyhow!("MAX_UPLOAD_BYTES: {e}"))?;
         }
         if let Some(uploads) = var("MAX_CONCURRENT_UPLOADS") {
             settings.max_concurrent_uploads = parse_var("MAX_CONCURRENT_UPLOADS", &uploads)?;

@@ -10,8 +10,7 @@ use futures_util::StreamExt;
 use indicatif::ProgressBar;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Body, Response};
-use serde::Deserialize;
-use task_protocol::TaskStatus;
+use task_protocol::{Accepted, ErrorBody, TaskView};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
@@ -24,22 +23,6 @@ const UPLOAD_CHUNK: usize = 1 << 20;
 pub struct Api {
     http: reqwest::Client,
     base_url: String,
-}
-
-/// The parts of `GET /v1/tasks/status/{id}` the client uses.
-#[derive(Debug, Deserialize)]
-pub struct TaskState {
-    pub status: TaskStatus,
-    /// 0.0 to 1.0.
-    #[serde(default)]
-    pub progress: f64,
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Accepted {
-    task_id: Uuid,
 }
 
 /// Why a status request failed: worth retrying or not.
@@ -112,7 +95,7 @@ impl Api {
     }
 
     /// The task's state as soon as it is finished, or after `wait` at most.
-    pub async fn status(&self, task_id: Uuid, wait: Duration) -> Result<TaskState, StatusError> {
+    pub async fn status(&self, task_id: Uuid, wait: Duration) -> Result<TaskView, StatusError> {
         let url = format!(
             "{}/v1/tasks/status/{task_id}?wait={}",
             self.base_url,
@@ -206,9 +189,9 @@ async fn success(response: Response, url: &str) -> anyhow::Result<Response> {
         return Ok(response);
     }
     let body = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<serde_json::Value>(&body)
+    let message = serde_json::from_str::<ErrorBody>(&body)
         .ok()
-        .and_then(|json| json.get("error")?.as_str().map(str::to_owned))
+        .map(|body| body.error)
         .unwrap_or_else(|| body.chars().take(500).collect());
     bail!("{url}: HTTP {status}: {message}")
 }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use task_protocol::TaskStatus;
 use tokio_util::io::ReaderStream;
 
-use super::view::TaskView;
+use super::view::task_view;
 use super::{ApiError, SharedState, TaskId};
 use crate::storage::download_filename;
 
@@ -33,7 +33,7 @@ pub async fn download(
         };
         return Err(ApiError::conflict(
             message,
-            TaskView::new(task, &state.base_url(&headers)),
+            task_view(task, &state.base_url(&headers)),
         ));
     }
     let path = state.storage.output_path(id);

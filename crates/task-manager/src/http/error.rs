@@ -9,9 +9,9 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use super::view::TaskView;
 use crate::queue::QueueError;
 use crate::store::StoreError;
+use task_protocol::TaskView;
 
 /// An error answer.
 #[derive(Debug)]

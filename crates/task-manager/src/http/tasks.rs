@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use task_protocol::TaskStatus;
 use tokio::time::{Duration, Instant};
 
-use super::view::TaskView;
+use super::view::task_view;
 use super::{ApiError, SharedState, TaskId};
+use task_protocol::TaskView;
 
 /// Tasks per page unless `page_size` says otherwise.
 const DEFAULT_PAGE_SIZE: u64 = 20;
@@ -46,7 +47,7 @@ pub async fn status(
             .await?
             .ok_or_else(|| ApiError::task_not_found(id))?;
         if task.status.is_terminal() || Instant::now() >= deadline {
-            return Ok(Json(TaskView::new(task, &state.base_url(&headers))));
+            return Ok(Json(task_view(task, &state.base_url(&headers))));
         }
         tokio::select! {
             _ = changed => {}
@@ -85,7 +86,7 @@ pub async fn cancel(
         .await?
         .ok_or_else(|| ApiError::task_not_found(id))?;
     let status = task.status;
-    let view = TaskView::new(task, &state.base_url(&headers));
+    let view = task_view(task, &state.base_url(&headers));
     if status != TaskStatus::Cancelled {
         return Err(ApiError::conflict(
             format!("the task is already {status} and cannot be cancelled"),
@@ -143,7 +144,7 @@ pub async fn list(
         results: found
             .tasks
             .into_iter()
-            .map(|task| TaskView::new(task, &base))
+            .map(|task| task_view(task, &base))
             .collect(),
     }))
 }

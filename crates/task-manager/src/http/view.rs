@@ -2,56 +2,28 @@
 
 use axum::http::HeaderMap;
 use axum::http::header::HOST;
-use serde::Serialize;
-use task_protocol::TaskStatus;
+use task_protocol::{TaskStatus, TaskView};
 use uuid::Uuid;
 
 use crate::store::Task;
 
-/// A task as the API shows it (status endpoint, task endpoint, lists).
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskView {
-    pub task_id: Uuid,
-    pub status: TaskStatus,
-    /// RFC 3339, UTC.
-    pub created_at: String,
-    /// RFC 3339, UTC.
-    pub updated_at: String,
-    /// The uploaded file's (sanitized) name.
-    pub filename: Option<String>,
-    pub input_bytes: u64,
-    /// 0.0 to 1.0.
-    pub progress: f64,
-    pub rows: u64,
-    pub groups: u64,
-    pub output_bytes: u64,
-    /// Absolute URL of the result, when DONE.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub download_link: Option<String>,
-    /// Why the task failed, when FAILED.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl TaskView {
-    /// The view of `task`; `base_url` is the service's public base URL.
-    pub fn new(task: Task, base_url: &str) -> TaskView {
-        let done = task.status == TaskStatus::Done;
-        let failed = task.status == TaskStatus::Failed;
-        TaskView {
-            task_id: task.id,
-            status: task.status,
-            created_at: rfc3339(task.created_at),
-            updated_at: rfc3339(task.updated_at),
-            filename: task.original_filename,
-            input_bytes: task.input_bytes,
-            progress: f64::from(task.progress_permille) / 1000.0,
-            rows: task.rows,
-            groups: task.groups,
-            output_bytes: task.output_bytes,
-            download_link: done.then(|| download_url(base_url, task.id)),
-            error: if failed { task.error } else { None },
-        }
+/// The view of `task`; `base_url` is the service's public base URL.
+pub fn task_view(task: Task, base_url: &str) -> TaskView {
+    let done = task.status == TaskStatus::Done;
+    let failed = task.status == TaskStatus::Failed;
+    TaskView {
+        task_id: task.id,
+        status: task.status,
+        created_at: rfc3339(task.created_at),
+        updated_at: rfc3339(task.updated_at),
+        filename: task.original_filename,
+        input_bytes: task.input_bytes,
+        progress: f64::from(task.progress_permille) / 1000.0,
+        rows: task.rows,
+        groups: task.groups,
+        output_bytes: task.output_bytes,
+        download_link: done.then(|| download_url(base_url, task.id)),
+        error: if failed { task.error } else { None },
     }
 }
 
