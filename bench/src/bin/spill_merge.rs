@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand, ValueEnum};
+use engine::{Config, Control, Input, Phase};
 use extsort::{ExternalSorter, Sortable};
 use fixtures::{Length, Skew, Spec};
-use engine::{Config, Control, Input, Phase};
 
 #[derive(Parser)]
 #[command(about = "Spill + merge: the engine's sorted runs against the extsort crate")]

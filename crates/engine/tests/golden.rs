@@ -7,9 +7,9 @@ use fixtures::golden as golden_cases;
 use std::fs::File;
 use std::io::Read;
 
+use engine::{Config, Control, Error, Input, Summary};
 use fixtures::growing::Revealed;
 use golden_cases::{Case, Expected, entries, first_difference, skippable_line};
-use engine::{Config, Control, Error, Input, Summary};
 
 /// How a case is fed to the engine.
 #[derive(Debug, Clone, Copy)]

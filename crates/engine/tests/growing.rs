@@ -4,8 +4,8 @@
 
 use std::io::Write;
 
-use fixtures::growing::Revealed;
 use engine::{Config, Control, Input};
+use fixtures::growing::Revealed;
 
 /// The engine's output or error message for `data`, read whole or revealed `step` bytes at
 /// a time (its length announced or not), in blocks of `block_bytes`.

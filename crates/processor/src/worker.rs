@@ -2,7 +2,6 @@
 //! reports to the task manager. A thin shell around [`engine::aggregate`].
 
 mod arriving;
-mod backoff;
 mod callbacks;
 mod consumer;
 mod error_chain;

@@ -17,7 +17,11 @@ pub fn processor_binary() -> PathBuf {
         .and_then(Path::parent)
         .expect("the test runs from target/<profile>/deps")
         .join("processor");
-    assert!(bin.exists(), "{} is missing: these helpers serve the processor crate's tests", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: these helpers serve the processor crate's tests",
+        bin.display()
+    );
     bin
 }
 

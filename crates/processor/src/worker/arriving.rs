@@ -7,10 +7,12 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine::{Control, Growth};
+use parking_lot::Mutex;
+use runner::GrowingFile;
 
 /// Pause between two looks at a file that has not grown.
 const POLL: Duration = Duration::from_millis(10);
@@ -87,20 +89,15 @@ impl ArrivingFile {
         }
     }
 
-    /// The file, open.
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
     fn unfinished(&self, why: Unfinished, message: &str) -> io::Error {
-        *self.end.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+        *self.end.lock() = Some(why);
         io::Error::other(message.to_string())
     }
 
     /// The file's size, noting when it last grew.
     fn size(&self) -> io::Result<u64> {
         let size = self.file.metadata()?.len();
-        let mut growth = self.growth.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut growth = self.growth.lock();
         if size > growth.0 {
             *growth = (size, Instant::now());
         }
@@ -108,8 +105,14 @@ impl ArrivingFile {
     }
 
     fn idle(&self) -> Duration {
-        let growth = self.growth.lock().unwrap_or_else(PoisonError::into_inner);
+        let growth = self.growth.lock();
         growth.1.elapsed()
+    }
+}
+
+impl GrowingFile for ArrivingFile {
+    fn file(&self) -> &File {
+        &self.file
     }
 }
 
@@ -212,7 +215,7 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(pos, expected.len() as u64);
         assert_eq!(std::fs::read_to_string(&upload.input).unwrap(), expected);
-        assert_eq!(*end.lock().unwrap(), None);
+        assert_eq!(*end.lock(), None);
         assert_eq!(
             upload_state(&upload.arriving, &upload.input).unwrap(),
             UploadState::Complete
@@ -228,7 +231,7 @@ mod tests {
         assert_eq!(follower.wait_beyond(0).unwrap(), 9);
         std::fs::remove_file(&upload.arriving).unwrap();
         assert!(follower.wait_beyond(9).is_err());
-        assert_eq!(*end.lock().unwrap(), Some(Unfinished::Refused));
+        assert_eq!(*end.lock(), Some(Unfinished::Refused));
         assert_eq!(
             upload_state(&upload.arriving, &upload.input).unwrap(),
             UploadState::Refused
@@ -241,6 +244,6 @@ mod tests {
         let end = ReadEnd::default();
         let follower = follower(&upload, Duration::from_millis(50), &end);
         assert!(follower.wait_beyond(0).is_err());
-        assert_eq!(*end.lock().unwrap(), Some(Unfinished::Stalled));
+        assert_eq!(*end.lock(), Some(Unfinished::Stalled));
     }
 }

@@ -9,7 +9,6 @@ use task_protocol::{EventAck, WorkerEvent, events_path};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::backoff::Backoff;
 use super::error_chain::error_chain;
 
 /// First and longest wait between two attempts.
@@ -69,14 +68,14 @@ impl Callbacks {
         abort: &CancellationToken,
     ) -> Result<EventAck, CallbackError> {
         let started = Instant::now();
-        let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
+        let mut delays = runner::backoff::exponential(FIRST_RETRY, MAX_RETRY);
         loop {
             let problem = match self.attempt(task_id, event, REQUEST_TIMEOUT).await {
                 Attempt::Accepted(ack) => return Ok(ack),
                 Attempt::Refused(err) => return Err(err),
                 Attempt::Retryable(problem) => problem,
             };
-            let delay = backoff.next_delay();
+            let delay = delays.next().unwrap_or(MAX_RETRY);
             if started.elapsed() + delay > GIVE_UP_AFTER {
                 return Err(CallbackError::Unavailable(format!(
                     "{problem} (gave up after {:?})",

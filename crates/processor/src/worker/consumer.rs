@@ -20,9 +20,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::backoff::Backoff;
 use super::error_chain::error_chain;
 use super::task::{self, DeliveryInfo, Disposition, TaskContext};
+use runner::backoff::ExponentialBackoff;
 
 /// First and longest wait before reconnecting to RabbitMQ.
 const FIRST_RECONNECT: Duration = Duration::from_secs(1);
@@ -64,7 +64,7 @@ impl Consumer {
 
     /// Consumes until `shutdown` is cancelled, then lets the running tasks finish.
     pub async fn run(mut self) -> anyhow::Result<()> {
-        let mut backoff = Backoff::new(FIRST_RECONNECT, MAX_RECONNECT);
+        let mut backoff = reconnect_delays();
         loop {
             match self.session(&mut backoff).await {
                 Ok((connection, channel)) => {
@@ -87,7 +87,7 @@ impl Consumer {
                     return Ok(());
                 }
                 Err(err) => {
-                    let delay = backoff.next_delay();
+                    let delay = backoff.next().unwrap_or(MAX_RECONNECT);
                     error!(
                         error = error_chain(err.as_ref()),
                         ?delay,
@@ -106,7 +106,10 @@ impl Consumer {
     }
 
     /// One connection's life: returns it and its channel when stopping, an error when it is lost.
-    async fn session(&mut self, backoff: &mut Backoff) -> anyhow::Result<(Connection, Channel)> {
+    async fn session(
+        &mut self,
+        backoff: &mut ExponentialBackoff,
+    ) -> anyhow::Result<(Connection, Channel)> {
         let settings = &self.settings;
         // Named after the queue, so that it is easy to spot in RabbitMQ's connection list.
         let properties = ConnectionProperties::default()
@@ -131,7 +134,7 @@ impl Consumer {
             .await
             .with_context(|| format!("cannot consume from {:?}", settings.queue))?;
         info!(queue = %settings.queue, concurrency = settings.concurrency, "waiting for tasks");
-        backoff.reset();
+        *backoff = reconnect_delays();
 
         loop {
             // The prefetch keeps deliveries to the free slots, give or take the tasks of a lost
@@ -261,4 +264,9 @@ fn log_panic(finished: Result<(), tokio::task::JoinError>) {
     if let Err(err) = finished {
         error!(error = %err, "a task handler panicked; its message will be redelivered");
     }
+}
+
+/// The pauses between attempts at reconnecting to RabbitMQ.
+fn reconnect_delays() -> ExponentialBackoff {
+    runner::backoff::exponential(FIRST_RECONNECT, MAX_RECONNECT)
 }

@@ -3,7 +3,9 @@
 //! finds the task finished) instead of running the task a second time beside it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use uuid::Uuid;
 
@@ -28,7 +30,7 @@ impl RunningTasks {
     }
 
     fn entries(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.lock()
     }
 }
 

@@ -2,11 +2,12 @@
 //! progress reports, report DONE or FAILED, and tell the consumer what to do with the message.
 
 use std::fmt;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::PoisonError;
 use std::time::Duration;
 
-use engine::{Config, Control, Input, Summary};
+use engine::{Config, Control, Summary};
+use runner::{End, Job, Report};
 use task_protocol::{EventAck, TaskMessage, TaskStatus, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -281,8 +282,8 @@ async fn run_engine(id: Uuid, source: Source, output: PathBuf, ctx: &TaskContext
     let read_end = ReadEnd::default();
     // Until the task exists: the arriving upload's paths.
     let mut waiting = None;
-    let input = match source {
-        Source::File(path) => EngineInput::File(path),
+    let source = match source {
+        Source::File(path) => runner::Source::File(path),
         Source::Arriving {
             file,
             arriving,
@@ -298,91 +299,38 @@ async fn run_engine(id: Uuid, source: Source, output: PathBuf, ctx: &TaskContext
                 ctx.arrival_timeout,
                 read_end.clone(),
             );
-            EngineInput::Arriving(followed, capacity)
+            // Without the upload's announced length (an older task manager), the engine
+            // waits for the whole file.
+            runner::Source::Growing(Box::new(followed), capacity)
         }
     };
-    let engine = {
-        let control = control.clone();
-        let config = ctx.engine.clone();
-        tokio::task::spawn_blocking(move || {
-            // An error here, as the engine's, is the task's once its upload is complete.
-            if let Some(dir) = output.parent()
-                && let Err(source) = std::fs::create_dir_all(dir)
-            {
-                let path = dir.to_path_buf();
-                return Err(engine::Error::Write { path, source });
-            }
-            let result = match input {
-                EngineInput::File(path) => {
-                    engine::aggregate(Input::File(&path), &output, &config, &control)
-                }
-                EngineInput::Arriving(arriving, capacity) => {
-                    // Without the upload's announced length (an older task manager), the
-                    // engine waits for the whole file.
-                    let input = Input::Growing {
-                        file: arriving.file(),
-                        capacity,
-                        growth: &arriving,
-                    };
-                    engine::aggregate(input, &output, &config, &control)
-                }
-            };
-            // This process lives on: give the run's memory back to the system.
-            engine::return_free_memory();
-            result
-        })
+    // An error of the engine's, as one making the output's folder, is the task's once its
+    // upload is complete.
+    let job = Job {
+        source,
+        output,
+        config: ctx.engine.clone(),
     };
-    tokio::pin!(engine);
-    let mut ticks = tokio::time::interval(ctx.progress_every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    let mut stopped = None;
-    let mut interrupted = false;
-    let result = loop {
-        tokio::select! {
-            result = &mut engine => break result,
-            _ = ticks.tick() => {
-                let status = match &waiting {
-                    Some((arriving, input)) => match upload_state(arriving, input) {
-                        Ok(UploadState::Complete) => match start(ctx, id, input, &control).await {
-                            Ok(status) => {
-                                waiting = None;
-                                Some(status)
-                            }
-                            Err(err) => {
-                                stopped = Some(EngineEnd::NotStarted(err));
-                                control.cancel();
-                                None
-                            }
-                        },
-                        // The reader sees a refused or stalled upload.
-                        _ => None,
-                    },
-                    None => report_progress(ctx, id, &control).await,
-                };
-                if let Some(status) = status
-                    && status.is_terminal()
-                {
-                    stopped = Some(EngineEnd::StoppedByTaskManager(status));
-                    control.cancel();
-                }
-            }
-            _ = ctx.abort.cancelled(), if !interrupted => {
-                interrupted = true;
-                control.cancel();
-            }
-        }
-    };
-    if let Some(unfinished) = *read_end.lock().unwrap_or_else(PoisonError::into_inner) {
+    let engine = job.spawn(control.clone());
+    let mut reporter = Reporter { ctx, id, waiting };
+    let end = runner::supervise(
+        engine,
+        &control,
+        ctx.progress_every,
+        &mut reporter,
+        &ctx.abort,
+    )
+    .await;
+    if let Some(unfinished) = *read_end.lock() {
         return EngineEnd::Upload(unfinished);
     }
-    if interrupted {
-        return EngineEnd::Interrupted;
-    }
-    if let Some(end) = stopped {
-        return end;
-    }
-    if let Some((arriving, input)) = waiting {
+    let end = match end {
+        End::Finished(summary) => EngineEnd::Finished(summary),
+        End::Failed(error) => EngineEnd::Failed(error),
+        End::Cancelled | End::Interrupted => return EngineEnd::Interrupted,
+        End::Stopped(stop) => return stop,
+    };
+    if let Some((arriving, input)) = reporter.waiting {
         // Ended before the upload did (bad input early on): the outcome is the task's once
         // the upload is complete.
         match wait_for_upload(ctx, &arriving, &input).await {
@@ -396,19 +344,44 @@ async fn run_engine(id: Uuid, source: Source, output: PathBuf, ctx: &TaskContext
             Err(end) => return end,
         }
     }
-    match result {
-        Ok(Ok(summary)) => EngineEnd::Finished(summary),
-        Ok(Err(engine::Error::Cancelled)) => EngineEnd::Interrupted,
-        Ok(Err(err)) => EngineEnd::Failed(err.to_string()),
-        Err(join_error) => EngineEnd::Failed(format!("internal error in the engine: {join_error}")),
-    }
+    end
 }
 
-/// What the engine's thread opens.
-enum EngineInput {
-    File(PathBuf),
-    /// An arriving upload and the most bytes it can reach, when known.
-    Arriving(ArrivingFile, Option<u64>),
+/// Where a running task's progress goes: the task manager's event endpoint, once the task
+/// exists (an arriving upload's task starts when the upload is complete).
+struct Reporter<'a> {
+    ctx: &'a TaskContext,
+    id: Uuid,
+    /// Until the task exists: the arriving upload's paths.
+    waiting: Option<(PathBuf, PathBuf)>,
+}
+
+impl Report for Reporter<'_> {
+    type Stop = EngineEnd;
+
+    async fn tick(&mut self, control: &Control) -> ControlFlow<EngineEnd> {
+        let (ctx, id) = (self.ctx, self.id);
+        let status = match &self.waiting {
+            Some((arriving, input)) => match upload_state(arriving, input) {
+                Ok(UploadState::Complete) => match start(ctx, id, input, control).await {
+                    Ok(status) => {
+                        self.waiting = None;
+                        Some(status)
+                    }
+                    Err(err) => return ControlFlow::Break(EngineEnd::NotStarted(err)),
+                },
+                // The reader sees a refused or stalled upload.
+                _ => None,
+            },
+            None => report_progress(ctx, id, control).await,
+        };
+        match status {
+            Some(status) if status.is_terminal() => {
+                ControlFlow::Break(EngineEnd::StoppedByTaskManager(status))
+            }
+            _ => ControlFlow::Continue(()),
+        }
+    }
 }
 
 /// Starts the task of a complete upload: reports it started and sets the input's size.

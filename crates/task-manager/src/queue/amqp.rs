@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use runner::backoff::ExponentialBackoff;
 use task_protocol::TaskMessage;
 use tokio::sync::Mutex;
 use tokio::time::{Instant, timeout};
@@ -34,7 +35,8 @@ struct Link {
     /// Bumped at each new connection, so that a failure is charged to the right one.
     generation: u64,
     retry_at: Option<Instant>,
-    backoff: Duration,
+    /// The pauses after failed attempts, from the last success on.
+    backoff: ExponentialBackoff,
 }
 
 impl AmqpPublisher {
@@ -47,7 +49,7 @@ impl AmqpPublisher {
                 open: None,
                 generation: 0,
                 retry_at: None,
-                backoff: FIRST_BACKOFF,
+                backoff: reconnect_delays(),
             }),
         };
         match publisher.channel().await {
@@ -155,7 +157,7 @@ impl AmqpPublisher {
                 link.open = Some((connection, channel.clone()));
                 link.generation += 1;
                 link.retry_at = None;
-                link.backoff = FIRST_BACKOFF;
+                link.backoff = reconnect_delays();
                 Ok((channel, link.generation))
             }
             failed => {
@@ -163,8 +165,8 @@ impl AmqpPublisher {
                     Ok(Err(e)) => e.to_string(),
                     _ => "connection timed out".to_string(),
                 };
-                link.retry_at = Some(Instant::now() + link.backoff);
-                link.backoff = (link.backoff * 2).min(MAX_BACKOFF);
+                let pause = link.backoff.next().unwrap_or(MAX_BACKOFF);
+                link.retry_at = Some(Instant::now() + pause);
                 Err(QueueError::Unavailable(format!(
                     "cannot connect to RabbitMQ: {reason}"
                 )))
@@ -197,4 +199,9 @@ impl AmqpPublisher {
             link.open = None;
         }
     }
+}
+
+/// The pauses between failed attempts at connecting to RabbitMQ.
+fn reconnect_delays() -> ExponentialBackoff {
+    runner::backoff::exponential(FIRST_BACKOFF, MAX_BACKOFF)
 }

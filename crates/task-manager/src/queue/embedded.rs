@@ -6,10 +6,13 @@
 mod early;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
-use engine::{Control, Input, Summary};
+use engine::Control;
+use parking_lot::Mutex;
+use runner::{End, Engine, Job, Report, Source};
 use task_protocol::{TaskStatus, WorkerEvent};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -42,9 +45,6 @@ pub struct EmbeddedQueue {
 
 /// The engines at work, by task, to cancel them.
 type Running = Arc<Mutex<HashMap<Uuid, Control>>>;
-
-/// An engine at work on a blocking thread.
-type Engine = JoinHandle<Result<Summary, engine::Error>>;
 
 /// What a runner needs.
 #[derive(Clone)]
@@ -133,20 +133,12 @@ impl EmbeddedQueue {
         let control = Control::new();
         let output = self.runner.storage.output_path(id);
         let reader = UploadReader::new(arrival, file, control.clone());
-        let engine = {
-            let (config, control, output) =
-                (self.runner.config.clone(), control.clone(), output.clone());
-            tokio::task::spawn_blocking(move || {
-                let input = Input::Pieces {
-                    pieces: Box::new(reader),
-                    len,
-                };
-                let result = engine::aggregate(input, &output, &config, &control);
-                drop(permit);
-                engine::return_free_memory();
-                result
-            })
+        let job = Job {
+            source: Source::Pieces(Box::new(reader), len),
+            output: output.clone(),
+            config: self.runner.config.clone(),
         };
+        let engine = job.spawn_holding(control.clone(), permit);
         tracing::debug!(task_id = %id, "aggregating the upload while it arrives");
         Some(EarlyRun::new(
             id,
@@ -174,7 +166,7 @@ impl EmbeddedQueue {
                 discard_result(id, engine, runner.storage.output_path(id)).await;
             }
         });
-        let mut adopted = lock(&self.adopted);
+        let mut adopted = self.adopted.lock();
         adopted.retain(|task| !task.is_finished());
         adopted.push(task);
         Ok(())
@@ -182,14 +174,14 @@ impl EmbeddedQueue {
 
     /// Stops the engine working on `id`, if any.
     pub fn cancel(&self, id: Uuid) {
-        if let Some(control) = lock(&self.runner.running).get(&id) {
+        if let Some(control) = self.runner.running.lock().get(&id) {
             control.cancel();
         }
     }
 
     /// Ok while the runners are up.
     pub fn health(&self) -> Result<(), QueueError> {
-        let runners = lock(&self.runners);
+        let runners = self.runners.lock();
         if self.runner.stop.is_cancelled() || runners.iter().all(|runner| runner.is_finished()) {
             return Err(QueueError::Closed);
         }
@@ -201,12 +193,12 @@ impl EmbeddedQueue {
     pub async fn shutdown(&self) {
         self.runner.stop.cancel();
         self.runner.receiving.cancel_all();
-        for control in lock(&self.runner.running).values() {
+        for control in self.runner.running.lock().values() {
             control.cancel();
         }
-        let tasks = std::mem::take(&mut *lock(&self.runners))
+        let tasks = std::mem::take(&mut *self.runners.lock())
             .into_iter()
-            .chain(std::mem::take(&mut *lock(&self.adopted)));
+            .chain(std::mem::take(&mut *self.adopted.lock()));
         for task in tasks {
             if let Err(e) = task.await {
                 tracing::error!("an embedded runner failed: {e}");
@@ -217,10 +209,8 @@ impl EmbeddedQueue {
 
 /// Waits for an engine whose result is of no use and removes its output.
 async fn discard_result(id: Uuid, engine: Engine, output: std::path::PathBuf) {
-    if let Ok(Ok(_)) = engine.await
-        && let Err(e) = tokio::fs::remove_file(&output).await
-    {
-        tracing::warn!(task_id = %id, "cannot remove {}: {e}", output.display());
+    if let Ok(Ok(_)) = engine.await {
+        remove_result(id, &output).await;
     }
 }
 
@@ -269,74 +259,52 @@ impl Runner {
             return;
         }
         let control = Control::new();
-        let engine = {
-            let input = self.storage.input_path(id);
-            let output = self.storage.output_path(id);
-            let config = self.config.clone();
-            let control = control.clone();
-            tokio::task::spawn_blocking(move || {
-                let result = engine::aggregate(Input::File(&input), &output, &config, &control);
-                // This process lives on: give the run's memory back to the system.
-                engine::return_free_memory();
-                result
-            })
+        let job = Job {
+            source: Source::File(self.storage.input_path(id)),
+            output: self.storage.output_path(id),
+            config: self.config.clone(),
         };
+        let engine = job.spawn(control.clone());
         self.supervise(id, control, engine).await;
     }
 
     /// Records the progress of a task's engine, then its outcome.
-    async fn supervise(&self, id: Uuid, control: Control, mut engine: Engine) {
+    async fn supervise(&self, id: Uuid, control: Control, engine: Engine) {
         tracing::info!(task_id = %id, "processing");
-        lock(&self.running).insert(id, control.clone());
+        self.running.lock().insert(id, control.clone());
         if self.stop.is_cancelled() {
             control.cancel();
         }
         let output = self.storage.output_path(id);
-        let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
-        ticker.tick().await;
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut engine => break outcome,
-                _ = ticker.tick() => {
-                    let snapshot = control.progress().snapshot();
-                    let event = WorkerEvent::Progress {
-                        progress: snapshot.fraction(),
-                        rows: snapshot.rows,
-                    };
-                    // Cancelled (or deleted) meanwhile: stop the engine.
-                    if let Ok(status) = self.store.apply_event(id, &event).await
-                        && status.is_none_or(TaskStatus::is_terminal)
-                    {
-                        control.cancel();
-                    }
-                }
-            }
+        let mut recorder = Recorder {
+            store: &self.store,
+            id,
         };
-        lock(&self.running).remove(&id);
-        let event = match outcome {
-            Ok(Ok(summary)) => WorkerEvent::Done {
-                rows: summary.rows_read,
-                groups: summary.groups_written,
-                output_bytes: summary.output_bytes,
-            },
-            Ok(Err(engine::Error::Cancelled)) => {
+        let end = runner::supervise(
+            engine,
+            &control,
+            PROGRESS_INTERVAL,
+            &mut recorder,
+            &self.stop,
+        )
+        .await;
+        self.running.lock().remove(&id);
+        let event = match end.final_event() {
+            Some(event) => event,
+            None => {
+                if let End::Stopped(()) = end {
+                    // Cancelled or deleted meanwhile: a result written all the same is of no use.
+                    remove_result(id, &output).await;
+                }
                 tracing::info!(task_id = %id, "stopped");
                 return;
             }
-            Ok(Err(e)) => WorkerEvent::Failed {
-                error: e.to_string(),
-            },
-            Err(e) => WorkerEvent::Failed {
-                error: format!("internal error: the engine stopped unexpectedly: {e}"),
-            },
         };
         let done = matches!(event, WorkerEvent::Done { .. });
         match self.report(id, event).await {
             Some(TaskStatus::Cancelled) if done => {
                 // Cancelled while finishing: the result is of no use.
-                if let Err(e) = tokio::fs::remove_file(&output).await {
-                    tracing::warn!(task_id = %id, "cannot remove {}: {e}", output.display());
-                }
+                remove_result(id, &output).await;
                 tracing::info!(task_id = %id, "cancelled; result discarded");
             }
             Some(status) => tracing::info!(task_id = %id, %status, "finished"),
@@ -351,7 +319,7 @@ impl Runner {
     /// the runners stop; returns the status afterwards (`None`: unknown task, or stopped
     /// first: the task is then queued again at the next start).
     async fn report(&self, id: Uuid, event: WorkerEvent) -> Option<TaskStatus> {
-        let mut delay = FIRST_RETRY_DELAY;
+        let mut delays = runner::backoff::exponential(FIRST_RETRY_DELAY, LAST_RETRY_DELAY);
         loop {
             match self.store.apply_event(id, &event).await {
                 Ok(status) => return status,
@@ -359,17 +327,45 @@ impl Runner {
                     tracing::warn!(task_id = %id, "recording {event:?} failed, retrying: {e}");
                 }
             }
+            let delay = delays.next().unwrap_or(LAST_RETRY_DELAY);
             tokio::select! {
                 _ = self.stop.cancelled() => return None,
                 _ = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(LAST_RETRY_DELAY);
         }
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+/// The progress of an embedded task, recorded in the database with the events a worker sends.
+struct Recorder<'a> {
+    store: &'a Store,
+    id: Uuid,
+}
+
+impl Report for Recorder<'_> {
+    /// The task was cancelled or deleted meanwhile.
+    type Stop = ();
+
+    async fn tick(&mut self, control: &Control) -> ControlFlow<()> {
+        let snapshot = control.progress().snapshot();
+        let event = WorkerEvent::Progress {
+            progress: snapshot.fraction(),
+            rows: snapshot.rows,
+        };
+        match self.store.apply_event(self.id, &event).await {
+            Ok(status) if status.is_none_or(TaskStatus::is_terminal) => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+}
+
+/// Removes the result of a task that no longer wants it.
+async fn remove_result(id: Uuid, output: &std::path::Path) {
+    match tokio::fs::remove_file(output).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(task_id = %id, "cannot remove {}: {e}", output.display()),
+    }
 }
 
 #[cfg(test)]

@@ -4,12 +4,13 @@
 //! runner before the upload is complete, and its result is discarded when the upload fails.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use engine::Control;
+use parking_lot::Mutex;
 use uuid::Uuid;
 
-use super::{Engine, discard_result, lock};
+use super::{Engine, discard_result};
 
 /// The early runs whose upload still arrives, oldest first.
 #[derive(Clone, Default)]
@@ -17,12 +18,12 @@ pub(super) struct Receiving(Arc<Mutex<Vec<(Uuid, Control)>>>);
 
 impl Receiving {
     fn add(&self, id: Uuid, control: Control) {
-        lock(&self.0).push((id, control));
+        self.0.lock().push((id, control));
     }
 
     /// Removes `id`; false when it was not there (it gave way).
     fn remove(&self, id: Uuid) -> bool {
-        let mut runs = lock(&self.0);
+        let mut runs = self.0.lock();
         let before = runs.len();
         runs.retain(|(run, _)| *run != id);
         runs.len() < before
@@ -30,7 +31,7 @@ impl Receiving {
 
     /// Cancels the newest early run, so that its runner takes a queued task.
     pub(super) fn give_way(&self) {
-        if let Some((id, control)) = lock(&self.0).pop() {
+        if let Some((id, control)) = self.0.lock().pop() {
             tracing::info!(task_id = %id, "early aggregation gives way to a queued task");
             control.cancel();
         }
@@ -38,7 +39,7 @@ impl Receiving {
 
     /// Cancels every early run (shutting down).
     pub(super) fn cancel_all(&self) {
-        for (_, control) in lock(&self.0).drain(..) {
+        for (_, control) in self.0.lock().drain(..) {
             control.cancel();
         }
     }
