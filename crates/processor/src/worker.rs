@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use engine::{Config, parse_size};
+use engine::Config;
 use lapin::uri::AMQPUri;
+use runner::settings::{parse_duration, parse_size};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -43,7 +44,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "WORKER_TOKEN", hide_env_values = true)]
     worker_token: Option<String>,
     /// Shared storage root; the task messages' paths are relative to it.
-    #[arg(long, env = "STORAGE_DIR", default_value = "local_storage")]
+    #[arg(long, env = "STORAGE_DIR", default_value = task_protocol::DEFAULT_STORAGE_DIR)]
     storage_dir: PathBuf,
     /// Tasks processed at once (also the RabbitMQ prefetch count).
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 1,
@@ -58,29 +59,41 @@ pub struct WorkerArgs {
     /// Directory for spilled runs (default: the system temp dir).
     #[arg(long, env = "ENGINE_TEMP_DIR")]
     temp_dir: Option<PathBuf>,
-    /// Seconds the running tasks may finish after SIGTERM/Ctrl-C before they are
-    /// cancelled and returned to the queue.
-    #[arg(long, env = "DRAIN_TIMEOUT", default_value_t = 25)]
-    drain_timeout: u64,
+    /// How long the running tasks may finish after SIGTERM/Ctrl-C before they are
+    /// cancelled and returned to the queue, e.g. 25s (a bare number is seconds).
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    drain_timeout: Duration,
     /// Deliveries of a task after which it is abandoned: reported FAILED and dead-lettered
     /// (a task whose processing is interrupted each time, e.g. a worker killed by the OOM killer).
     #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(task_protocol::QUEUE_DELIVERY_LIMIT)))]
     max_attempts: u32,
-    /// Milliseconds between two progress reports of a running task.
-    #[arg(long, env = "WORKER_PROGRESS_INTERVAL_MS", default_value_t = 2000,
+    /// Time between two progress reports of a running task, e.g. 2s or 500ms.
+    #[arg(long, env = "WORKER_PROGRESS_INTERVAL", value_parser = positive_duration)]
+    progress_interval: Option<Duration>,
+    /// The same in milliseconds, as older configurations give it.
+    #[arg(long, env = "WORKER_PROGRESS_INTERVAL_MS", hide = true,
           value_parser = clap::value_parser!(u64).range(1..))]
-    progress_interval_ms: u64,
-    /// Seconds an upload that a task message announces while it arrives may stop growing
-    /// before the message goes back to the queue (longer than the task manager's
-    /// UPLOAD_IDLE_TIMEOUT, which refuses such an upload first).
-    #[arg(long, env = "WORKER_ARRIVAL_TIMEOUT", default_value_t = 600,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    arrival_timeout: u64,
+    progress_interval_ms: Option<u64>,
+    /// How long an upload that a task message announces while it arrives may stop growing
+    /// before the message goes back to the queue, e.g. 10m (a bare number is seconds; longer
+    /// than the task manager's UPLOAD_IDLE_TIMEOUT, which refuses such an upload first).
+    #[arg(long, env = "WORKER_ARRIVAL_TIMEOUT", default_value = "10m", value_parser = positive_duration)]
+    arrival_timeout: Duration,
 }
+
+/// The time between two progress reports when none is configured.
+const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 
 fn parse_amqp_uri(text: &str) -> Result<AMQPUri, String> {
     text.parse()
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("must be longer than 0".into()),
+        duration => Ok(duration),
+    }
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
@@ -110,17 +123,20 @@ async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
             ..Config::default()
         },
         callbacks: Callbacks::new(&args.task_manager_url, args.worker_token.as_deref())?,
-        progress_every: Duration::from_millis(args.progress_interval_ms),
+        progress_every: args
+            .progress_interval
+            .or(args.progress_interval_ms.map(Duration::from_millis))
+            .unwrap_or(DEFAULT_PROGRESS_INTERVAL),
         abort,
         max_attempts: args.max_attempts,
         running: Default::default(),
-        arrival_timeout: Duration::from_secs(args.arrival_timeout),
+        arrival_timeout: args.arrival_timeout,
     };
     let settings = QueueSettings {
         amqp_uri: args.amqp_url,
         queue: args.queue,
         concurrency: args.concurrency,
-        drain_timeout: Duration::from_secs(args.drain_timeout),
+        drain_timeout: args.drain_timeout,
     };
     Consumer::new(settings, ctx, shutdown).run().await?;
     info!("worker stopped");

@@ -68,8 +68,8 @@ pub struct Settings {
     pub early_aggregation: bool,
 }
 
-/// Default storage root.
-pub const DEFAULT_STORAGE_DIR: &str = "local_storage";
+/// Default storage root, shared with the workers.
+pub use task_protocol::DEFAULT_STORAGE_DIR;
 /// Default HTTP port.
 pub const DEFAULT_PORT: u16 = 5000;
 /// Default largest upload: 50 GiB.
@@ -134,8 +134,8 @@ impl Settings {
         settings.api_tokens = Tokens::parse(&var("API_TOKEN").unwrap_or_default());
         settings.worker_tokens = Tokens::parse(&var("WORKER_TOKEN").unwrap_or_default());
         if let Some(limit) = var("MAX_UPLOAD_BYTES") {
-            settings.max_upload_bytes =
-                engine::parse_size(&limit).map_err(|e| anyhow::anyhow!("MAX_UPLOAD_BYTES: {e}"))?;
+            settings.max_upload_bytes = runner::settings::parse_size(&limit)
+                .map_err(|e| anyhow::anyhow!("MAX_UPLOAD_BYTES: {e}"))?;
         }
         if let Some(uploads) = var("MAX_CONCURRENT_UPLOADS") {
             settings.max_concurrent_uploads = parse_var("MAX_CONCURRENT_UPLOADS", &uploads)?;
@@ -171,7 +171,7 @@ impl Settings {
             }
         }
         if let Some(limit) = var("ENGINE_MEMORY_LIMIT") {
-            settings.engine_memory_limit = engine::parse_size(&limit)
+            settings.engine_memory_limit = runner::settings::parse_size(&limit)
                 .map_err(|e| anyhow::anyhow!("ENGINE_MEMORY_LIMIT: {e}"))?;
         }
         if let Some(threads) = var("ENGINE_THREADS") {
@@ -230,10 +230,10 @@ fn parse_flag(name: &str, value: &str) -> anyhow::Result<bool> {
     }
 }
 
-/// A positive duration such as `30s`, `5m` or `1h 30m`.
+/// A positive duration such as `30s`, `5m` or `1h 30m` (see [`runner::settings`]).
 fn parse_duration(name: &str, value: &str) -> anyhow::Result<Duration> {
-    let duration = humantime::parse_duration(value.trim())
-        .with_context(|| format!("invalid {name}={value:?}: expected e.g. 30s, 5m or 2h"))?;
+    let duration =
+        runner::settings::parse_duration(value).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     if duration.is_zero() {
         bail!("{name} must be longer than 0");
     }
