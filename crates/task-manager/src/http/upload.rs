@@ -30,13 +30,10 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::{ApiError, SharedState};
-use crate::arrival::Arrival;
+use crate::ingest::arrival::Arrival;
+use crate::ingest::spool::Spool;
 use crate::queue::{Early, EarlyUpload};
 use crate::storage::sanitize_filename;
-use spool::Spool;
-
-mod flush_behind;
-mod spool;
 
 /// Room for the multipart framing around the file when the `Content-Length` of a multipart
 /// body is compared with `MAX_UPLOAD_BYTES`.

@@ -29,8 +29,8 @@ use memmap2::MmapMut;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::arrival::{Arrival, RECENT_WINDOW};
 use super::flush_behind::FlushBehind;
-use crate::arrival::{Arrival, RECENT_WINDOW};
 
 /// Bytes gathered for one write between the network and the disk.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -425,7 +425,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_every_chunk_in_order_followed_or_not_direct_or_not() {
-        use crate::arrival::{UploadReader, read_all};
+        use crate::ingest::arrival::{UploadReader, read_all};
 
         for (followed, sync) in [(false, true), (true, true), (true, false)] {
             let file = tempfile::NamedTempFile::new().unwrap();
@@ -494,7 +494,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_engine_follows_the_whole_upload_and_only_a_complete_one() {
-        use crate::arrival::UploadReader;
+        use crate::ingest::arrival::UploadReader;
         use engine::{Config, Control, Input};
 
         let data = fixtures::generate(fixtures::Spec {

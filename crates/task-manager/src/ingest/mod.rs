@@ -1,0 +1,5 @@
+//! Upload ingestion.
+
+pub mod arrival;
+mod flush_behind;
+pub mod spool;
