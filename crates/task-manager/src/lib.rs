@@ -12,8 +12,8 @@
 //! # }
 //! ```
 
-mod arrival;
 mod http;
+mod ingest;
 mod queue;
 mod server;
 mod settings;

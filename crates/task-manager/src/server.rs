@@ -14,7 +14,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{self, AppState, UploadLimits};
+use crate::http::{self, AppState};
+use crate::ingest::UploadLimits;
 use crate::queue::{AmqpPublisher, EmbeddedQueue, TaskQueue};
 use crate::settings::Settings;
 use crate::storage::Storage;

@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
+use crate::ingest::UploadLimits;
 use crate::queue::TaskQueue;
 use crate::storage::Storage;
 use crate::store::Store;
@@ -44,22 +45,6 @@ pub struct AppState {
     pub worker_tokens: Tokens,
     /// Limits of the uploads.
     pub uploads: UploadLimits,
-}
-
-/// How much, how many and how slowly clients may upload, and how uploads are stored.
-pub struct UploadLimits {
-    /// Largest upload accepted, in bytes.
-    pub max_bytes: u64,
-    /// One permit per upload being received.
-    pub slots: Arc<tokio::sync::Semaphore>,
-    /// Longest pause between two pieces of a body.
-    pub idle_timeout: std::time::Duration,
-    /// Longest time to receive a whole body.
-    pub total_timeout: std::time::Duration,
-    /// Sync an upload to the disk before accepting it.
-    pub sync: bool,
-    /// Aggregate uploads while they arrive when the queue can.
-    pub early: bool,
 }
 
 impl AppState {

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::QueueError;
-use crate::arrival::{Arrival, UploadReader};
+use crate::ingest::arrival::{Arrival, UploadReader};
 use crate::storage::Storage;
 use crate::store::Store;
 pub use early::EarlyRun;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use task_protocol::TaskMessage;
 use uuid::Uuid;
 
-use crate::arrival::Arrival;
+use crate::ingest::arrival::Arrival;
 
 /// An upload that may be aggregated while it arrives.
 pub struct EarlyUpload {

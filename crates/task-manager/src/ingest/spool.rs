@@ -1,23 +1,22 @@
 //! Writes an upload to its file on a blocking thread, so the async threads only pass pieces
-//! along. When the upload is to be made durable, writeback to the disk starts while the bytes
-//! still arrive (every [`WRITEBACK_STEP`]) and the disk's write cache is flushed behind the
-//! writes ([`FlushBehind`]), so that the sync at the end waits for what the disk has not
-//! caught up with only, not for the whole upload. An upload not to be synced is left to the
-//! kernel's own writeback: starting it early gets the file's blocks allocated, and on ext4
-//! (`data=ordered`) every later `fsync` on the file system, the task database's commit that
-//! records the upload among them, then waits until those blocks are written (1.1 to 1.4 s
-//! after a 1 GB upload here).
+//! along. It owns the upload's way to the disk: gathered writes, and, when the upload is to be
+//! made durable, writeback started while the bytes still arrive (every [`WRITEBACK_STEP`]) and
+//! the disk's write cache flushed behind the writes ([`FlushBehind`]), so that the sync at the
+//! end waits only for what the disk has not caught up with. An upload not to be synced is left
+//! to the kernel's own writeback: starting it early gets the file's blocks allocated, and on
+//! ext4 (`data=ordered`) every later `fsync` on the file system, the task database's commit
+//! that records the upload among them, then waits until those blocks are written.
 //!
 //! When the engine in this process follows the upload ([`Arrival`]), the bytes are gathered
 //! into blocks of [`BLOCK`] bytes, taken from a pool that keeps their memory mapped from one
 //! upload to the next; each block is handed to the engine, then written. When the upload is to
 //! be synced anyway, the file is set for direct I/O ([`set_direct`]): the blocks go to the
-//! disk without a copy in the page cache, which the engine does not need (writing 1 GB
-//! into page-cache pages the machine has not used lately took 2 to 3 s of system time here,
-//! against 0.2 s for the same write direct). The last block, when it is no whole number of
-//! pages, goes through the page cache (direct writes are in whole pages), and so does the
-//! rest where direct I/O is not supported. A worker in another process reads the file, from
-//! the page cache: those uploads are not written direct.
+//! disk without a copy in the page cache, which the engine does not need (direct I/O for
+//! followed synced uploads: less system time than filling fresh page-cache pages, when
+//! measured here). The last block, when it is no whole number of pages, goes through the page
+//! cache (direct writes are in whole pages), and so does the rest where direct I/O is not
+//! supported. A worker in another process reads the file, from the page cache: those uploads
+//! are not written direct.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
@@ -29,8 +28,8 @@ use memmap2::MmapMut;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::arrival::{Arrival, RECENT_WINDOW};
 use super::flush_behind::FlushBehind;
-use crate::arrival::{Arrival, RECENT_WINDOW};
 
 /// Bytes gathered for one write between the network and the disk.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -425,7 +424,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_every_chunk_in_order_followed_or_not_direct_or_not() {
-        use crate::arrival::{UploadReader, read_all};
+        use crate::ingest::arrival::{UploadReader, read_all};
 
         for (followed, sync) in [(false, true), (true, true), (true, false)] {
             let file = tempfile::NamedTempFile::new().unwrap();
@@ -494,7 +493,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_engine_follows_the_whole_upload_and_only_a_complete_one() {
-        use crate::arrival::UploadReader;
+        use crate::ingest::arrival::UploadReader;
         use engine::{Config, Control, Input};
 
         let data = fixtures::generate(fixtures::Spec {
