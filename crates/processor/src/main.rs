@@ -29,7 +29,7 @@ enum Command {
     Aggregate(aggregate::AggregateArgs),
     /// Consume tasks from RabbitMQ, aggregate them and report to the task manager.
     #[cfg(feature = "service")]
-    Worker(worker::WorkerArgs),
+    Worker(Box<worker::WorkerArgs>),
     /// Upload a CSV to the task manager, wait for the result and download it.
     #[cfg(feature = "service")]
     Upload(upload::UploadArgs),
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Aggregate(args) => aggregate::run(args),
         #[cfg(feature = "service")]
-        Command::Worker(args) => report(worker::run(args)),
+        Command::Worker(args) => report(worker::run(*args)),
         #[cfg(feature = "service")]
         Command::Upload(args) => report(upload::run(args)),
     }

@@ -20,9 +20,8 @@ use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
-use serde::{Deserialize, Serialize};
-use task_protocol::TaskStatus;
-use uuid::Uuid;
+use serde::Deserialize;
+use task_protocol::{Accepted, TaskStatus};
 
 use super::{ApiError, SharedState};
 use crate::ingest::{Ingest, IngestError};
@@ -47,13 +46,6 @@ const RAW_TYPES: [&str; 4] = [
 #[derive(Debug, Default, Deserialize)]
 struct UploadQuery {
     filename: Option<String>,
-}
-
-/// The answer to an accepted upload.
-#[derive(Debug, Serialize)]
-pub struct Accepted {
-    task_id: Uuid,
-    status: TaskStatus,
 }
 
 pub async fn upload(

@@ -10,11 +10,12 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use engine::{Control, Pieces};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use tokio::sync::Semaphore;
 
 /// How often a waiting reader checks whether its engine was cancelled.
@@ -154,7 +155,7 @@ impl Arrival {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     /// Waits until the bytes at `pos` are in memory or in the file, or the upload is complete
@@ -187,11 +188,7 @@ impl Arrival {
             if state.end == End::Complete {
                 return Ok(Next::End);
             }
-            state = self
-                .changed
-                .wait_timeout(state, CANCEL_CHECK)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            self.changed.wait_for(&mut state, CANCEL_CHECK);
         }
     }
 }

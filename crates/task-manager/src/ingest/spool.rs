@@ -20,7 +20,9 @@
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -235,7 +237,7 @@ impl AsRef<[u8]> for PooledBlock {
 
 impl Drop for PooledBlock {
     fn drop(&mut self) {
-        let mut idle = IDLE.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = IDLE.lock();
         if idle.len() < IDLE_BLOCKS
             && let Some(block) = self.0.take()
         {
@@ -245,7 +247,7 @@ impl Drop for PooledBlock {
 }
 
 fn take_block() -> io::Result<MmapMut> {
-    let idle = IDLE.lock().unwrap_or_else(PoisonError::into_inner).pop();
+    let idle = IDLE.lock().pop();
     idle.map_or_else(|| MmapMut::map_anon(BLOCK), Ok)
 }
 
