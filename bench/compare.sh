@@ -10,6 +10,8 @@
 #   RUNS=3       runs per tool (default 3; huge 1)
 #   TOOLS="processor duckdb polars"   tools to run (default all; huge: processor only)
 #   KEEP_OUTPUTS=1   keep the result CSVs in bench/data/out/
+#   BASELINE=PATH    another `processor` binary (an older build, another profile) run as the tool
+#                    "baseline" in the same rounds, its output checked against the processor's
 #   PYTHON=python3   interpreter for the venv
 #
 # Installs into bench/.venv (pinned in bench/requirements.txt), builds release binaries, writes
@@ -68,9 +70,11 @@ run_tool() {
     local -a limit_args=()
     warm "$input"
     case $tool in
-        processor)
+        processor | baseline)
+            local binary=$PROCESSOR
+            [[ $tool == baseline ]] && binary=$BASELINE
             [[ -n $LIMIT ]] && limit_args=(--memory-limit "$LIMIT" --temp-dir "$DATA/tmp")
-            measure "$scenario" "$tool" "$run" "$PROCESSOR" aggregate "$input" -o "$out" --quiet "${limit_args[@]}"
+            measure "$scenario" "$tool" "$run" "$binary" aggregate "$input" -o "$out" --quiet "${limit_args[@]}"
             ;;
         processor-spill)
             measure "$scenario" "$tool" "$run" "$PROCESSOR" aggregate "$input" -o "$out" --quiet \
@@ -84,7 +88,7 @@ run_tool() {
             [[ -n $LIMIT ]] && limit_args=(--streaming)
             measure "$scenario" "$tool" "$run" "$PY" "$TOOLS_PY" polars "$input" "$out" "${limit_args[@]}"
             ;;
-        *) die "unknown tool '$tool' (processor, duckdb, polars)" ;;
+        *) die "unknown tool '$tool' (processor, baseline, duckdb, polars)" ;;
     esac
 }
 
@@ -132,6 +136,7 @@ main() {
     ((${#scenarios[@]})) || scenarios=(skewed wide tricky)
     for arg in "${scenarios[@]}"; do scenario "$arg"; done # validate names early
 
+    [[ -z ${BASELINE:-} || -x $BASELINE ]] || die "BASELINE=$BASELINE is not an executable"
     ensure_time
     ensure_venv
     build
@@ -150,6 +155,7 @@ main() {
         echo "date: $(date -u)"
         echo "machine: $(nproc) cores, $(awk '/MemTotal/ { print int($2 / 1024) " MB" }' /proc/meminfo)"
         echo "processor: $("$PROCESSOR" --version)"
+        [[ -z ${BASELINE:-} ]] || echo "baseline: $BASELINE"
         echo "duckdb: $("$PY" -c 'import duckdb; print(duckdb.__version__)')"
         echo "polars: $("$PY" -c 'import polars; print(polars.__version__)')"
     } >"$RESULTS/system.txt"
@@ -160,6 +166,7 @@ main() {
         local -a tools
         read -r -a tools <<<"$SCENARIO_TOOLS"
         [[ $scenario == tricky && " ${tools[*]} " == *" processor "* ]] && tools+=(processor-spill)
+        [[ -n ${BASELINE:-} && " ${tools[*]} " != *" baseline "* ]] && tools+=(baseline)
         input=$(dataset "$scenario")
         say "$scenario: $(du -h "$input" | cut -f1), ${SCENARIO_RUNS} run(s) of: ${tools[*]}${LIMIT:+, memory limit $LIMIT}"
         # Rounds interleave the tools so that a slow phase of the machine hits them all.
