@@ -70,8 +70,8 @@ pub enum Error {
     Cancelled,
 }
 
-impl From<crate::engine::Overflowed> for Error {
-    fn from(overflow: crate::engine::Overflowed) -> Self {
+impl From<crate::aggregate::shards::Overflowed> for Error {
+    fn from(overflow: crate::aggregate::shards::Overflowed) -> Self {
         Error::SumOverflow {
             song: overflow.song,
             date: overflow.date,

@@ -6,18 +6,28 @@
 //! any byte stream), a [`Config`] (memory budget, threads, temp dir, strictness) and a [`Control`]
 //! (progress counters and cancellation shared with the caller).
 
+mod aggregate;
 mod config;
-mod engine;
+mod date;
+mod entry;
 mod error;
+mod input;
+mod merge;
+mod output;
+mod pipeline;
 mod progress;
+mod spill;
 mod summary;
+#[cfg(test)]
+mod tests;
 
 pub use config::{Config, parse_size};
-pub use engine::{
-    Growth, Input, OutputFile, Pieces, aggregate, aggregate_to_writer, check_header,
-    remove_stale_partials, return_free_memory,
-};
+pub use entry::{aggregate, aggregate_to_writer};
 pub use error::{Error, Field, InvalidRow};
+pub use input::blocks::check_header;
+pub use input::{Growth, Input, Pieces};
+pub use output::file::{OutputFile, remove_stale_partials};
+pub use pipeline::worker::return_free_memory;
 pub use progress::{Control, Phase, Progress, ProgressSnapshot};
 pub use summary::Summary;
 

@@ -8,8 +8,8 @@
 //! sums go to the table like any row, and all of them do at the end, so the result does not
 //! depend on what the cache held.
 
-use super::table::{INLINE, inline_name_is, prefetch};
-use super::validate::PackedDate;
+use crate::aggregate::table::{INLINE, inline_name_is, prefetch};
+use crate::date::PackedDate;
 
 /// Longest name a slot holds (longer ones always go to the table).
 const NAME_BYTES: usize = INLINE;
@@ -249,8 +249,8 @@ impl HotSongs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::hash::hash_bytes;
-    use crate::engine::validate::pack_date;
+    use crate::aggregate::hash::hash_bytes;
+    use crate::date::pack_date;
     use std::collections::BTreeMap;
 
     type Sums = BTreeMap<(Vec<u8>, PackedDate), u64>;

@@ -2,7 +2,7 @@
 
 use std::mem::size_of;
 
-use super::validate::PackedDate;
+use crate::date::PackedDate;
 
 /// Bytes malloc adds to each allocation (header and rounding), for the memory estimate.
 const MALLOC_OVERHEAD: usize = 16;

@@ -9,10 +9,10 @@ use std::sync::{Mutex, PoisonError};
 use bytes::Bytes;
 use memmap2::Mmap;
 
-use super::parse::{HeaderEnd, parse_header};
-use super::scan::{count_quotes, last_record_end, last_record_end_from};
-use super::{Growth, Pieces};
 use crate::error::InvalidRow;
+use crate::input::parse::{HeaderEnd, parse_header};
+use crate::input::scan::{count_quotes, last_record_end, last_record_end_from};
+use crate::input::{Growth, Pieces};
 use crate::{Control, Error};
 
 /// Record limit beyond the block size: a record longer than `block_bytes + MAX_RECORD_BYTES`
@@ -36,7 +36,7 @@ pub(crate) enum BlockData {
     /// `len` stay initialised for the buffer's next use, so that reading into it does not
     /// zero it first.
     Owned { buf: Vec<u8>, len: usize },
-    /// Part of a piece of [`Input::Pieces`](super::Input::Pieces), parsed where it is.
+    /// Part of a piece of [`Input::Pieces`](crate::input::Input::Pieces), parsed where it is.
     Shared(Bytes),
 }
 

@@ -3,10 +3,10 @@
 //! to that shard's table in one go, so the random accesses of the hash lookups stay within
 //! a table small enough for the CPU caches instead of missing to memory on every row.
 
-use super::hash::{u32_at, u64_at};
-use super::hot::{self, HotSongs};
-use super::table::{Pivot, SongRef, SongTable, SumOverflow};
-use super::validate::{PackedDate, date_string};
+use crate::aggregate::hash::{u32_at, u64_at};
+use crate::aggregate::hot::{self, HotSongs};
+use crate::aggregate::table::{Pivot, SongRef, SongTable, SumOverflow};
+use crate::date::{PackedDate, date_string};
 
 /// log2 of the number of shards.
 const SHARD_BITS: u32 = 7;
@@ -176,7 +176,7 @@ impl ShardedTable {
     /// the cached sums.
     #[cfg(test)]
     pub(crate) fn add(&mut self, song: &[u8], date: PackedDate, plays: u64) {
-        self.add_hashed(super::hash::hash_bytes(song), song, date, plays);
+        self.add_hashed(crate::aggregate::hash::hash_bytes(song), song, date, plays);
     }
 
     /// [`ShardedTable::add`] with the song's hash (`hash_bytes(song)`).

@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use super::validate::{PackedDate, format_date};
+use crate::date::{PackedDate, format_date};
 
 /// Appends the output lines of one song, `song,date,plays\n` for each of its (date, sum)
 /// pairs; the song's field is encoded once.
@@ -71,7 +71,7 @@ mod tests {
     #[test]
     fn quoting() {
         let mut buf = Vec::new();
-        let day = |y, m, d| super::super::validate::pack_date(y, m, d);
+        let day = |y, m, d| crate::date::pack_date(y, m, d);
         push_song_rows(&mut buf, b"Nothing", &[]);
         push_song_rows(
             &mut buf,

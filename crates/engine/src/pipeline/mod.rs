@@ -2,6 +2,8 @@
 //! their own tables (spilling sorted runs to disk when the tables together outgrow the
 //! memory budget), and the tables and runs are merged into the sorted CSV output.
 
+pub(crate) mod worker;
+
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,17 +11,19 @@ use std::sync::{Mutex, MutexGuard};
 
 use memmap2::Mmap;
 
-use super::budget::{Plan, TableBudget};
-use super::merge::{fan_in, merge_in_memory, merge_with_spills};
-use super::output::write_header;
-use super::rounds::Rounds;
-use super::run::SpilledRun;
-use super::shards::ShardedTable;
-use super::source::{Block, ReleaseFrontier, produce_mapped, produce_pieces, produce_stream};
-use super::worker::{return_free_memory, worker};
-use super::writer::with_writer_thread;
-use super::{Growth, Pieces};
+use crate::aggregate::shards::ShardedTable;
 use crate::error::{Field, InvalidRow};
+use crate::input::blocks::{
+    Block, ReleaseFrontier, produce_mapped, produce_pieces, produce_stream,
+};
+use crate::input::{Growth, Pieces};
+use crate::merge::{fan_in, merge_in_memory, merge_with_spills};
+use crate::output::csv::write_header;
+use crate::output::writer::with_writer_thread;
+use crate::pipeline::worker::{return_free_memory, worker};
+use crate::spill::budget::{Plan, TableBudget};
+use crate::spill::rounds::Rounds;
+use crate::spill::run::SpilledRun;
 use crate::{Config, Control, Error, Phase, Summary};
 
 /// Locks a mutex, also after another thread panicked while holding it (the data here stays

@@ -35,13 +35,13 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::hash::{u32_at, u64_at};
-use super::merge::add_sorted_days;
-use super::shards::ShardedTable;
-use super::spill_index::SparseIndex;
-use super::table::{NameKey, Pivot, SongRef, name_key, prefetch_ahead};
-use super::validate::PackedDate;
 use crate::Error;
+use crate::aggregate::hash::{u32_at, u64_at};
+use crate::aggregate::shards::ShardedTable;
+use crate::aggregate::table::{NameKey, Pivot, SongRef, name_key, prefetch_ahead};
+use crate::date::PackedDate;
+use crate::merge::add_sorted_days;
+use crate::spill::index::SparseIndex;
 
 /// A song's name and its (date, sum) pairs in date order.
 pub(crate) type SongDays<'a> = (&'a [u8], &'a [(PackedDate, u64)]);

@@ -3,9 +3,9 @@
 
 use std::mem::size_of;
 
-use super::days::{Days, Overflow};
-use super::hash::{u32_at, u64_at};
-use super::validate::PackedDate;
+use crate::aggregate::days::{Days, Overflow};
+use crate::aggregate::hash::{u32_at, u64_at};
+use crate::date::PackedDate;
 
 /// A sum for (song, date) overflowed u64.
 #[derive(Debug)]
@@ -411,7 +411,7 @@ impl SongTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::hash::hash_bytes;
+    use crate::aggregate::hash::hash_bytes;
 
     fn add(
         table: &mut SongTable,

@@ -11,13 +11,13 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use super::merge::merge_runs;
-use super::pipeline::LockOk;
-use super::run::{AnyRun, DiskRun, RUN_BUFFER_BYTES, SpilledRun, TableRun};
-use super::spill_index::output_estimate;
-use super::table::{Pivot, SongRef};
-use super::writer::WriteBuf;
 use crate::Error;
+use crate::aggregate::table::{Pivot, SongRef};
+use crate::merge::merge_runs;
+use crate::output::writer::WriteBuf;
+use crate::pipeline::LockOk;
+use crate::spill::index::output_estimate;
+use crate::spill::run::{AnyRun, DiskRun, RUN_BUFFER_BYTES, SpilledRun, TableRun};
 
 /// Smallest read buffer of a run when many runs are merged in several ranges at once.
 const MIN_RUN_BUFFER: usize = if cfg!(test) { 64 } else { 16 << 10 };
@@ -316,8 +316,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::run::{Run, SpillWriter};
-    use crate::engine::shards::ShardedTable;
+    use crate::aggregate::shards::ShardedTable;
+    use crate::spill::run::{Run, SpillWriter};
 
     fn pivot_names(pivots: &[Pivot]) -> Vec<&str> {
         pivots

@@ -4,9 +4,9 @@
 
 use std::ops::Range;
 
-use super::scan::{Delimiters, find_delimiter};
-use super::validate::{PackedDate, check_header, parse_date, parse_date_exact, parse_plays};
+use crate::date::{PackedDate, check_header, parse_date, parse_date_exact, parse_plays};
 use crate::error::{Field, InvalidRow};
+use crate::input::scan::{Delimiters, find_delimiter};
 
 /// Receives the parsed rows of a block (`'d`: the block's bytes). Returning `Err(Stop)` ends
 /// the block early; the sink keeps the reason itself.
@@ -457,7 +457,7 @@ fn first_line(data: &[u8]) -> &[u8] {
 
 /// Skips the rest of a malformed record, from `pos` to just past the next `\n` outside
 /// quotes, counting every `"` from `pos` on: the rule the block cutter follows
-/// ([`super::scan::last_record_end`]), so that the next record starts at the same place
+/// ([`crate::input::scan::last_record_end`]), so that the next record starts at the same place
 /// whatever the block size. Returns that place and the line ends skipped.
 fn skip_record(data: &[u8], pos: usize) -> (usize, u64) {
     let mut quoted = false;
@@ -481,7 +481,7 @@ fn skip_record(data: &[u8], pos: usize) -> (usize, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::validate::pack_date;
+    use crate::date::pack_date;
 
     #[derive(Default)]
     struct Collect {
@@ -599,7 +599,7 @@ mod tests {
         // The stray quote opens a quoted stretch up to the quote of line 4: whole or cut
         // into blocks at record ends, the first three lines are one bad record.
         let data = "a\"b\nB,2020-01-01,1\n\"x\nC,2020-01-01,2\n";
-        let cut = crate::engine::scan::last_record_end(&data.as_bytes()[..24]);
+        let cut = crate::input::scan::last_record_end(&data.as_bytes()[..24]);
         assert_eq!(cut, Some(22));
         let (whole, stats) = parse(data);
         let (first, _) = parse(&data[..22]);

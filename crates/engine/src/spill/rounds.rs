@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use super::pipeline::LockOk;
-use super::run::{SpillFile, spill_range};
-use super::shards::ShardedTable;
-use super::table::Pivot;
 use crate::Error;
+use crate::aggregate::shards::ShardedTable;
+use crate::aggregate::table::Pivot;
+use crate::pipeline::LockOk;
+use crate::spill::run::{SpillFile, spill_range};
 
 /// Songs sampled per range to place the range bounds.
 const SAMPLES_PER_RANGE: usize = 256;
@@ -333,7 +333,7 @@ impl Rounds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::run::{DiskRun, Run, SpillWriter, SpilledRun};
+    use crate::spill::run::{DiskRun, Run, SpillWriter, SpilledRun};
 
     fn table(songs: &[&str]) -> ShardedTable {
         let mut table = ShardedTable::new(1 << 10);

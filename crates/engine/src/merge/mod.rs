@@ -1,19 +1,21 @@
 //! K-way merge of sorted runs into CSV rows, summing the groups that several runs share.
 
+pub(crate) mod ranges;
+
 use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::output::push_song_rows;
-use super::range_merge::{MergePlan, merge_ranges};
-use super::run::{
+use crate::Error;
+use crate::aggregate::shards::ShardedTable;
+use crate::aggregate::table::{SongRef, cmp_same_key};
+use crate::date::{PackedDate, date_string};
+use crate::merge::ranges::{MergePlan, merge_ranges};
+use crate::output::csv::push_song_rows;
+use crate::output::writer::WriteBuf;
+use crate::spill::run::{
     DiskRun, RUN_BUFFER_BYTES, Run, SongDays, SpillFile, SpillWriter, SpilledRun, TableRun,
 };
-use super::shards::ShardedTable;
-use super::table::{SongRef, cmp_same_key};
-use super::validate::{PackedDate, date_string};
-use super::writer::WriteBuf;
-use crate::Error;
 
 /// Fewest spilled runs merged at once, whatever the memory limit (few in unit tests, so that
 /// they exercise the intermediate merges).
@@ -445,7 +447,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::engine::spill_index::SparseIndex;
+    use crate::spill::index::SparseIndex;
 
     #[test]
     fn sorted_days_are_merged_and_summed() {

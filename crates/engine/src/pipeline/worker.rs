@@ -6,16 +6,16 @@ use std::time::Instant;
 
 use memmap2::Mmap;
 
-use super::hash::hash_bytes;
-use super::merge::{fan_in, merge_early, take_for_early_merge};
-use super::parse::{Parser, RowSink, Stop};
-use super::pipeline::{LocatedInvalid, LockOk, Shared};
-use super::rounds::{Part, Room};
-use super::run::SpilledRun;
-use super::shards::ShardedTable;
-use super::source::{Block, BlockData, MAX_RECORD_BYTES};
-use super::validate::PackedDate;
+use crate::aggregate::hash::hash_bytes;
+use crate::aggregate::shards::ShardedTable;
+use crate::date::PackedDate;
 use crate::error::{Field, show_value};
+use crate::input::blocks::{Block, BlockData, MAX_RECORD_BYTES};
+use crate::input::parse::{Parser, RowSink, Stop};
+use crate::merge::{fan_in, merge_early, take_for_early_merge};
+use crate::pipeline::{LocatedInvalid, LockOk, Shared};
+use crate::spill::rounds::{Part, Room};
+use crate::spill::run::SpilledRun;
 use crate::{Error, Phase};
 
 /// Rows of a block that [`TableSink`] holds back: enough for the slots they touch in the cache
