@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::input::Input;
 use crate::input::blocks::growth_error;
+use crate::input::{Input, Source};
 use crate::output::file::OutputFile;
 use crate::pipeline;
 use crate::{Config, Control, Error, Phase, Summary};
@@ -61,11 +61,11 @@ pub fn aggregate_to_writer(
                 // service only maps files it owns.
                 let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(read_err)?;
                 let _ = map.advise(memmap2::Advice::Sequential);
-                pipeline::run(pipeline::Source::Mapped(map), out, config, control)?
+                pipeline::run(Source::Mapped(map), out, config, control)?
             } else {
                 // A pipe or a device (`<(command)`, `/dev/stdin`): nothing to map, and no size
                 // (0, which is no empty input): read as a stream.
-                let source = pipeline::Source::Stream(&mut file);
+                let source = Source::Stream(&mut file);
                 pipeline::run(source, out, config, control).map_err(|e| match e {
                     Error::Read { source, .. } => read_err(source),
                     other => other,
@@ -74,11 +74,11 @@ pub fn aggregate_to_writer(
         }
         Input::Reader { mut reader, len } => {
             progress.set_total(len.unwrap_or(0));
-            pipeline::run(pipeline::Source::Stream(&mut reader), out, config, control)?
+            pipeline::run(Source::Stream(&mut reader), out, config, control)?
         }
         Input::Pieces { mut pieces, len } => {
             progress.set_total(len.unwrap_or(0));
-            pipeline::run(pipeline::Source::Pieces(&mut *pieces), out, config, control)?
+            pipeline::run(Source::Pieces(&mut *pieces), out, config, control)?
         }
         Input::Growing {
             file,
@@ -100,7 +100,7 @@ pub fn aggregate_to_writer(
             let map =
                 unsafe { memmap2::MmapOptions::new().len(len).map(file) }.map_err(growth_error)?;
             let _ = map.advise(memmap2::Advice::Sequential);
-            pipeline::run(pipeline::Source::Growing(map, growth), out, config, control)?
+            pipeline::run(Source::Growing(map, growth), out, config, control)?
         }
     };
     progress.set_phase(Phase::Done);

@@ -24,7 +24,7 @@ mod tests;
 pub use config::{Config, parse_size};
 pub use entry::{aggregate, aggregate_to_writer};
 pub use error::{Error, Field, InvalidRow};
-pub use input::blocks::check_header;
+pub use input::header::check_header;
 pub use input::{Growth, Input, Pieces};
 pub use output::file::{OutputFile, remove_stale_partials};
 pub use pipeline::worker::return_free_memory;

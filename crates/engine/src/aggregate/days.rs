@@ -26,7 +26,8 @@ pub(crate) enum Days {
     Map(hashbrown::HashMap<PackedDate, u64, foldhash::fast::FixedState>),
 }
 
-/// The sum overflowed u64.
+/// A sum overflowed u64: the engine's one overflow, which the sharded table reports as
+/// [`Error::SumOverflow`](crate::Error::SumOverflow) with the song and date.
 #[derive(Debug)]
 pub(crate) struct Overflow;
 

@@ -7,10 +7,6 @@ use crate::aggregate::days::{Days, Overflow};
 use crate::aggregate::hash::{u32_at, u64_at};
 use crate::date::PackedDate;
 
-/// A sum for (song, date) overflowed u64.
-#[derive(Debug)]
-pub(crate) struct SumOverflow;
-
 /// A song of a table with its name resolved.
 #[derive(Clone, Copy)]
 pub(crate) struct SongRef<'a> {
@@ -257,16 +253,13 @@ impl SongTable {
         hash: u64,
         date: PackedDate,
         plays: u64,
-    ) -> Result<(), SumOverflow> {
+    ) -> Result<(), Overflow> {
         let (found, slot) = self.find(song, hash);
         let Some(entry) = found else {
             self.insert(slot, song, hash, date, plays);
             return Ok(());
         };
-        let delta = self.entries[entry]
-            .days
-            .add(date, plays)
-            .map_err(|Overflow| SumOverflow)?;
+        let delta = self.entries[entry].days.add(date, plays)?;
         self.days_bytes = self.days_bytes.wrapping_add_signed(delta);
         Ok(())
     }
@@ -418,7 +411,7 @@ mod tests {
         song: &[u8],
         date: PackedDate,
         plays: u64,
-    ) -> Result<(), SumOverflow> {
+    ) -> Result<(), Overflow> {
         table.add(song, hash_bytes(song), date, plays)
     }
 

@@ -2,6 +2,7 @@
 //! (`blocks`), its header checked (`header`), its records found (`scan`) and parsed (`parse`).
 
 pub(crate) mod blocks;
+pub(crate) mod header;
 pub(crate) mod parse;
 pub(crate) mod scan;
 
@@ -10,6 +11,7 @@ use std::io::Read;
 use std::path::Path;
 
 use bytes::Bytes;
+use memmap2::Mmap;
 
 /// Where the CSV comes from.
 pub enum Input<'a> {
@@ -37,6 +39,15 @@ pub enum Input<'a> {
     },
 }
 
+/// The input, opened.
+pub(crate) enum Source<'a> {
+    Mapped(Mmap),
+    /// The map of a file still being written, read as far as it has grown.
+    Growing(Mmap, &'a dyn Growth),
+    Stream(&'a mut dyn Read),
+    Pieces(&'a mut dyn Pieces),
+}
+
 /// The input of [`Input::Pieces`]: its bytes, piece by piece.
 pub trait Pieces: Send {
     /// The next piece, in order; `None` at the end of the input. An error ends the run.
@@ -50,3 +61,8 @@ pub trait Growth: Send + Sync {
     /// writer gave up, the run was cancelled) ends the run.
     fn wait_beyond(&self, pos: u64) -> std::io::Result<u64>;
 }
+
+/// Record limit beyond the block size: a record longer than `block_bytes + MAX_RECORD_BYTES`
+/// (5 MiB with the default blocks), or a double quote never closed that makes the rest of
+/// the input one field that long, is an error, for mapped and streamed input alike.
+pub(crate) const MAX_RECORD_BYTES: usize = 1 << 20;

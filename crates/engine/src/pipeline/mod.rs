@@ -4,19 +4,17 @@
 
 pub(crate) mod worker;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use memmap2::Mmap;
-
 use crate::aggregate::shards::ShardedTable;
 use crate::error::{Field, InvalidRow};
+use crate::input::Source;
 use crate::input::blocks::{
     Block, ReleaseFrontier, produce_mapped, produce_pieces, produce_stream,
 };
-use crate::input::{Growth, Pieces};
 use crate::merge::{fan_in, merge_in_memory, merge_with_spills};
 use crate::output::csv::write_header;
 use crate::output::writer::with_writer_thread;
@@ -36,15 +34,6 @@ impl<T> LockOk<T> for Mutex<T> {
     fn lock_ok(&self) -> MutexGuard<'_, T> {
         self.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// The input, opened.
-pub(crate) enum Source<'a> {
-    Mapped(Mmap),
-    /// The map of a file still being written, read as far as it has grown.
-    Growing(Mmap, &'a dyn Growth),
-    Stream(&'a mut dyn Read),
-    Pieces(&'a mut dyn Pieces),
 }
 
 /// An invalid record located by block and line within the block.

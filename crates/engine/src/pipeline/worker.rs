@@ -10,7 +10,8 @@ use crate::aggregate::hash::hash_bytes;
 use crate::aggregate::shards::ShardedTable;
 use crate::date::PackedDate;
 use crate::error::{Field, show_value};
-use crate::input::blocks::{Block, BlockData, MAX_RECORD_BYTES};
+use crate::input::MAX_RECORD_BYTES;
+use crate::input::blocks::{Block, BlockData};
 use crate::input::parse::{Parser, RowSink, Stop};
 use crate::merge::{fan_in, merge_early, take_for_early_merge};
 use crate::pipeline::{LocatedInvalid, LockOk, Shared};
@@ -298,7 +299,7 @@ impl Spiller {
             };
             let done = match table.flush_within(over) {
                 Ok(done) => done,
-                Err(overflow) => return shared.fail(overflow.into()),
+                Err(error) => return shared.fail(error),
             };
             budget.publish(self.me, table.table_bytes(), table.buffer_bytes());
             if rounds.latest() != self.joined {
