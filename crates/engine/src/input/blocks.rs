@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::ops::Range;
-use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 use memmap2::Mmap;
+use parking_lot::Mutex;
 
 use crate::input::MAX_RECORD_BYTES;
 use crate::input::header::{Header, header_of, header_too_long, strip_header};
@@ -78,7 +78,7 @@ impl ReleaseFrontier {
     /// below the first unfinished block.
     pub(crate) fn finish(&self, index: u64, block: Range<usize>, page: usize) -> Released {
         let inner = inner_pages(block.start, block.end, page);
-        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.state.lock();
         let state = &mut *guard;
         let previous = index.checked_sub(1).and_then(|i| state.finished.get(&i));
         let before = previous.map(|previous| boundary_pages(previous, &block, page));

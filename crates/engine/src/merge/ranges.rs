@@ -8,14 +8,14 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::Error;
 use crate::aggregate::table::{Pivot, SongRef};
+use parking_lot::Mutex;
+
 use crate::merge::merge_runs;
 use crate::output::writer::WriteBuf;
-use crate::pipeline::LockOk;
 use crate::spill::index::output_estimate;
 use crate::spill::run::{AnyRun, DiskRun, RUN_BUFFER_BYTES, SpilledRun, TableRun};
 
@@ -163,7 +163,7 @@ pub(crate) fn merge_ranges(
     // Output buffers the writer gave back, for the ranges' next pieces.
     let spare: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
     let chunk = || {
-        let recycled = spare.lock_ok().pop();
+        let recycled = spare.lock().pop();
         recycled.unwrap_or_else(|| Vec::with_capacity(OUTPUT_CHUNK + OUTPUT_CHUNK / 16))
     };
     let merge_range = |part: usize, sink: &mut dyn FnMut(Vec<u8>) -> Result<(), Error>| {
@@ -198,7 +198,7 @@ pub(crate) fn merge_ranges(
         &mut |piece| match piece {
             Piece::Output(mut buf) => {
                 write(&mut buf)?;
-                let mut spare = spare.lock_ok();
+                let mut spare = spare.lock();
                 if buf.capacity() > OUTPUT_CHUNK && spare.len() < plan.window * 2 {
                     buf.clear();
                     spare.push(buf);

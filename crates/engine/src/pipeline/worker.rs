@@ -14,7 +14,7 @@ use crate::input::MAX_RECORD_BYTES;
 use crate::input::blocks::{Block, BlockData};
 use crate::input::parse::{Parser, RowSink, Stop};
 use crate::merge::{fan_in, merge_early, take_for_early_merge};
-use crate::pipeline::{LocatedInvalid, LockOk, Shared};
+use crate::pipeline::shared::{LocatedInvalid, Shared};
 use crate::spill::rounds::{Part, Room};
 use crate::spill::run::SpilledRun;
 use crate::{Error, Phase};
@@ -370,13 +370,13 @@ impl Spiller {
         if let Some(files) = run {
             shared.spilled_runs.fetch_add(1, Ordering::Relaxed);
             let early = {
-                let mut spills = shared.spills.lock_ok();
+                let mut spills = shared.spills.lock();
                 spills.push(SpilledRun::new(files));
                 take_for_early_merge(&mut spills, fan_in(shared.config.memory_limit))
             };
             if let Some(group) = early {
                 match merge_early(group, &shared.temp_dir) {
-                    Ok(merged) => shared.spills.lock_ok().push(merged),
+                    Ok(merged) => shared.spills.lock().push(merged),
                     Err(error) => {
                         shared.fail(error);
                         return false;
