@@ -1,5 +1,7 @@
 //! Cuts the input into blocks of whole records for the workers: ranges of a memory-mapped
-//! file, or buffers read from a stream (recycled through a pool, so memory stays bounded).
+//! file, or buffers read from a stream (recycled through a pool, so memory stays bounded), or
+//! slices of shared pieces. The pages of a mapped file are released behind the workers
+//! ([`ReleaseFrontier`]), so that resident memory does not grow with the input.
 
 use std::collections::BTreeMap;
 use std::io::Read;

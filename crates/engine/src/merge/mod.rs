@@ -1,4 +1,7 @@
-//! K-way merge of sorted runs into CSV rows, summing the groups that several runs share.
+//! The merge stage: a k-way merge of sorted runs into CSV rows, summing the groups that several
+//! runs share. It merges the workers' tables alone in parallel ranges, or with the spilled runs
+//! (`ranges`) after merging the smallest runs first when there are too many to read at once;
+//! runs that pile up while the input is still parsed are merged early.
 
 pub(crate) mod ranges;
 

@@ -1,5 +1,6 @@
 //! A worker thread: parses the blocks it receives into its sharded table; when the tables of
-//! all workers together outgrow the memory budget, they spill them together (see `rounds`).
+//! all workers together outgrow the memory budget, they spill them together (see
+//! `spill::rounds`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
