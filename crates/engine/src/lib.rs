@@ -20,8 +20,9 @@
 //! - `spill`: `budget` (how the memory limit is shared), `rounds` (workers spilling together),
 //!   `run` (sorted runs in memory and on disk, the spill format), `index` (sparse indexes of
 //!   spilled files).
-//! - `merge`: the k-way merge of runs into CSV rows; `merge::ranges` merges spilled runs in
-//!   parallel ranges of names.
+//! - `merge`: the final merge of the runs into CSV rows, and the early merges of spilled runs;
+//!   `merge::kway` is the k-way merge, `merge::ranges` merges spilled runs in parallel ranges
+//!   of names.
 //! - `output`: `csv` (row formatting), `writer` (the writer thread), `file` (the output file,
 //!   written beside its target and renamed).
 //! - `pipeline`: drives a run: the producer, the `worker` threads and their `shared` state, the
@@ -45,12 +46,9 @@ mod tests;
 pub use config::{Config, parse_size};
 pub use entry::{aggregate, aggregate_to_writer};
 pub use error::{Error, Field, InvalidRow};
-pub use input::header::check_header;
+pub use input::header::{HEADER, check_header};
 pub use input::{Growth, Input, Pieces};
 pub use output::file::{OutputFile, remove_stale_partials};
 pub use pipeline::worker::return_free_memory;
 pub use progress::{Control, Phase, Progress, ProgressSnapshot};
 pub use summary::Summary;
-
-/// The header of input and output files.
-pub const HEADER: &str = "Song,Date,Number of Plays";

@@ -6,6 +6,9 @@ use crate::error::{Error, InvalidRow, show_value};
 use crate::input::MAX_RECORD_BYTES;
 use crate::input::parse::{Term, read_field};
 
+/// The header of input and output files.
+pub const HEADER: &str = "Song,Date,Number of Plays";
+
 /// Where the header ended and how many line ends it had.
 pub(crate) struct Header {
     pub newlines: u64,

@@ -10,11 +10,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crate::Error;
-use crate::aggregate::table::{Pivot, SongRef};
 use parking_lot::Mutex;
 
-use crate::merge::merge_runs;
+use crate::Error;
+use crate::aggregate::table::{Pivot, SongRef};
+use crate::merge::kway::merge_runs;
 use crate::output::writer::WriteBuf;
 use crate::spill::index::output_estimate;
 use crate::spill::run::{AnyRun, DiskRun, RUN_BUFFER_BYTES, SpilledRun, TableRun};

@@ -20,11 +20,11 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::Error;
+use crate::aggregate::days::add_sorted_days;
 use crate::aggregate::hash::{u32_at, u64_at};
 use crate::aggregate::shards::ShardedTable;
 use crate::aggregate::table::{NameKey, Pivot, SongRef, name_key, prefetch_ahead};
 use crate::date::PackedDate;
-use crate::merge::add_sorted_days;
 use crate::spill::index::SparseIndex;
 
 /// A song's name and its (date, sum) pairs in date order.
