@@ -49,6 +49,6 @@ pub use error::{Error, Field, InvalidRow};
 pub use input::header::{HEADER, check_header};
 pub use input::{Growth, Input, Pieces};
 pub use output::file::{OutputFile, remove_stale_partials};
-pub use pipeline::worker::return_free_memory;
+pub use pipeline::return_free_memory;
 pub use progress::{Control, Phase, Progress, ProgressSnapshot};
 pub use summary::Summary;

@@ -17,7 +17,7 @@ use crate::merge::{fan_in, merge_in_memory, merge_with_spills};
 use crate::output::csv::write_header;
 use crate::output::writer::with_writer_thread;
 use crate::pipeline::shared::{LocatedInvalid, Shared};
-use crate::pipeline::worker::{return_free_memory, worker};
+use crate::pipeline::worker::worker;
 use crate::spill::budget::{Plan, TableBudget};
 use crate::spill::rounds::Rounds;
 use crate::{Config, Control, Error, Phase, Summary};
@@ -185,5 +185,15 @@ fn drop_in_background(tables: Vec<ShardedTable>) {
         });
     if let Err(error) = spawned {
         tracing::debug!(%error, "freed the tables in the calling thread");
+    }
+}
+
+/// Gives freed heap pages back to the system (after a run in long-lived processes), so that
+/// resident memory tracks the work in progress rather than the allocator's high-water mark.
+pub fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory held by glibc's allocator.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -390,16 +390,6 @@ impl Spiller {
     }
 }
 
-/// Gives freed heap pages back to the system (after a run in long-lived processes), so that
-/// resident memory tracks the work in progress rather than the allocator's high-water mark.
-pub fn return_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory held by glibc's allocator.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Drops mapped pages that no block reads again from this process (they stay in the page
 /// cache), so that resident memory does not grow with the input.
 fn release(map: &Mmap, range: std::ops::Range<usize>) {
