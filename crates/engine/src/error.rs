@@ -70,15 +70,6 @@ pub enum Error {
     Cancelled,
 }
 
-impl From<crate::engine::Overflowed> for Error {
-    fn from(overflow: crate::engine::Overflowed) -> Self {
-        Error::SumOverflow {
-            song: overflow.song,
-            date: overflow.date,
-        }
-    }
-}
-
 impl Error {
     /// The invalid row, when the error is about the input's content.
     pub fn invalid_row(&self) -> Option<&InvalidRow> {

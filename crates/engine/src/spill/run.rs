@@ -7,41 +7,25 @@
 //! then per date `u32` packed date and `u64` sum. Runs group dates under their song, which
 //! makes them smaller than one record per (song, date) as a generic external sorter writes
 //! when a song has several dates in a run, and slightly larger when it has one. Each file
-//! keeps a sparse index of its songs (`spill_index`), so that the final merge can read a range
-//! of names from each run in parallel (`range_merge`); files are read with positional reads,
+//! keeps a sparse index of its songs (`spill::index`), so that the final merge can read a range
+//! of names from each run in parallel (`merge::ranges`); files are read with positional reads,
 //! so that several ranges share them.
 //!
-//! Why not the extsort crate (issue #2): measured with `bench/src/bin/spill_merge.rs` against
-//! an extsort 0.5 variant (rows summed in a `HashMap` up to half the budget, each fill pushed
-//! to extsort as one sorted segment of (song, date, sum) records, extsort's merge with equal
-//! keys summed while writing), one thread each, on 256 MB of generated "wide" data (2M songs x
-//! 365 days, uniform: 7.46M groups), medians of 3 interleaved runs on a shared 2-core machine,
-//! outputs byte-identical. Budget 96 MB: engine 5.4 s / 71 MB peak RSS / 270 MB spilled in 52
-//! runs, extsort-based 12.0 s / 100 MB / 257 MB in 11 segments; spill + merge phases alone
-//! 4.0 s against 7.6 s (1.9x). Budget 384 MB: engine 5.2 s / 209 MB / 231 MB in 8 runs,
-//! extsort-based 12.7 s / 393 MB / 256 MB in 3; spill + merge 3.8 s against 7.2 s (1.9x).
-//! With the engine on both threads (`--threads 2`, budget 96 MB) its runs are half the size: 168
-//! of them, merged in two passes (424 MB written), and its lead falls to 1.4x on spill + merge
-//! (6.8 s against 12.8 s whole run; phases sampled from the shared progress, so approximate).
-//! Extsort's cost is in its spill (sorting boxed records, one encode call per record) and an
-//! allocation per record read back; its merge alone is on par with this one. The variant's
-//! parsing (csv crate, a key allocation per row) is slower too, but that is not what the
-//! comparison is about. (Measured before the shared table budget and spill rounds of issue #2:
-//! the engine's runs no longer multiply with threads, e.g. 26 at 96 MB with two threads.)
-//! Reproduce (about 2 minutes per budget):
-//! `cargo run --release -p bench --bin spill_merge -- compare --size 256M --limit 96M`.
+//! Hand-written rather than built on the extsort crate: faster on spill and merge in the
+//! engine benchmark (`bench/src/bin/spill_merge.rs compare`), whose extsort variant spends its
+//! time sorting boxed records and allocating one per record read back.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::hash::{u32_at, u64_at};
-use super::merge::add_sorted_days;
-use super::shards::ShardedTable;
-use super::spill_index::SparseIndex;
-use super::table::{NameKey, Pivot, SongRef, name_key, prefetch_ahead};
-use super::validate::PackedDate;
 use crate::Error;
+use crate::aggregate::days::add_sorted_days;
+use crate::aggregate::hash::{u32_at, u64_at};
+use crate::aggregate::shards::ShardedTable;
+use crate::aggregate::table::{NameKey, Pivot, SongRef, name_key, prefetch_ahead};
+use crate::date::PackedDate;
+use crate::spill::index::SparseIndex;
 
 /// A song's name and its (date, sum) pairs in date order.
 pub(crate) type SongDays<'a> = (&'a [u8], &'a [(PackedDate, u64)]);

@@ -3,10 +3,12 @@
 //! to that shard's table in one go, so the random accesses of the hash lookups stay within
 //! a table small enough for the CPU caches instead of missing to memory on every row.
 
-use super::hash::{u32_at, u64_at};
-use super::hot::{self, HotSongs};
-use super::table::{Pivot, SongRef, SongTable, SumOverflow};
-use super::validate::{PackedDate, date_string};
+use crate::aggregate::days::Overflow;
+use crate::aggregate::hash::{u32_at, u64_at};
+use crate::aggregate::hot::{self, HotSongs};
+use crate::aggregate::table::{Pivot, SongRef, SongTable};
+use crate::date::{PackedDate, date_string};
+use crate::error::Error;
 
 /// log2 of the number of shards.
 const SHARD_BITS: u32 = 7;
@@ -56,13 +58,6 @@ impl<'a> Iterator for BufferedRows<'a> {
         self.at = end;
         Some(row)
     }
-}
-
-/// The (song, date) whose sum overflowed.
-#[derive(Debug)]
-pub(crate) struct Overflowed {
-    pub song: String,
-    pub date: String,
 }
 
 pub(crate) struct ShardedTable {
@@ -176,7 +171,7 @@ impl ShardedTable {
     /// the cached sums.
     #[cfg(test)]
     pub(crate) fn add(&mut self, song: &[u8], date: PackedDate, plays: u64) {
-        self.add_hashed(super::hash::hash_bytes(song), song, date, plays);
+        self.add_hashed(crate::aggregate::hash::hash_bytes(song), song, date, plays);
     }
 
     /// [`ShardedTable::add`] with the song's hash (`hash_bytes(song)`).
@@ -209,7 +204,7 @@ impl ShardedTable {
 
     /// Adds all cached and buffered rows to the shard tables.
     #[cfg(test)]
-    pub(crate) fn flush(&mut self) -> Result<(), Overflowed> {
+    pub(crate) fn flush(&mut self) -> Result<(), Error> {
         self.drain_hot();
         while !self.flush_within(|_, _| false)? {}
         Ok(())
@@ -222,7 +217,7 @@ impl ShardedTable {
     pub(crate) fn flush_within(
         &mut self,
         mut over: impl FnMut(usize, usize) -> bool,
-    ) -> Result<bool, Overflowed> {
+    ) -> Result<bool, Error> {
         for shard in 0..SHARDS {
             let (table, buffer) = (&mut self.shards[shard], &mut self.buffers.shards[shard]);
             if buffer.len == 0 {
@@ -243,7 +238,7 @@ impl ShardedTable {
                 }
                 table
                     .add(row.song, row.hash, row.date, row.plays)
-                    .map_err(|SumOverflow| Overflowed {
+                    .map_err(|Overflow| Error::SumOverflow {
                         song: String::from_utf8_lossy(row.song).into_owned(),
                         date: date_string(row.date),
                     })?;
@@ -351,6 +346,9 @@ mod tests {
         table.add(b"x", 10, u64::MAX);
         table.add(b"x", 10, 1);
         let err = table.flush().expect_err("overflows");
-        assert_eq!(err.song, "x");
+        assert!(
+            matches!(&err, Error::SumOverflow { song, .. } if song == "x"),
+            "{err:?}"
+        );
     }
 }

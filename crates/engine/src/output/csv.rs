@@ -2,7 +2,8 @@
 
 use std::io::{self, Write};
 
-use super::validate::{PackedDate, format_date};
+use crate::date::{PackedDate, format_date};
+use crate::input::header::HEADER;
 
 /// Appends the output lines of one song, `song,date,plays\n` for each of its (date, sum)
 /// pairs; the song's field is encoded once.
@@ -60,7 +61,7 @@ fn push_field(buf: &mut Vec<u8>, field: &[u8]) {
 
 /// Writes the header line.
 pub(crate) fn write_header(out: &mut dyn Write) -> io::Result<()> {
-    out.write_all(crate::HEADER.as_bytes())?;
+    out.write_all(HEADER.as_bytes())?;
     out.write_all(b"\n")
 }
 
@@ -71,7 +72,7 @@ mod tests {
     #[test]
     fn quoting() {
         let mut buf = Vec::new();
-        let day = |y, m, d| super::super::validate::pack_date(y, m, d);
+        let day = |y, m, d| crate::date::pack_date(y, m, d);
         push_song_rows(&mut buf, b"Nothing", &[]);
         push_song_rows(
             &mut buf,

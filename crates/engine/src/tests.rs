@@ -6,10 +6,10 @@ use std::io::Write;
 use fixtures::{Length, Skew, Spec};
 use proptest::prelude::*;
 
-use super::parse::{Parser, RowSink, Stop};
-use super::shards::ShardedTable;
-use super::validate::PackedDate;
+use crate::aggregate::shards::ShardedTable;
+use crate::date::PackedDate;
 use crate::error::Field;
+use crate::input::parse::{Parser, RowSink, Stop};
 use crate::{Config, Control, Input, Summary, aggregate_to_writer};
 
 /// How a test hands its input to the engine.
@@ -256,7 +256,7 @@ fn forced_spills_are_counted_and_merged() {
     let summary = aggregate_to_writer(Input::File(file.path()), &mut out, &config, &Control::new())
         .expect("engine succeeds");
     // More runs than one merge reads at once: exercises the early and intermediate merges.
-    let fan_in = super::merge::fan_in(config.memory_limit) as u64;
+    let fan_in = crate::merge::fan_in(config.memory_limit) as u64;
     assert!(summary.spilled_runs > fan_in, "{summary:?}");
     assert_eq!(summary.rows_read, 20000);
     assert_eq!(out, fixtures::reference::aggregate(&input));

@@ -1,24 +1,21 @@
 //! Cuts the input into blocks of whole records for the workers: ranges of a memory-mapped
-//! file, or buffers read from a stream (recycled through a pool, so memory stays bounded).
+//! file, or buffers read from a stream (recycled through a pool, so memory stays bounded), or
+//! slices of shared pieces. The pages of a mapped file are released behind the workers
+//! ([`ReleaseFrontier`]), so that resident memory does not grow with the input.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::ops::Range;
-use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 use memmap2::Mmap;
+use parking_lot::Mutex;
 
-use super::parse::{HeaderEnd, parse_header};
-use super::scan::{count_quotes, last_record_end, last_record_end_from};
-use super::{Growth, Pieces};
-use crate::error::InvalidRow;
+use crate::input::MAX_RECORD_BYTES;
+use crate::input::header::{Header, header_of, header_too_long, strip_header};
+use crate::input::scan::{count_quotes, last_record_end, last_record_end_from};
+use crate::input::{Growth, Pieces};
 use crate::{Control, Error};
-
-/// Record limit beyond the block size: a record longer than `block_bytes + MAX_RECORD_BYTES`
-/// (5 MiB with the default blocks), or a double quote never closed that makes the rest of
-/// the input one field that long, is an error, for mapped and streamed input alike.
-pub(crate) const MAX_RECORD_BYTES: usize = 1 << 20;
 
 /// A run of whole records.
 pub(crate) struct Block {
@@ -36,7 +33,7 @@ pub(crate) enum BlockData {
     /// `len` stay initialised for the buffer's next use, so that reading into it does not
     /// zero it first.
     Owned { buf: Vec<u8>, len: usize },
-    /// Part of a piece of [`Input::Pieces`](super::Input::Pieces), parsed where it is.
+    /// Part of a piece of [`Input::Pieces`](crate::input::Input::Pieces), parsed where it is.
     Shared(Bytes),
 }
 
@@ -83,7 +80,7 @@ impl ReleaseFrontier {
     /// below the first unfinished block.
     pub(crate) fn finish(&self, index: u64, block: Range<usize>, page: usize) -> Released {
         let inner = inner_pages(block.start, block.end, page);
-        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.state.lock();
         let state = &mut *guard;
         let previous = index.checked_sub(1).and_then(|i| state.finished.get(&i));
         let before = previous.map(|previous| boundary_pages(previous, &block, page));
@@ -140,49 +137,6 @@ fn inner_pages(start: usize, end: usize, page: usize) -> Option<Range<usize>> {
     let from = (start + BOUNDARY_MARGIN).div_ceil(page) * page;
     let to = end.saturating_sub(BOUNDARY_MARGIN) / page * page;
     (from < to).then_some(from..to)
-}
-
-/// Where the header ended and how many line ends it had.
-pub(crate) struct Header {
-    pub newlines: u64,
-    /// Bytes of the BOM and the header line.
-    pub bytes: usize,
-}
-
-const BOM: &[u8] = b"\xEF\xBB\xBF";
-
-fn header_of(data: &[u8], at_end: bool) -> Result<Option<(usize, HeaderEnd)>, Error> {
-    let skip = if data.starts_with(BOM) { BOM.len() } else { 0 };
-    if at_end && data.len() == skip {
-        return Err(Error::EmptyInput);
-    }
-    Ok(parse_header(&data[skip..], at_end)
-        .map_err(Error::Invalid)?
-        .map(|end| (skip, end)))
-}
-
-/// Checks the start of an input (e.g. the first bytes of an upload): `Ok(Some(n))` when it
-/// opens with the header `Song,Date,Number of Plays` (after an optional BOM), `n` being the
-/// bytes of BOM and header line; `Ok(None)` when `start` is too short to tell and more bytes
-/// are needed (`at_end` false: `start` is not the whole input); otherwise the error the
-/// engine would report (wrong header, empty input, header over 1 MiB).
-pub fn check_header(start: &[u8], at_end: bool) -> Result<Option<usize>, Error> {
-    match header_of(start, at_end)? {
-        Some((skip, end)) => Ok(Some(skip + end.end)),
-        None if start.len() >= MAX_RECORD_BYTES => Err(header_too_long()),
-        None => Ok(None),
-    }
-}
-
-fn header_too_long() -> Error {
-    Error::Invalid(InvalidRow {
-        line: 1,
-        field: None,
-        reason: format!(
-            "the header is longer than {} bytes; expected \"Song,Date,Number of Plays\"",
-            MAX_RECORD_BYTES
-        ),
-    })
 }
 
 /// An error reading a growing file (an upload that still arrives, which has no path of its
@@ -512,25 +466,6 @@ pub(crate) fn produce_pieces(
     header.ok_or(Error::EmptyInput)
 }
 
-/// The header at the start of `data` (after a BOM), removed from it; `None` when `data` is
-/// too short to tell and more may come (`at_end` false).
-fn strip_header(data: &mut Vec<u8>, at_end: bool) -> Result<Option<Header>, Error> {
-    // As for mapped input: the header is looked for in its first MAX_RECORD_BYTES.
-    let head = &data[..data.len().min(MAX_RECORD_BYTES)];
-    match header_of(head, at_end && head.len() == data.len())? {
-        Some((skip, end)) => {
-            let bytes = skip + end.end;
-            data.drain(..bytes);
-            Ok(Some(Header {
-                newlines: end.newlines,
-                bytes,
-            }))
-        }
-        None if data.len() >= MAX_RECORD_BYTES || at_end => Err(header_too_long()),
-        None => Ok(None),
-    }
-}
-
 /// Numbers the blocks [`produce_pieces`] sends; `stopped` once the receiver is gone or a block
 /// was oversized (nothing follows it).
 struct Blocks<F> {
@@ -592,8 +527,8 @@ fn fill(
 #[cfg(test)]
 mod tests {
     use super::{
-        BOUNDARY_MARGIN, BlockData, Bytes, MAX_RECORD_BYTES, ReleaseFrontier, Released,
-        check_header, cut, inner_pages, produce_pieces,
+        BOUNDARY_MARGIN, BlockData, Bytes, MAX_RECORD_BYTES, ReleaseFrontier, Released, cut,
+        inner_pages, produce_pieces,
     };
     use crate::{Control, Pieces};
 
@@ -665,20 +600,6 @@ mod tests {
         let long = vec![b'x'; 2 + MAX_RECORD_BYTES];
         assert_eq!(cut(&long, 0, 1), (1 + MAX_RECORD_BYTES, true));
         assert_eq!(cut(&long[1..], 0, 1), (1 + MAX_RECORD_BYTES, false));
-    }
-
-    #[test]
-    fn header_checks() {
-        let header = check_header(b"Song,Date,Number of Plays\n", false);
-        assert_eq!(header.ok(), Some(Some(26)));
-        let bom = check_header(b"\xEF\xBB\xBFSong,Date,Number of Plays\r\nA", false);
-        assert_eq!(bom.ok(), Some(Some(30)));
-        assert_eq!(check_header(b"Song,Date,Num", false).ok(), Some(None));
-        let whole = check_header(b"Song,Date,Number of Plays", true);
-        assert_eq!(whole.ok(), Some(Some(25)));
-        let err = check_header(b"song,day\n", false).expect_err("wrong header");
-        assert!(err.to_string().contains("song,day"), "{err}");
-        assert!(check_header(b"", true).is_err());
     }
 
     #[test]

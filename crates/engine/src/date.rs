@@ -1,6 +1,7 @@
-//! Field validation shared by the parsers: dates, play counts, the header.
+//! Dates: the packed day ordinal that rows are keyed and sorted on, parsed from and formatted
+//! to `YYYY-MM-DD` (the input, the output and error messages all use it).
 
-use crate::error::{InvalidRow, show_value};
+use crate::error::show_value;
 
 /// A calendar date as a day ordinal `(year * 12 + month - 1) * 31 + day - 1`: its numeric order
 /// is the date order, it is computed and formatted with a few multiplications, and consecutive
@@ -105,48 +106,6 @@ pub(crate) fn date_string(date: PackedDate) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// Parses a non-negative integer that fits u64: ASCII digits only.
-pub(crate) fn parse_plays(bytes: &[u8]) -> Result<u64, String> {
-    if bytes.is_empty() {
-        return Err("is empty: expected a non-negative integer".into());
-    }
-    let mut value: u64 = 0;
-    for &b in bytes {
-        if !b.is_ascii_digit() {
-            return Err(format!(
-                "{} is not a non-negative integer",
-                show_value(bytes)
-            ));
-        }
-        value = value
-            .checked_mul(10)
-            .and_then(|v| v.checked_add(u64::from(b - b'0')))
-            .ok_or_else(|| format!("{} does not fit a 64-bit integer", show_value(bytes)))?;
-    }
-    Ok(value)
-}
-
-/// Checks the header fields (already unquoted, BOM removed).
-pub(crate) fn check_header(fields: &[&[u8]]) -> Result<(), InvalidRow> {
-    let expected: [&[u8]; 3] = [b"Song", b"Date", b"Number of Plays"];
-    if fields == expected {
-        return Ok(());
-    }
-    let found = fields
-        .iter()
-        .map(|f| String::from_utf8_lossy(f))
-        .collect::<Vec<_>>()
-        .join(",");
-    Err(InvalidRow {
-        line: 1,
-        field: None,
-        reason: format!(
-            "expected the header \"Song,Date,Number of Plays\", found {}",
-            show_value(found.as_bytes())
-        ),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,26 +146,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn plays() {
-        assert_eq!(parse_plays(b"0"), Ok(0));
-        assert_eq!(parse_plays(b"0042"), Ok(42));
-        assert_eq!(parse_plays(b"18446744073709551615"), Ok(u64::MAX));
-        assert!(parse_plays(b"18446744073709551616").is_err());
-        assert!(parse_plays(b"-1").is_err());
-        assert!(parse_plays(b"+1").is_err());
-        assert!(parse_plays(b"1.5").is_err());
-        assert!(parse_plays(b"").is_err());
-        assert!(parse_plays(b" 1").is_err());
-    }
-
-    #[test]
-    fn header() {
-        assert!(check_header(&[b"Song", b"Date", b"Number of Plays"]).is_ok());
-        let err = check_header(&[b"Song", b"Day", b"Plays"]).unwrap_err();
-        assert_eq!(err.line, 1);
-        assert!(err.reason.contains("Song,Day,Plays"), "{}", err.reason);
     }
 }

@@ -3,13 +3,9 @@
 
 use std::mem::size_of;
 
-use super::days::{Days, Overflow};
-use super::hash::{u32_at, u64_at};
-use super::validate::PackedDate;
-
-/// A sum for (song, date) overflowed u64.
-#[derive(Debug)]
-pub(crate) struct SumOverflow;
+use crate::aggregate::days::{Days, Overflow};
+use crate::aggregate::hash::{u32_at, u64_at};
+use crate::date::PackedDate;
 
 /// A song of a table with its name resolved.
 #[derive(Clone, Copy)]
@@ -257,16 +253,13 @@ impl SongTable {
         hash: u64,
         date: PackedDate,
         plays: u64,
-    ) -> Result<(), SumOverflow> {
+    ) -> Result<(), Overflow> {
         let (found, slot) = self.find(song, hash);
         let Some(entry) = found else {
             self.insert(slot, song, hash, date, plays);
             return Ok(());
         };
-        let delta = self.entries[entry]
-            .days
-            .add(date, plays)
-            .map_err(|Overflow| SumOverflow)?;
+        let delta = self.entries[entry].days.add(date, plays)?;
         self.days_bytes = self.days_bytes.wrapping_add_signed(delta);
         Ok(())
     }
@@ -411,14 +404,14 @@ impl SongTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::hash::hash_bytes;
+    use crate::aggregate::hash::hash_bytes;
 
     fn add(
         table: &mut SongTable,
         song: &[u8],
         date: PackedDate,
         plays: u64,
-    ) -> Result<(), SumOverflow> {
+    ) -> Result<(), Overflow> {
         table.add(song, hash_bytes(song), date, plays)
     }
 

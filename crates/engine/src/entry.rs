@@ -1,82 +1,17 @@
-//! The aggregation pipeline: input -> parse -> aggregate -> (spill) -> merge -> CSV output.
-
-mod budget;
-mod days;
-mod hash;
-mod hot;
-mod merge;
-mod output;
-mod parse;
-mod partial;
-mod pipeline;
-mod range_merge;
-mod rounds;
-mod run;
-mod scan;
-mod shards;
-mod source;
-mod spill_index;
-mod table;
-#[cfg(test)]
-mod tests;
-pub(crate) mod validate;
-mod worker;
-mod writer;
+//! The entry points: opens the input (memory-mapped when it is a regular or growing file, a
+//! stream otherwise), runs the pipeline on it and times the run; [`aggregate`] also makes the
+//! output file appear only when the run succeeds.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use bytes::Bytes;
-
-pub use partial::{OutputFile, remove_stale_partials};
-pub(crate) use shards::Overflowed;
-pub use source::check_header;
-use source::growth_error;
-pub use worker::return_free_memory;
-
+use crate::input::blocks::growth_error;
+use crate::input::{Input, Source};
+use crate::output::file::OutputFile;
+use crate::pipeline;
 use crate::{Config, Control, Error, Phase, Summary};
-
-/// Where the CSV comes from.
-pub enum Input<'a> {
-    /// A local file, memory-mapped (a named pipe or a device, such as `<(command)`, is read
-    /// as a stream).
-    File(&'a Path),
-    /// Any byte stream (stdin, an upload); `len` is its size when known, for progress.
-    Reader {
-        reader: Box<dyn Read + Send + 'a>,
-        len: Option<u64>,
-    },
-    /// A local file still being written (an upload as it arrives), at most `capacity` bytes
-    /// long: memory-mapped like [`Input::File`], and read as far as `growth` reports it
-    /// written. Without a `capacity`, the engine waits for the whole file first.
-    Growing {
-        file: &'a File,
-        capacity: Option<u64>,
-        growth: &'a dyn Growth,
-    },
-    /// A series of shared buffers (an upload's pieces as they arrive), parsed where they are
-    /// rather than copied into the engine's own buffers; `len` is the total when known.
-    Pieces {
-        pieces: Box<dyn Pieces + 'a>,
-        len: Option<u64>,
-    },
-}
-
-/// The input of [`Input::Pieces`]: its bytes, piece by piece.
-pub trait Pieces: Send {
-    /// The next piece, in order; `None` at the end of the input. An error ends the run.
-    fn next_piece(&mut self) -> std::io::Result<Option<Bytes>>;
-}
-
-/// How far a file still being written has reached.
-pub trait Growth: Send + Sync {
-    /// Waits until more than `pos` bytes are written, or the file is complete; returns the
-    /// length written so far (at most `pos` only when that is the whole file). An error (the
-    /// writer gave up, the run was cancelled) ends the run.
-    fn wait_beyond(&self, pos: u64) -> std::io::Result<u64>;
-}
 
 /// Aggregates `input` into the CSV file `output`, which appears only when the run succeeds:
 /// the result is written to a temporary file beside it and renamed (see [`OutputFile`]; a device
@@ -126,11 +61,11 @@ pub fn aggregate_to_writer(
                 // service only maps files it owns.
                 let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(read_err)?;
                 let _ = map.advise(memmap2::Advice::Sequential);
-                pipeline::run(pipeline::Source::Mapped(map), out, config, control)?
+                pipeline::run(Source::Mapped(map), out, config, control)?
             } else {
                 // A pipe or a device (`<(command)`, `/dev/stdin`): nothing to map, and no size
                 // (0, which is no empty input): read as a stream.
-                let source = pipeline::Source::Stream(&mut file);
+                let source = Source::Stream(&mut file);
                 pipeline::run(source, out, config, control).map_err(|e| match e {
                     Error::Read { source, .. } => read_err(source),
                     other => other,
@@ -139,11 +74,11 @@ pub fn aggregate_to_writer(
         }
         Input::Reader { mut reader, len } => {
             progress.set_total(len.unwrap_or(0));
-            pipeline::run(pipeline::Source::Stream(&mut reader), out, config, control)?
+            pipeline::run(Source::Stream(&mut reader), out, config, control)?
         }
         Input::Pieces { mut pieces, len } => {
             progress.set_total(len.unwrap_or(0));
-            pipeline::run(pipeline::Source::Pieces(&mut *pieces), out, config, control)?
+            pipeline::run(Source::Pieces(&mut *pieces), out, config, control)?
         }
         Input::Growing {
             file,
@@ -165,7 +100,7 @@ pub fn aggregate_to_writer(
             let map =
                 unsafe { memmap2::MmapOptions::new().len(len).map(file) }.map_err(growth_error)?;
             let _ = map.advise(memmap2::Advice::Sequential);
-            pipeline::run(pipeline::Source::Growing(map, growth), out, config, control)?
+            pipeline::run(Source::Growing(map, growth), out, config, control)?
         }
     };
     progress.set_phase(Phase::Done);

@@ -1,21 +1,23 @@
 //! A worker thread: parses the blocks it receives into its sharded table; when the tables of
-//! all workers together outgrow the memory budget, they spill them together (see `rounds`).
+//! all workers together outgrow the memory budget, they spill them together (see
+//! `spill::rounds`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use memmap2::Mmap;
 
-use super::hash::hash_bytes;
-use super::merge::{fan_in, merge_early, take_for_early_merge};
-use super::parse::{Parser, RowSink, Stop};
-use super::pipeline::{LocatedInvalid, LockOk, Shared};
-use super::rounds::{Part, Room};
-use super::run::SpilledRun;
-use super::shards::ShardedTable;
-use super::source::{Block, BlockData, MAX_RECORD_BYTES};
-use super::validate::PackedDate;
+use crate::aggregate::hash::hash_bytes;
+use crate::aggregate::shards::ShardedTable;
+use crate::date::PackedDate;
 use crate::error::{Field, show_value};
+use crate::input::MAX_RECORD_BYTES;
+use crate::input::blocks::{Block, BlockData};
+use crate::input::parse::{Parser, RowSink, Stop};
+use crate::merge::{fan_in, merge_early, take_for_early_merge};
+use crate::pipeline::shared::{LocatedInvalid, Shared};
+use crate::spill::rounds::{Part, Room};
+use crate::spill::run::SpilledRun;
 use crate::{Error, Phase};
 
 /// Rows of a block that [`TableSink`] holds back: enough for the slots they touch in the cache
@@ -298,7 +300,7 @@ impl Spiller {
             };
             let done = match table.flush_within(over) {
                 Ok(done) => done,
-                Err(overflow) => return shared.fail(overflow.into()),
+                Err(error) => return shared.fail(error),
             };
             budget.publish(self.me, table.table_bytes(), table.buffer_bytes());
             if rounds.latest() != self.joined {
@@ -369,13 +371,13 @@ impl Spiller {
         if let Some(files) = run {
             shared.spilled_runs.fetch_add(1, Ordering::Relaxed);
             let early = {
-                let mut spills = shared.spills.lock_ok();
+                let mut spills = shared.spills.lock();
                 spills.push(SpilledRun::new(files));
                 take_for_early_merge(&mut spills, fan_in(shared.config.memory_limit))
             };
             if let Some(group) = early {
                 match merge_early(group, &shared.temp_dir) {
-                    Ok(merged) => shared.spills.lock_ok().push(merged),
+                    Ok(merged) => shared.spills.lock().push(merged),
                     Err(error) => {
                         shared.fail(error);
                         return false;
@@ -385,16 +387,6 @@ impl Spiller {
         }
         shared.control.progress().set_phase(Phase::Read);
         written
-    }
-}
-
-/// Gives freed heap pages back to the system (after a run in long-lived processes), so that
-/// resident memory tracks the work in progress rather than the allocator's high-water mark.
-pub fn return_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory held by glibc's allocator.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -8,16 +8,16 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use super::merge::merge_runs;
-use super::pipeline::LockOk;
-use super::run::{AnyRun, DiskRun, RUN_BUFFER_BYTES, SpilledRun, TableRun};
-use super::spill_index::output_estimate;
-use super::table::{Pivot, SongRef};
-use super::writer::WriteBuf;
+use parking_lot::Mutex;
+
 use crate::Error;
+use crate::aggregate::table::{Pivot, SongRef};
+use crate::merge::kway::merge_runs;
+use crate::output::writer::WriteBuf;
+use crate::spill::index::output_estimate;
+use crate::spill::run::{AnyRun, DiskRun, RUN_BUFFER_BYTES, SpilledRun, TableRun};
 
 /// Smallest read buffer of a run when many runs are merged in several ranges at once.
 const MIN_RUN_BUFFER: usize = if cfg!(test) { 64 } else { 16 << 10 };
@@ -163,7 +163,7 @@ pub(crate) fn merge_ranges(
     // Output buffers the writer gave back, for the ranges' next pieces.
     let spare: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
     let chunk = || {
-        let recycled = spare.lock_ok().pop();
+        let recycled = spare.lock().pop();
         recycled.unwrap_or_else(|| Vec::with_capacity(OUTPUT_CHUNK + OUTPUT_CHUNK / 16))
     };
     let merge_range = |part: usize, sink: &mut dyn FnMut(Vec<u8>) -> Result<(), Error>| {
@@ -198,7 +198,7 @@ pub(crate) fn merge_ranges(
         &mut |piece| match piece {
             Piece::Output(mut buf) => {
                 write(&mut buf)?;
-                let mut spare = spare.lock_ok();
+                let mut spare = spare.lock();
                 if buf.capacity() > OUTPUT_CHUNK && spare.len() < plan.window * 2 {
                     buf.clear();
                     spare.push(buf);
@@ -316,8 +316,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::run::{Run, SpillWriter};
-    use crate::engine::shards::ShardedTable;
+    use crate::aggregate::shards::ShardedTable;
+    use crate::spill::run::{Run, SpillWriter};
 
     fn pivot_names(pivots: &[Pivot]) -> Vec<&str> {
         pivots

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::source::MAX_RECORD_BYTES;
+use crate::input::MAX_RECORD_BYTES;
 
 /// Smallest block size the budget shrinks blocks to (smaller blocks only cost overhead).
 const MIN_BLOCK_BYTES: usize = 256 << 10;

@@ -2,132 +2,25 @@
 //! their own tables (spilling sorted runs to disk when the tables together outgrow the
 //! memory budget), and the tables and runs are merged into the sorted CSV output.
 
-use std::io::{Read, Write};
+pub(crate) mod shared;
+pub(crate) mod worker;
+
+use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use memmap2::Mmap;
-
-use super::budget::{Plan, TableBudget};
-use super::merge::{fan_in, merge_in_memory, merge_with_spills};
-use super::output::write_header;
-use super::rounds::Rounds;
-use super::run::SpilledRun;
-use super::shards::ShardedTable;
-use super::source::{Block, ReleaseFrontier, produce_mapped, produce_pieces, produce_stream};
-use super::worker::{return_free_memory, worker};
-use super::writer::with_writer_thread;
-use super::{Growth, Pieces};
-use crate::error::{Field, InvalidRow};
+use crate::aggregate::shards::ShardedTable;
+use crate::error::InvalidRow;
+use crate::input::Source;
+use crate::input::blocks::{Block, produce_mapped, produce_pieces, produce_stream};
+use crate::merge::{fan_in, merge_in_memory, merge_with_spills};
+use crate::output::csv::write_header;
+use crate::output::writer::with_writer_thread;
+use crate::pipeline::shared::{LocatedInvalid, Shared};
+use crate::pipeline::worker::worker;
+use crate::spill::budget::{Plan, TableBudget};
+use crate::spill::rounds::Rounds;
 use crate::{Config, Control, Error, Phase, Summary};
-
-/// Locks a mutex, also after another thread panicked while holding it (the data here stays
-/// consistent: each update is a single push or replace).
-pub(crate) trait LockOk<T> {
-    fn lock_ok(&self) -> MutexGuard<'_, T>;
-}
-
-impl<T> LockOk<T> for Mutex<T> {
-    fn lock_ok(&self) -> MutexGuard<'_, T> {
-        self.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// The input, opened.
-pub(crate) enum Source<'a> {
-    Mapped(Mmap),
-    /// The map of a file still being written, read as far as it has grown.
-    Growing(Mmap, &'a dyn Growth),
-    Stream(&'a mut dyn Read),
-    Pieces(&'a mut dyn Pieces),
-}
-
-/// An invalid record located by block and line within the block.
-#[derive(Debug, Clone)]
-pub(crate) struct LocatedInvalid {
-    pub block: u64,
-    pub line: u64,
-    pub field: Option<Field>,
-    pub reason: String,
-}
-
-impl LocatedInvalid {
-    fn key(&self) -> (u64, u64) {
-        (self.block, self.line)
-    }
-}
-
-/// State the workers share.
-pub(crate) struct Shared<'a> {
-    pub config: &'a Config,
-    pub control: &'a Control,
-    /// Blocks after this one need no work (an earlier invalid record ends the run).
-    pub first_bad_block: AtomicU64,
-    /// The earliest invalid record (strict mode).
-    pub first_invalid: Mutex<Option<LocatedInvalid>>,
-    /// The first few skipped records (with `skip_invalid`).
-    pub samples: Mutex<Vec<LocatedInvalid>>,
-    pub skipped: AtomicU64,
-    /// An error that ends the run whatever the mode (I/O, overflow).
-    pub fatal: Mutex<Option<Error>>,
-    pub abort: AtomicBool,
-    /// Line ends per block, for turning block-relative lines into file lines.
-    pub block_lines: Mutex<Vec<u64>>,
-    /// Pages of the memory-mapped input that can be dropped.
-    pub frontier: ReleaseFrontier,
-    /// Spilled runs (some of them merged early).
-    pub spills: Mutex<Vec<SpilledRun>>,
-    /// Runs spilled.
-    pub spilled_runs: AtomicU64,
-    pub budget: TableBudget,
-    pub rounds: Rounds,
-    pub temp_dir: PathBuf,
-}
-
-impl Shared<'_> {
-    pub(crate) fn fail(&self, error: Error) {
-        let mut fatal = self.fatal.lock_ok();
-        fatal.get_or_insert(error);
-        self.abort.store(true, Ordering::Relaxed);
-    }
-
-    pub(crate) fn stopped(&self) -> bool {
-        self.abort.load(Ordering::Relaxed) || self.control.is_cancelled()
-    }
-
-    pub(crate) fn record_invalid(&self, invalid: LocatedInvalid) {
-        if !self.config.skip_invalid {
-            return self.record_invalid_always(invalid);
-        }
-        self.skipped.fetch_add(1, Ordering::Relaxed);
-        let mut samples = self.samples.lock_ok();
-        samples.push(invalid);
-        if samples.len() > self.config.max_reported_invalid * 2 {
-            samples.sort_by_key(LocatedInvalid::key);
-            samples.truncate(self.config.max_reported_invalid);
-        }
-    }
-
-    /// Keeps the earliest invalid record as the run's error, whatever the mode.
-    pub(crate) fn record_invalid_always(&self, invalid: LocatedInvalid) {
-        self.first_bad_block
-            .fetch_min(invalid.block, Ordering::Relaxed);
-        let mut first = self.first_invalid.lock_ok();
-        if first.as_ref().is_none_or(|f| invalid.key() < f.key()) {
-            *first = Some(invalid);
-        }
-    }
-
-    pub(crate) fn set_block_lines(&self, block: u64, lines: u64) {
-        let mut all = self.block_lines.lock_ok();
-        let index = block as usize;
-        if all.len() <= index {
-            all.resize(index + 1, 0);
-        }
-        all[index] = lines;
-    }
-}
 
 /// Runs the whole pipeline, writing the CSV to `out`.
 pub(crate) fn run(
@@ -146,23 +39,13 @@ pub(crate) fn run(
         path: temp_dir.clone(),
         source,
     })?;
-    let shared = Shared {
+    let shared = Shared::new(
         config,
         control,
-        first_bad_block: AtomicU64::new(u64::MAX),
-        first_invalid: Mutex::new(None),
-        samples: Mutex::new(Vec::new()),
-        skipped: AtomicU64::new(0),
-        fatal: Mutex::new(None),
-        abort: AtomicBool::new(false),
-        block_lines: Mutex::new(Vec::new()),
-        frontier: ReleaseFrontier::default(),
-        spills: Mutex::new(Vec::new()),
-        spilled_runs: AtomicU64::new(0),
-        budget: TableBudget::new(plan.table_bytes, threads),
-        rounds: Rounds::new(threads),
+        TableBudget::new(plan.table_bytes, threads),
+        Rounds::new(threads),
         temp_dir,
-    };
+    );
     let input_bytes = AtomicU64::new(0);
     let rows = AtomicU64::new(0);
     let started = std::time::Instant::now();
@@ -222,14 +105,14 @@ pub(crate) fn run(
     if control.is_cancelled() {
         return Err(Error::Cancelled);
     }
-    if let Some(error) = shared.fatal.lock_ok().take() {
+    if let Some(error) = shared.take_fatal() {
         return Err(error);
     }
     let header = header?;
     if tables.len() != threads {
         return Err(Error::Threads("a worker thread panicked".into()));
     }
-    let block_lines = shared.block_lines.lock_ok().clone();
+    let block_lines = shared.block_lines();
     let locate = |invalid: &LocatedInvalid| InvalidRow {
         line: 1
             + header.newlines
@@ -238,16 +121,16 @@ pub(crate) fn run(
         field: invalid.field,
         reason: invalid.reason.clone(),
     };
-    if let Some(first) = shared.first_invalid.lock_ok().as_ref() {
-        return Err(Error::Invalid(locate(first)));
+    if let Some(first) = shared.take_first_invalid() {
+        return Err(Error::Invalid(locate(&first)));
     }
-    let mut samples = std::mem::take(&mut *shared.samples.lock_ok());
+    let mut samples = shared.take_samples();
     samples.sort_by_key(LocatedInvalid::key);
     samples.truncate(config.max_reported_invalid);
 
     control.progress().set_phase(Phase::Merge);
     let scanned = started.elapsed();
-    let spills = std::mem::take(&mut *shared.spills.lock_ok());
+    let spills = std::mem::take(&mut *shared.spills.lock());
     let spilled_runs = shared.spilled_runs.load(Ordering::Relaxed);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -280,7 +163,7 @@ pub(crate) fn run(
     Ok(Summary {
         rows_read: rows.load(Ordering::Relaxed),
         input_bytes: header.bytes as u64 + input_bytes.load(Ordering::Relaxed),
-        rows_skipped: shared.skipped.load(Ordering::Relaxed),
+        rows_skipped: shared.skipped(),
         groups_written: groups,
         output_bytes,
         spilled_runs,
@@ -302,5 +185,15 @@ fn drop_in_background(tables: Vec<ShardedTable>) {
         });
     if let Err(error) = spawned {
         tracing::debug!(%error, "freed the tables in the calling thread");
+    }
+}
+
+/// Gives freed heap pages back to the system (after a run in long-lived processes), so that
+/// resident memory tracks the work in progress rather than the allocator's high-water mark.
+pub fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory held by glibc's allocator.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

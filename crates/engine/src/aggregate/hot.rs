@@ -1,15 +1,14 @@
 //! A small cache of the songs a worker meets most, in front of its sharded table: most inputs
 //! are skewed (a few thousand songs make most of the rows), and a row of a cached song is
 //! summed in place, in a structure small enough for the CPU caches (its slot prefetched while
-//! the next row is parsed), instead of being buffered and added to the big table later. On
-//! the skewed benchmark file three rows in four are summed here. The cache is direct-mapped
-//! by song hash; a song takes a slot from another only once that one has lost its hits to
-//! misses (so that the long tail of rare songs does not keep evicting the frequent ones). An evicted song's
-//! sums go to the table like any row, and all of them do at the end, so the result does not
-//! depend on what the cache held.
+//! the next row is parsed), instead of being buffered and added to the big table later. The
+//! cache is direct-mapped by song hash; a song takes a slot from another only once that one
+//! has lost its hits to misses (so that the long tail of rare songs does not keep evicting the
+//! frequent ones). An evicted song's sums go to the table like any row, and all of them do at
+//! the end, so the result does not depend on what the cache held.
 
-use super::table::{INLINE, inline_name_is, prefetch};
-use super::validate::PackedDate;
+use crate::aggregate::table::{INLINE, inline_name_is, prefetch};
+use crate::date::PackedDate;
 
 /// Longest name a slot holds (longer ones always go to the table).
 const NAME_BYTES: usize = INLINE;
@@ -249,8 +248,8 @@ impl HotSongs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::hash::hash_bytes;
-    use crate::engine::validate::pack_date;
+    use crate::aggregate::hash::hash_bytes;
+    use crate::date::pack_date;
     use std::collections::BTreeMap;
 
     type Sums = BTreeMap<(Vec<u8>, PackedDate), u64>;

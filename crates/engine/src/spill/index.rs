@@ -5,7 +5,7 @@
 //! dropped and the stride doubles, so the memory they take is bounded by the number of open
 //! files, not by the input.
 
-use super::table::{Pivot, name_key};
+use crate::aggregate::table::{Pivot, name_key};
 
 /// Bytes between two entries of a file while it is small (tiny in unit tests, so that their
 /// few songs make several entries).

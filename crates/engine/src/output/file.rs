@@ -1,4 +1,4 @@
-//! Output files. A result bound for a regular file is written to a partial file
+//! The output file. A result bound for a regular file is written to a partial file
 //! (`.NAME.XXXX.partial`) beside it and renamed onto it once complete. Each partial file is
 //! locked (`flock`) while its writer lives, so that the partial file of a writer that was killed
 //! can be told from one being written, and removed.

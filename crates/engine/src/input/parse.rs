@@ -4,9 +4,9 @@
 
 use std::ops::Range;
 
-use super::scan::{Delimiters, find_delimiter};
-use super::validate::{PackedDate, check_header, parse_date, parse_date_exact, parse_plays};
-use crate::error::{Field, InvalidRow};
+use crate::date::{PackedDate, parse_date, parse_date_exact};
+use crate::error::{Field, show_value};
+use crate::input::scan::{Delimiters, find_delimiter};
 
 /// Receives the parsed rows of a block (`'d`: the block's bytes). Returning `Err(Stop)` ends
 /// the block early; the sink keeps the reason itself.
@@ -48,7 +48,7 @@ pub(crate) struct BlockStats {
 
 /// What ends a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Term {
+pub(super) enum Term {
     Comma,
     Line,
     End,
@@ -56,15 +56,15 @@ enum Term {
 
 /// A field read by the general path: plain (a range of the block) or quoted (unescaped into a
 /// buffer).
-struct FieldRead {
-    plain: Option<Range<usize>>,
-    term: Term,
-    next: usize,
-    newlines: u64,
+pub(super) struct FieldRead {
+    pub plain: Option<Range<usize>>,
+    pub term: Term,
+    pub next: usize,
+    pub newlines: u64,
 }
 
-struct FieldError {
-    reason: String,
+pub(super) struct FieldError {
+    pub reason: String,
     next: usize,
     newlines: u64,
 }
@@ -311,7 +311,11 @@ fn fast_record(
 }
 
 /// Reads the field at `pos`: a plain field as a range, a quoted one unescaped into `out`.
-fn read_field(data: &[u8], pos: usize, out: &mut Vec<u8>) -> Result<FieldRead, FieldError> {
+pub(super) fn read_field(
+    data: &[u8],
+    pos: usize,
+    out: &mut Vec<u8>,
+) -> Result<FieldRead, FieldError> {
     if data.get(pos) == Some(&b'"') {
         read_quoted(data, pos, out)
     } else {
@@ -332,7 +336,7 @@ fn read_plain(data: &[u8], pos: usize) -> Result<FieldRead, FieldError> {
             return Err(FieldError {
                 reason: format!(
                     "{} has a double quote in an unquoted field (quote the whole field and double the quote)",
-                    crate::error::show_value(&data[pos..field_end])
+                    show_value(&data[pos..field_end])
                 ),
                 next,
                 newlines,
@@ -361,7 +365,7 @@ fn read_quoted(data: &[u8], pos: usize, out: &mut Vec<u8>) -> Result<FieldRead, 
             return Err(FieldError {
                 reason: format!(
                     "{} has an opening double quote that is never closed",
-                    crate::error::show_value(first_line(&data[pos..]))
+                    show_value(first_line(&data[pos..]))
                 ),
                 next: data.len(),
                 newlines: newlines + memchr::memchr_iter(b'\n', rest).count() as u64,
@@ -388,7 +392,7 @@ fn read_quoted(data: &[u8], pos: usize, out: &mut Vec<u8>) -> Result<FieldRead, 
                 return Err(FieldError {
                     reason: format!(
                         "has {} after its closing double quote (expected a comma or the end of the line)",
-                        crate::error::show_value(&data[after..after + 1])
+                        show_value(&data[after..after + 1])
                     ),
                     next,
                     newlines: newlines + skipped,
@@ -404,50 +408,25 @@ fn read_quoted(data: &[u8], pos: usize, out: &mut Vec<u8>) -> Result<FieldRead, 
     }
 }
 
-/// Where the header ends, after checking it: `Ok(None)` when `data` (not the whole input
-/// unless `at_end`) does not yet hold the complete header line.
-pub(crate) fn parse_header(data: &[u8], at_end: bool) -> Result<Option<HeaderEnd>, InvalidRow> {
-    let mut fields: Vec<Vec<u8>> = Vec::new();
-    let mut pos = 0;
-    let mut newlines = 0;
-    loop {
-        let mut buf = Vec::new();
-        let read = match read_field(data, pos, &mut buf) {
-            Ok(read) => read,
-            Err(_) if !at_end => return Ok(None),
-            Err(err) => {
-                return Err(InvalidRow {
-                    line: 1,
-                    field: None,
-                    reason: format!("the header {}", err.reason),
-                });
-            }
-        };
-        if read.term == Term::End && !at_end {
-            return Ok(None);
-        }
-        fields.push(match read.plain {
-            Some(range) => data[range].to_vec(),
-            None => buf,
-        });
-        pos = read.next;
-        newlines += read.newlines;
-        if read.term != Term::Comma {
-            break;
-        }
+/// Parses a non-negative integer that fits u64: ASCII digits only.
+pub(crate) fn parse_plays(bytes: &[u8]) -> Result<u64, String> {
+    if bytes.is_empty() {
+        return Err("is empty: expected a non-negative integer".into());
     }
-    let fields: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
-    check_header(&fields)?;
-    Ok(Some(HeaderEnd { end: pos, newlines }))
-}
-
-/// The end of a valid header line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HeaderEnd {
-    /// Index just past the header's line end.
-    pub end: usize,
-    /// Line ends inside and at the end of the header.
-    pub newlines: u64,
+    let mut value: u64 = 0;
+    for &b in bytes {
+        if !b.is_ascii_digit() {
+            return Err(format!(
+                "{} is not a non-negative integer",
+                show_value(bytes)
+            ));
+        }
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(b - b'0')))
+            .ok_or_else(|| format!("{} does not fit a 64-bit integer", show_value(bytes)))?;
+    }
+    Ok(value)
 }
 
 /// `data` up to its first line end.
@@ -457,7 +436,7 @@ fn first_line(data: &[u8]) -> &[u8] {
 
 /// Skips the rest of a malformed record, from `pos` to just past the next `\n` outside
 /// quotes, counting every `"` from `pos` on: the rule the block cutter follows
-/// ([`super::scan::last_record_end`]), so that the next record starts at the same place
+/// ([`crate::input::scan::last_record_end`]), so that the next record starts at the same place
 /// whatever the block size. Returns that place and the line ends skipped.
 fn skip_record(data: &[u8], pos: usize) -> (usize, u64) {
     let mut quoted = false;
@@ -481,7 +460,7 @@ fn skip_record(data: &[u8], pos: usize) -> (usize, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::validate::pack_date;
+    use crate::date::pack_date;
 
     #[derive(Default)]
     struct Collect {
@@ -538,28 +517,16 @@ mod tests {
     }
 
     #[test]
-    fn headers() {
-        let end = parse_header(b"Song,Date,Number of Plays\r\nA,2020-01-01,1\n", false)
-            .expect("valid")
-            .expect("complete");
-        assert_eq!(
-            end,
-            HeaderEnd {
-                end: 27,
-                newlines: 1
-            }
-        );
-        assert_eq!(parse_header(b"Song,Date,Numb", false), Ok(None));
-        assert!(
-            parse_header(b"Song,Date,Number of Plays", true)
-                .expect("valid")
-                .is_some()
-        );
-        let quoted = parse_header(b"\"Song\",\"Date\",\"Number of Plays\"\n", false);
-        assert!(quoted.expect("valid").is_some());
-        let err = parse_header(b"song,date,plays\n", false).expect_err("wrong header");
-        assert!(err.reason.contains("song,date,plays"), "{}", err.reason);
-        assert!(parse_header(b"A,2020-01-01,1\n", false).is_err());
+    fn plays() {
+        assert_eq!(parse_plays(b"0"), Ok(0));
+        assert_eq!(parse_plays(b"0042"), Ok(42));
+        assert_eq!(parse_plays(b"18446744073709551615"), Ok(u64::MAX));
+        assert!(parse_plays(b"18446744073709551616").is_err());
+        assert!(parse_plays(b"-1").is_err());
+        assert!(parse_plays(b"+1").is_err());
+        assert!(parse_plays(b"1.5").is_err());
+        assert!(parse_plays(b"").is_err());
+        assert!(parse_plays(b" 1").is_err());
     }
 
     #[test]
@@ -599,7 +566,7 @@ mod tests {
         // The stray quote opens a quoted stretch up to the quote of line 4: whole or cut
         // into blocks at record ends, the first three lines are one bad record.
         let data = "a\"b\nB,2020-01-01,1\n\"x\nC,2020-01-01,2\n";
-        let cut = crate::engine::scan::last_record_end(&data.as_bytes()[..24]);
+        let cut = crate::input::scan::last_record_end(&data.as_bytes()[..24]);
         assert_eq!(cut, Some(22));
         let (whole, stats) = parse(data);
         let (first, _) = parse(&data[..22]);

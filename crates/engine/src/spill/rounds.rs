@@ -6,15 +6,16 @@
 //! number of threads, and all threads work while it is written.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use super::pipeline::LockOk;
-use super::run::{SpillFile, spill_range};
-use super::shards::ShardedTable;
-use super::table::Pivot;
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+
 use crate::Error;
+use crate::aggregate::shards::ShardedTable;
+use crate::aggregate::table::Pivot;
+use crate::spill::run::{SpillFile, spill_range};
 
 /// Songs sampled per range to place the range bounds.
 const SAMPLES_PER_RANGE: usize = 256;
@@ -50,7 +51,7 @@ impl RoundWork {
     /// Writes range `part` of the round's songs to a new file in `dir` (see
     /// [`spill_range`]).
     pub(crate) fn write(&self, part: usize, dir: &Path) -> Result<SpillFile, Error> {
-        let guards: Vec<_> = self.tables.iter().map(read_ok).collect();
+        let guards: Vec<_> = self.tables.iter().map(RwLock::read).collect();
         let tables: Vec<&ShardedTable> = guards.iter().filter_map(|t| t.as_ref()).collect();
         let (lo, hi) = match part.checked_sub(1) {
             None => (None, self.bounds.first()),
@@ -66,17 +67,10 @@ impl RoundWork {
     /// Frees the tables handed in as part `part` (once every range is written).
     pub(crate) fn free(&self, part: usize) {
         if let Some(table) = self.tables.get(part) {
-            let freed = match table.write() {
-                Ok(mut table) => table.take(),
-                Err(poisoned) => poisoned.into_inner().take(),
-            };
+            let freed = table.write().take();
             drop(freed);
         }
     }
-}
-
-fn read_ok<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What [`Rounds::need_room`] tells a worker whose tables are over budget.
@@ -156,7 +150,7 @@ impl Rounds {
 
     /// For a worker over budget: starts a round unless one is under way.
     pub(crate) fn need_room(&self) -> Room {
-        let mut state = self.state.lock_ok();
+        let mut state = self.state.lock();
         match state.stage {
             Stage::Idle => {
                 let round = self.latest() + 1;
@@ -182,7 +176,7 @@ impl Rounds {
         bytes: usize,
         stopped: impl Fn() -> bool,
     ) -> Option<Part> {
-        let mut state = self.state.lock_ok();
+        let mut state = self.state.lock();
         let index = match &mut state.stage {
             Stage::Gathering {
                 round: gathering,
@@ -219,7 +213,7 @@ impl Rounds {
             if stopped() {
                 return None;
             }
-            state = self.wait(state);
+            self.wait(&mut state);
         }
     }
 
@@ -233,7 +227,7 @@ impl Rounds {
         index: usize,
         file: Option<SpillFile>,
     ) -> Option<Vec<SpillFile>> {
-        let mut state = self.state.lock_ok();
+        let mut state = self.state.lock();
         let Stage::Writing {
             round: writing,
             parts,
@@ -263,16 +257,16 @@ impl Rounds {
 
     /// Waits until `round` is written (or `stopped`).
     pub(crate) fn wait_written(&self, round: u64, stopped: impl Fn() -> bool) {
-        let mut state = self.state.lock_ok();
+        let mut state = self.state.lock();
         while matches!(state.stage, Stage::Writing { round: r, .. } if r == round) && !stopped() {
-            state = self.wait(state);
+            self.wait(&mut state);
         }
     }
 
     /// A worker is done parsing: its tables stay for the final merge, and it waits in
     /// [`Rounds::idle`] to join the rounds the others may still start.
     pub(crate) fn done_parsing(&self) {
-        let mut state = self.state.lock_ok();
+        let mut state = self.state.lock();
         state.parsing = state.parsing.saturating_sub(1);
         self.changed.notify_all();
     }
@@ -280,7 +274,7 @@ impl Rounds {
     /// For a worker done parsing: waits for a round it has not joined (returns it), or until
     /// every worker is done parsing, or `stopped` (`None`).
     pub(crate) fn idle(&self, joined: u64, stopped: impl Fn() -> bool) -> Option<u64> {
-        let mut state = self.state.lock_ok();
+        let mut state = self.state.lock();
         loop {
             let latest = self.latest();
             if latest != joined {
@@ -289,13 +283,13 @@ impl Rounds {
             if state.parsing == 0 || stopped() {
                 return None;
             }
-            state = self.wait(state);
+            self.wait(&mut state);
         }
     }
 
     /// A worker is gone (returned or panicked): rounds no longer wait for it.
     pub(crate) fn leave(&self) {
-        let mut state = self.state.lock_ok();
+        let mut state = self.state.lock();
         state.workers = state.workers.saturating_sub(1);
         Self::complete_gathering(&mut state);
         self.changed.notify_all();
@@ -321,19 +315,16 @@ impl Rounds {
         }
     }
 
-    fn wait<'a>(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+    fn wait(&self, state: &mut MutexGuard<'_, State>) {
         // Timed, so that a stop (error, cancellation) is seen without a notification.
-        match self.changed.wait_timeout(state, Duration::from_millis(50)) {
-            Ok((guard, _)) => guard,
-            Err(poisoned) => poisoned.into_inner().0,
-        }
+        self.changed.wait_for(state, Duration::from_millis(50));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::run::{DiskRun, Run, SpillWriter, SpilledRun};
+    use crate::spill::run::{DiskRun, Run, SpillWriter, SpilledRun};
 
     fn table(songs: &[&str]) -> ShardedTable {
         let mut table = ShardedTable::new(1 << 10);
