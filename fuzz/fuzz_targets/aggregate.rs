@@ -10,10 +10,10 @@
 use std::io::Read;
 use std::sync::OnceLock;
 
+use engine::{Config, Control, Error, Input};
+use fixtures::growing::Revealed;
 use fixtures::reference::{self, Rejection};
 use libfuzzer_sys::fuzz_target;
-use fixtures::growing::Revealed;
-use engine::{Config, Control, Error, Input};
 
 const HEADER: &[u8] = b"Song,Date,Number of Plays\n";
 const BLOCK_BYTES: [usize; 8] = [1, 2, 3, 5, 8, 16, 64, 4 << 20];

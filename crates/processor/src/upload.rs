@@ -33,7 +33,7 @@ pub struct UploadArgs {
     #[arg(
         long,
         env = "TASK_MANAGER_URL",
-        default_value = "http://127.0.0.1:5000"
+        default_value = task_protocol::DEFAULT_TASK_MANAGER_URL
     )]
     url: String,
     /// Token of the task manager's API (its API_TOKEN; of a comma-separated list, the

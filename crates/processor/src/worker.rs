@@ -36,7 +36,7 @@ pub struct WorkerArgs {
     #[arg(
         long,
         env = "TASK_MANAGER_URL",
-        default_value = "http://127.0.0.1:5000"
+        default_value = task_protocol::DEFAULT_TASK_MANAGER_URL
     )]
     task_manager_url: String,
     /// Token for the callbacks: the task manager's WORKER_TOKEN (of a comma-separated list,

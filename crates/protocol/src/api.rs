@@ -6,6 +6,9 @@ use uuid::Uuid;
 
 use crate::TaskStatus;
 
+/// Where clients and workers find the task manager when no URL is configured.
+pub const DEFAULT_TASK_MANAGER_URL: &str = "http://127.0.0.1:5000";
+
 /// The answer to an accepted upload (`202 Accepted`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Accepted {

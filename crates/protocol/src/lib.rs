@@ -12,7 +12,7 @@ pub mod queue;
 pub mod status;
 pub mod storage;
 
-pub use api::{Accepted, ErrorBody, TaskView};
+pub use api::{Accepted, DEFAULT_TASK_MANAGER_URL, ErrorBody, TaskView};
 pub use events::{EventAck, WorkerEvent, events_path};
 #[cfg(feature = "amqp")]
 pub use queue::declare_task_queue;

@@ -56,6 +56,9 @@ fn job(dir: &tempfile::TempDir, source: Source) -> Job {
         output: dir.path().join("processed").join("out.csv"),
         config: Config {
             threads: 2,
+            // Small blocks: the engine counts rows block by block, and the endless upload's
+            // rows are soon seen.
+            block_bytes: 16 << 10,
             temp_dir: Some(dir.path().to_path_buf()),
             ..Config::default()
         },
@@ -64,6 +67,17 @@ fn job(dir: &tempfile::TempDir, source: Source) -> Job {
 
 fn endless() -> Source {
     Source::Pieces(Box::new(Endless { header_sent: false }), None)
+}
+
+/// Runs `job` under `control`, supervised with `report` until it ends.
+async fn run(
+    job: Job,
+    control: &Control,
+    report: &mut Counting,
+    abort: &CancellationToken,
+) -> End<&'static str> {
+    let engine = job.spawn(control.clone());
+    supervise(engine, control, EVERY, report, abort).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,17 +89,8 @@ async fn a_finished_run_gives_its_summary_and_the_done_event() {
     };
     let job = job(&dir, Source::File(seed.input.clone()));
     let output = job.output.clone();
-    let control = Control::new();
-    let engine = job.spawn(control.clone());
-    let mut report = Counting::default();
-    let end = supervise(
-        engine,
-        &control,
-        EVERY,
-        &mut report,
-        &CancellationToken::new(),
-    )
-    .await;
+    let (control, mut report) = (Control::new(), Counting::default());
+    let end = run(job, &control, &mut report, &CancellationToken::new()).await;
     let End::Finished(summary) = &end else {
         panic!("not finished: {end:?}");
     };
@@ -106,13 +111,11 @@ async fn bad_input_fails_with_the_engines_message() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.csv");
     std::fs::write(&input, "Song,Date,Number of Plays\nA,2020-13-01,5\n").unwrap();
-    let control = Control::new();
-    let engine = job(&dir, Source::File(input)).spawn(control.clone());
-    let end = supervise(
-        engine,
+    let (control, mut report) = (Control::new(), Counting::default());
+    let end = run(
+        job(&dir, Source::File(input)),
         &control,
-        EVERY,
-        &mut Counting::default(),
+        &mut report,
         &CancellationToken::new(),
     )
     .await;
@@ -129,15 +132,13 @@ async fn bad_input_fails_with_the_engines_message() {
 async fn the_report_sees_progress_and_can_stop_the_engine() {
     let dir = tempfile::tempdir().unwrap();
     let control = Control::new();
-    let engine = job(&dir, endless()).spawn(control.clone());
     let mut report = Counting {
-        stop_at: Some(5),
+        stop_at: Some(10),
         ..Counting::default()
     };
-    let end = supervise(
-        engine,
+    let end = run(
+        job(&dir, endless()),
         &control,
-        EVERY,
         &mut report,
         &CancellationToken::new(),
     )
@@ -146,7 +147,7 @@ async fn the_report_sees_progress_and_can_stop_the_engine() {
         matches!(end, End::Stopped("cancelled by the report")),
         "{end:?}"
     );
-    assert_eq!(report.ticks, 5);
+    assert_eq!(report.ticks, 10);
     assert!(report.rows > 0, "the report saw no rows");
     assert!(control.is_cancelled());
     assert!(end.final_event().is_none());
@@ -157,29 +158,31 @@ async fn an_abort_interrupts_and_another_cancel_is_told_apart() {
     let dir = tempfile::tempdir().unwrap();
     let abort = CancellationToken::new();
     let control = Control::new();
-    let engine = job(&dir, endless()).spawn(control.clone());
-    let stopper = abort.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        stopper.cancel();
-    });
-    let end = supervise(engine, &control, EVERY, &mut Counting::default(), &abort).await;
+    tokio::spawn(later(abort.clone(), CancellationToken::cancel));
+    let end = run(
+        job(&dir, endless()),
+        &control,
+        &mut Counting::default(),
+        &abort,
+    )
+    .await;
     assert!(matches!(end, End::Interrupted), "{end:?}");
 
     let control = Control::new();
-    let engine = job(&dir, endless()).spawn(control.clone());
-    let canceller = control.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        canceller.cancel();
-    });
-    let end = supervise(
-        engine,
+    tokio::spawn(later(control.clone(), |control| control.cancel()));
+    let never = CancellationToken::new();
+    let end = run(
+        job(&dir, endless()),
         &control,
-        EVERY,
         &mut Counting::default(),
-        &CancellationToken::new(),
+        &never,
     )
     .await;
     assert!(matches!(end, End::Cancelled), "{end:?}");
+}
+
+/// Does `what` to `target` a little later, while the engine runs.
+async fn later<T>(target: T, what: impl FnOnce(&T)) {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    what(&target);
 }
