@@ -14,8 +14,9 @@
 #                    "baseline" in the same rounds, its output checked against the processor's
 #   PYTHON=python3   interpreter for the venv
 #
-# Installs into bench/.venv (pinned in bench/requirements.txt), builds release binaries, writes
-# data into bench/data/ and results into bench/results/<UTC time>/.
+# Installs into bench/.venv (pinned in bench/requirements.txt), builds the binaries (profile
+# dist: the shipped build), writes data into bench/data/ and results into
+# bench/results/<UTC time>/.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,15 +24,15 @@ ROOT=$(dirname "$BENCH_DIR")
 DATA=$BENCH_DIR/data
 VENV=$BENCH_DIR/.venv
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-PROCESSOR=$TARGET/release/processor
-GENERATE=$TARGET/release/generate
+PROCESSOR=$TARGET/dist/processor
+GENERATE=$TARGET/dist/generate
 PY=$VENV/bin/python
 TOOLS_PY=$BENCH_DIR/tools.py
 # shellcheck source=bench/common.sh
 source "$BENCH_DIR/common.sh"
 
 usage() {
-    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 ensure_venv() {
@@ -45,10 +46,10 @@ ensure_venv() {
 }
 
 build() {
-    say "building processor and generate (release)"
+    say "building processor and generate (profile dist)"
     (cd "$ROOT" &&
-        cargo build -q --release -p processor --no-default-features --bin processor &&
-        cargo build -q --release -p fixtures --bin generate) || die "cargo build failed"
+        cargo build -q --profile dist -p processor --no-default-features --bin processor &&
+        cargo build -q --profile dist -p fixtures --bin generate) || die "cargo build failed"
 }
 
 # measure SCENARIO TOOL RUN COMMAND...: runs COMMAND under /usr/bin/time, appends a result line.

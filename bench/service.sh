@@ -25,17 +25,17 @@
 #                    `processor upload`, and report the time from the end of the upload to the
 #                    downloaded result, against the CLI alone
 #
-# Builds the release binaries, writes data into bench/data/ and results into
-# bench/results/service-<UTC time>/.
+# Builds the binaries (profile dist: the shipped build), writes data into bench/data/ and
+# results into bench/results/service-<UTC time>/.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
 DATA=$BENCH_DIR/data
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-PROCESSOR=$TARGET/release/processor
-TASK_MANAGER=$TARGET/release/task-manager
-GENERATE=$TARGET/release/generate
+PROCESSOR=$TARGET/dist/processor
+TASK_MANAGER=$TARGET/dist/task-manager
+GENERATE=$TARGET/dist/generate
 # shellcheck source=bench/common.sh
 source "$BENCH_DIR/common.sh"
 
@@ -45,8 +45,8 @@ DATABASE=bench_service
 PIDS=()
 
 build() {
-    say "building processor, task-manager and generate (release)"
-    (cd "$ROOT" && cargo build -q --release -p processor -p task-manager -p fixtures) ||
+    say "building processor, task-manager and generate (profile dist)"
+    (cd "$ROOT" && cargo build -q --profile dist -p processor -p task-manager -p fixtures) ||
         die "cargo build failed"
 }
 
@@ -192,7 +192,7 @@ main() {
     local arg
     for arg in "$@"; do
         case $arg in
-            -h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+            -h | --help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
             embedded | distributed) modes+=("$arg") ;;
             *) die "unknown mode '$arg' (embedded, distributed)" ;;
         esac

@@ -115,7 +115,7 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
         return report_end(ctx, id, WorkerEvent::Failed { error }, Disposition::Reject).await;
     }
 
-    let mut source = Source::File(input.clone());
+    let mut input_file = InputFile::File(input.clone());
     if let Some(relative) = &message.arriving_path {
         let arriving = match paths::resolve(&ctx.storage_dir, relative) {
             Ok(path) => path,
@@ -126,7 +126,7 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
         };
         match std::fs::File::open(&arriving) {
             Ok(file) => {
-                source = Source::Arriving {
+                input_file = InputFile::Arriving {
                     file,
                     arriving,
                     input: input.clone(),
@@ -141,13 +141,13 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
             }
         }
     }
-    if let Source::File(_) = source
+    if let InputFile::File(_) = input_file
         && let Some(disposition) = start_from_file(message, &input, ctx).await
     {
         return disposition;
     }
     info!(input = %input.display(), "processing");
-    let event = match run_engine(id, source, output, ctx).await {
+    let event = match run_engine(id, input_file, output, ctx).await {
         EngineEnd::Finished(summary) => {
             info!(
                 rows = summary.rows_read,
@@ -245,8 +245,8 @@ async fn begin(ctx: &TaskContext, id: Uuid) -> Result<TaskStatus, CallbackError>
     Ok(ack.status)
 }
 
-/// What the engine reads.
-enum Source {
+/// The task's input: complete, or still arriving.
+enum InputFile {
     File(PathBuf),
     /// An upload still arriving in `file` (open at `arriving`), to be renamed to `input`,
     /// at most `capacity` bytes long when known.
@@ -277,14 +277,14 @@ enum EngineEnd {
 /// and cancelling it when the task manager answers CANCELLED (or another terminal status)
 /// or the worker aborts. On an arriving upload, the task starts (and progress is reported)
 /// once the upload is complete.
-async fn run_engine(id: Uuid, source: Source, output: PathBuf, ctx: &TaskContext) -> EngineEnd {
+async fn run_engine(id: Uuid, input: InputFile, output: PathBuf, ctx: &TaskContext) -> EngineEnd {
     let control = Control::new();
     let read_end = ReadEnd::default();
     // Until the task exists: the arriving upload's paths.
     let mut waiting = None;
-    let source = match source {
-        Source::File(path) => runner::Source::File(path),
-        Source::Arriving {
+    let source = match input {
+        InputFile::File(path) => runner::Source::File(path),
+        InputFile::Arriving {
             file,
             arriving,
             input,
