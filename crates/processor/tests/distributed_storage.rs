@@ -37,8 +37,7 @@ async fn worker_fails_the_task_when_the_result_cannot_be_written() {
     let processed = tm.storage_dir().join("processed_data");
     std::fs::remove_dir(&processed).expect("remove processed_data");
     std::fs::write(&processed, "a file where a directory should be").expect("write");
-    // The worker first creates the directory: its message names the path and says why
-    // ("File exists"), where the embedded runner says "Not a directory" about the file in it.
+    // The message names the path and says why ("Not a directory"), as in embedded mode.
     assert_task_fails(&tm, &input, &[&processed.display().to_string()]).await;
     std::fs::remove_file(&processed).expect("remove the file");
     std::fs::create_dir(&processed).expect("create processed_data");

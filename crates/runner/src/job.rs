@@ -31,7 +31,7 @@ pub trait GrowingFile: Growth {
 /// One run of the engine.
 pub struct Job {
     pub source: Source,
-    /// The result file; its folder is created when missing.
+    /// The result file; its folder is made when it is missing.
     pub output: PathBuf,
     pub config: Config,
 }
@@ -53,7 +53,10 @@ impl Job {
     }
 
     fn run(self, control: &Control) -> Result<Summary, engine::Error> {
+        // Only a missing folder is made: anything else in its place is the engine's to report
+        // ("Not a directory"), as for any unusable output path.
         if let Some(dir) = self.output.parent()
+            && matches!(dir.try_exists(), Ok(false))
             && let Err(source) = std::fs::create_dir_all(dir)
         {
             let path = dir.to_path_buf();

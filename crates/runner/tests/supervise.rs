@@ -129,6 +129,26 @@ async fn bad_input_fails_with_the_engines_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_where_the_output_folder_should_be_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    std::fs::write(&input, "Song,Date,Number of Plays\nA,2020-01-01,5\n").unwrap();
+    let job = job(&dir, Source::File(input));
+    let folder = job.output.parent().unwrap().to_path_buf();
+    std::fs::write(&folder, "a file where a directory should be").unwrap();
+    let (control, mut report) = (Control::new(), Counting::default());
+    let end = run(job, &control, &mut report, &CancellationToken::new()).await;
+    let Some(WorkerEvent::Failed { error }) = end.final_event() else {
+        panic!("not failed: {end:?}");
+    };
+    let folder = folder.display().to_string();
+    assert!(
+        error.contains(&folder) && error.contains("Not a directory"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_sees_progress_and_can_stop_the_engine() {
     let dir = tempfile::tempdir().unwrap();
     let control = Control::new();
