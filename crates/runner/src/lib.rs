@@ -13,4 +13,4 @@ pub mod settings;
 pub mod supervise;
 
 pub use job::{Engine, GrowingFile, Job, Source};
-pub use supervise::{End, Report, supervise};
+pub use supervise::{End, Report, done_event, supervise};

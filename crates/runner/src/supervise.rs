@@ -41,16 +41,21 @@ impl<S> End<S> {
     /// The final event of a run that finished or failed.
     pub fn final_event(&self) -> Option<WorkerEvent> {
         match self {
-            End::Finished(summary) => Some(WorkerEvent::Done {
-                rows: summary.rows_read,
-                groups: summary.groups_written,
-                output_bytes: summary.output_bytes,
-            }),
+            End::Finished(summary) => Some(done_event(summary)),
             End::Failed(error) => Some(WorkerEvent::Failed {
                 error: error.clone(),
             }),
             _ => None,
         }
+    }
+}
+
+/// The event that reports a finished run.
+pub fn done_event(summary: &Summary) -> WorkerEvent {
+    WorkerEvent::Done {
+        rows: summary.rows_read,
+        groups: summary.groups_written,
+        output_bytes: summary.output_bytes,
     }
 }
 

@@ -155,11 +155,7 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
                 seconds = summary.elapsed_seconds,
                 "done"
             );
-            WorkerEvent::Done {
-                rows: summary.rows_read,
-                groups: summary.groups_written,
-                output_bytes: summary.output_bytes,
-            }
+            runner::done_event(&summary)
         }
         EngineEnd::Failed(error) => {
             warn!(%error, "failed");

@@ -216,20 +216,23 @@ impl Upload<'_> {
         store.insert(id, filename.as_deref(), bytes).await?;
         let input = storage.input_path(id);
         if let Err(e) = self.temp.persist(&input) {
-            if let Err(db) = store.fail(id, "the upload could not be stored").await {
-                tracing::error!(task_id = %id, "cannot mark the task FAILED: {db}");
-            }
+            mark_failed(store, id, "the upload could not be stored").await;
             return Err(IngestError::Storage(e.error));
         }
         if let Err(e) = queue.submit_upload(id, self.early).await {
-            if let Err(db) = store.fail(id, &format!("not queued: {e}")).await {
-                tracing::error!(task_id = %id, "cannot mark the task FAILED: {db}");
-            }
+            mark_failed(store, id, &format!("not queued: {e}")).await;
             remove(&input).await;
             return Err(e.into());
         }
         tracing::info!(task_id = %id, bytes, "upload accepted");
         Ok(id)
+    }
+}
+
+/// Marks a recorded task FAILED with `reason`, logging when even that fails.
+async fn mark_failed(store: &Store, id: Uuid, reason: &str) {
+    if let Err(db) = store.fail(id, reason).await {
+        tracing::error!(task_id = %id, "cannot mark the task FAILED: {db}");
     }
 }
 
