@@ -51,6 +51,52 @@ impl Default for BucketOptions {
     }
 }
 
+/// A bucket to connect to: where, and the client's `AWS_*` variables, read once.
+#[derive(Clone)]
+pub struct BucketSettings {
+    pub name: String,
+    /// The keys' prefix in the bucket.
+    pub prefix: String,
+    /// The `AWS_*` variables that are set, in the order they apply.
+    pub aws: Vec<(String, String)>,
+    pub options: BucketOptions,
+}
+
+impl BucketSettings {
+    /// The bucket `name`, keys under `prefix`, its client configured by the `AWS_*`
+    /// variables that `lookup` gives (credentials, region, endpoint, plain HTTP).
+    pub fn read(
+        name: &str,
+        prefix: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+        options: BucketOptions,
+    ) -> BucketSettings {
+        let aws = AWS_VARIABLES
+            .iter()
+            .filter_map(|variable| Some((variable.to_string(), lookup(variable)?)))
+            .collect();
+        BucketSettings {
+            name: name.to_string(),
+            prefix: prefix.to_string(),
+            aws,
+            options,
+        }
+    }
+}
+
+/// Names only: the values may be secrets.
+impl std::fmt::Debug for BucketSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let variables: Vec<_> = self.aws.iter().map(|(name, _)| name).collect();
+        f.debug_struct("BucketSettings")
+            .field("name", &self.name)
+            .field("prefix", &self.prefix)
+            .field("aws", &variables)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
 /// A bucket and the prefix of the storage's keys in it.
 #[derive(Clone)]
 pub struct Bucket {
@@ -66,19 +112,17 @@ impl std::fmt::Debug for Bucket {
 }
 
 impl Bucket {
-    /// The bucket `name`, keys under `prefix`, with the client configured by the `AWS_*`
-    /// variables that `env` gives.
-    pub fn connect(
-        name: &str,
-        prefix: &str,
-        env: impl Fn(&str) -> Option<String>,
-        options: BucketOptions,
-    ) -> Result<Bucket, StorageError> {
+    /// Connects the client of the bucket `settings` name (no request is made yet).
+    pub fn connect(settings: &BucketSettings) -> Result<Bucket, StorageError> {
+        let BucketSettings {
+            name,
+            prefix,
+            aws,
+            options,
+        } = settings;
         let mut builder = AmazonS3Builder::new().with_bucket_name(name);
-        for variable in AWS_VARIABLES {
-            let Some(value) = env(variable) else { continue };
-            let key = variable.to_ascii_lowercase();
-            if let Ok(key) = key.parse::<AmazonS3ConfigKey>() {
+        for (variable, value) in aws {
+            if let Ok(key) = variable.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
                 builder = builder.with_config(key, value);
             }
         }

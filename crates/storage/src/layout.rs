@@ -127,14 +127,18 @@ impl Storage {
     pub async fn input(&self, key: &str) -> Result<Input, StorageError> {
         match &self.bucket {
             Some(bucket) => Ok(Input::Object(bucket.reader(key).await?)),
-            None => {
-                let path = self.local_path(key)?;
-                match tokio::fs::try_exists(&path).await {
-                    Ok(true) => Ok(Input::File(path)),
-                    Ok(false) => Err(StorageError::NotFound(key.to_string())),
-                    Err(e) => Err(StorageError::io(format!("cannot open {key}"), e)),
-                }
-            }
+            // A missing file is the engine's to report, as any unreadable input.
+            None => Ok(Input::File(self.local_path(key)?)),
+        }
+    }
+
+    /// Whether something is stored at `key`.
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        match &self.bucket {
+            Some(bucket) => Ok(bucket.size(key).await?.is_some()),
+            None => tokio::fs::try_exists(self.local_path(key)?)
+                .await
+                .map_err(|e| StorageError::io(format!("cannot look for {key}"), e)),
         }
     }
 

@@ -20,7 +20,7 @@ pub mod location;
 pub mod read;
 pub mod write;
 
-pub use bucket::{Bucket, BucketOptions};
+pub use bucket::{Bucket, BucketOptions, BucketSettings};
 pub use error::StorageError;
 pub use layout::{Input, Storage};
 pub use location::Location;

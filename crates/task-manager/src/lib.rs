@@ -17,7 +17,7 @@ mod ingest;
 mod queue;
 mod server;
 mod settings;
-mod storage;
+mod filenames;
 mod store;
 mod tokens;
 

@@ -18,7 +18,7 @@ use crate::http::{self, AppState};
 use crate::ingest::UploadLimits;
 use crate::queue::{AmqpPublisher, EmbeddedQueue, TaskQueue};
 use crate::settings::Settings;
-use crate::storage::Storage;
+use storage::{Bucket, Storage};
 use crate::store::Store;
 
 /// How long requests in flight (uploads, downloads) may take to finish at shutdown.
@@ -36,7 +36,11 @@ pub struct Server {
 /// the embedded runners), binds the port and serves in the background.
 pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     settings.check_tokens()?;
-    let storage = Storage::open(&settings.storage_dir)
+    let bucket = match &settings.bucket {
+        Some(bucket) => Some(Bucket::connect(bucket)?),
+        None => None,
+    };
+    let storage = Storage::open(&settings.storage_dir, bucket)
         .with_context(|| format!("storage directory {}", settings.storage_dir.display()))?;
     let store = Store::connect(&settings.database_url, settings.database_timeout)
         .await

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use storage::layout::TEMP_DIR;
+use storage::{BucketOptions, BucketSettings, Location};
+
 use crate::tokens::Tokens;
 
 /// Everything the task manager needs to run. Build it with [`Settings::from_env`] or
@@ -45,8 +48,14 @@ pub struct Settings {
     pub database_timeout: Duration,
     /// Port to listen on (`PORT`, default 5000; 0 picks a free port).
     pub port: u16,
-    /// Root of `raw_data/` and `processed_data/` (`STORAGE_DIR`, default `local_storage`).
+    /// Root of `raw_data/` and `processed_data/` (`STORAGE_DIR`, or `STORAGE_URL` naming a
+    /// directory; default `local_storage`). With a bucket, it holds only the files being
+    /// written and the engine's spills.
     pub storage_dir: PathBuf,
+    /// The bucket that holds the uploads and results (`STORAGE_URL=s3://bucket/prefix`, its
+    /// client configured by the `AWS_*` variables; `STORAGE_RETRY_TIMEOUT`, default 30 s, how
+    /// long a request is retried); `None`: the directory holds them.
+    pub bucket: Option<BucketSettings>,
     /// `sqlite://...`, `mysql://...` or `postgres://...` (`DATABASE_URL`, default the SQLite
     /// file `<storage_dir>/tasks.db`).
     pub database_url: String,
@@ -101,6 +110,7 @@ impl Settings {
             port: DEFAULT_PORT,
             database_url: default_database_url(&storage_dir),
             storage_dir,
+            bucket: None,
             amqp_url: None,
             queue_name: task_protocol::DEFAULT_QUEUE_NAME.to_string(),
             public_url: None,
@@ -120,8 +130,28 @@ impl Settings {
     /// Reads the settings through `lookup` (a variable name to its value).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
         let var = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-        let mut settings =
-            Settings::new(var("STORAGE_DIR").unwrap_or_else(|| DEFAULT_STORAGE_DIR.to_string()));
+        let location = match var("STORAGE_URL") {
+            Some(url) => Location::parse(&url)?,
+            None => Location::Dir(
+                var("STORAGE_DIR")
+                    .unwrap_or_else(|| DEFAULT_STORAGE_DIR.to_string())
+                    .into(),
+            ),
+        };
+        let mut settings = match location {
+            Location::Dir(dir) => Settings::new(dir),
+            Location::Bucket { name, prefix } => {
+                let mut options = BucketOptions::default();
+                if let Some(value) = var("STORAGE_RETRY_TIMEOUT") {
+                    options.retry_timeout = parse_duration("STORAGE_RETRY_TIMEOUT", &value)?;
+                }
+                let dir = var("STORAGE_DIR").unwrap_or_else(|| DEFAULT_STORAGE_DIR.to_string());
+                Settings {
+                    bucket: Some(BucketSettings::read(&name, &prefix, &var, options)),
+                    ..Settings::new(dir)
+                }
+            }
+        };
         if let Some(bind) = var("BIND") {
             settings.bind = parse_var("BIND", &bind)?;
             if let Some(flag) = var("ALLOW_INSECURE_BIND") {
@@ -212,9 +242,6 @@ impl Settings {
         }
     }
 }
-
-/// Storage subdirectory for the engine's spilled runs.
-pub(crate) const TEMP_DIR: &str = "tmp";
 
 /// `sqlite://<storage_dir>/tasks.db`.
 pub fn default_database_url(storage_dir: &Path) -> String {

@@ -71,7 +71,7 @@ impl Backend {
 pub struct Task {
     pub id: Uuid,
     pub status: TaskStatus,
-    /// The uploaded file's name, already sanitized (see [`crate::storage::sanitize_filename`]).
+    /// The uploaded file's name, already sanitized (see [`crate::filenames::sanitize_filename`]).
     pub original_filename: Option<String>,
     /// Unix milliseconds.
     pub created_at: i64,

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::queue::QueueError;
 use crate::store::StoreError;
+use storage::StorageError;
 use task_protocol::TaskView;
 
 /// An error answer.
@@ -82,6 +83,25 @@ impl ApiError {
             );
         }
         ApiError::internal(what, error)
+    }
+}
+
+/// `Retry-After` of the answers while the bucket is unavailable.
+const BUCKET_RETRY_AFTER_SECS: u32 = 10;
+
+impl From<StorageError> for ApiError {
+    fn from(error: StorageError) -> ApiError {
+        match error {
+            StorageError::Unavailable { .. } => {
+                tracing::error!("{error}");
+                ApiError::unavailable(
+                    format!("the storage is unavailable, try again later: {error}"),
+                    BUCKET_RETRY_AFTER_SECS,
+                )
+            }
+            StorageError::Io { what, source } => ApiError::storage(&what, source),
+            other => ApiError::internal("storage", other),
+        }
     }
 }
 

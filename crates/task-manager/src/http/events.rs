@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use task_protocol::{EventAck, WorkerEvent};
+use task_protocol::{EventAck, WorkerEvent, processed_data_path};
 
 use super::{ApiError, SharedState, TaskId};
 
@@ -16,15 +16,15 @@ pub async fn post_event(
 ) -> Result<Json<EventAck>, ApiError> {
     let Json(event) = event.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     tracing::debug!(task_id = %id, ?event, "worker event");
-    if matches!(event, WorkerEvent::Done { .. }) {
-        let output = state.storage.output_path(id);
-        if !tokio::fs::try_exists(&output).await.unwrap_or(false) {
-            tracing::warn!(
-                task_id = %id,
-                "DONE reported but {} is missing: do the workers share STORAGE_DIR?",
-                output.display()
-            );
-        }
+    if matches!(event, WorkerEvent::Done { .. })
+        && let Ok(false) = state.storage.exists(&processed_data_path(id)).await
+    {
+        tracing::warn!(
+            task_id = %id,
+            "DONE reported but the result is missing from {}: do the workers use the same \
+             storage (STORAGE_DIR, STORAGE_URL)?",
+            state.storage.describe()
+        );
     }
     let status = state
         .store

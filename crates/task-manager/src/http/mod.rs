@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::ingest::UploadLimits;
 use crate::queue::TaskQueue;
-use crate::storage::Storage;
+use storage::Storage;
 use crate::store::Store;
 use crate::tokens::Tokens;
 pub use error::ApiError;

@@ -25,7 +25,7 @@ use task_protocol::{Accepted, TaskStatus};
 
 use super::{ApiError, SharedState};
 use crate::ingest::{Ingest, IngestError};
-use crate::storage::sanitize_filename;
+use crate::filenames::sanitize_filename;
 
 /// Room for the multipart framing around the file when the `Content-Length` of a multipart
 /// body is compared with `MAX_UPLOAD_BYTES`.
@@ -155,6 +155,7 @@ impl From<IngestError> for ApiError {
             IngestError::Interrupted(message) => ApiError::bad_request(message),
             IngestError::NotPlayCounts(_) | IngestError::Empty => ApiError::bad_request(message),
             IngestError::Storage(e) => ApiError::storage("cannot store the upload", e),
+            IngestError::Bucket(e) => e.into(),
             IngestError::Store(e) => e.into(),
             IngestError::Queue(e) => e.into(),
         }

@@ -11,6 +11,7 @@ pub mod arrival;
 mod clock;
 mod flush_behind;
 mod receive;
+mod sink;
 mod spool;
 
 use std::io;
@@ -24,12 +25,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::queue::{Early, EarlyUpload, QueueError, TaskQueue};
-use crate::storage::Storage;
 use crate::store::{Store, StoreError};
 use arrival::Arrival;
 use clock::BodyClock;
 pub use clock::BodyError;
+use sink::Sink;
 use spool::Spool;
+use storage::{Storage, StorageError};
+use task_protocol::raw_data_path;
 
 /// How much, how many and how slowly clients may upload, and how uploads are stored.
 pub struct UploadLimits {
@@ -72,6 +75,9 @@ pub enum IngestError {
     /// The upload's file could not be written, synced or renamed.
     #[error("cannot store the upload: {0}")]
     Storage(io::Error),
+    /// The bucket could not take the upload.
+    #[error("cannot store the upload: {0}")]
+    Bucket(StorageError),
     /// The task could not be recorded.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -118,16 +124,29 @@ impl<'a> Ingest<'a> {
             IngestError::Busy
         })?;
 
+        // The task's id, and its aggregation started while the upload arrives when possible.
+        let id = Uuid::new_v4();
+        let bucket = self.storage.bucket();
+        let object = match bucket {
+            Some(bucket) => Some(
+                bucket
+                    .writer(&raw_data_path(id))
+                    .await
+                    .map_err(IngestError::Bucket)?,
+            ),
+            None => None,
+        };
         let temp = self
             .storage
             .upload_temp_file()
             .map_err(IngestError::Storage)?;
         let file = temp.as_file().try_clone().map_err(IngestError::Storage)?;
-        // The task's id, and its aggregation started while the upload arrives when possible.
-        let id = Uuid::new_v4();
         let arrival = Arrival::new();
         let arriving = self.storage.relative_path(temp.path());
-        let early = match (limits.early, temp.reopen(), arriving) {
+        // With a bucket, a worker elsewhere cannot follow the local file: only the embedded
+        // engine aggregates the upload while it arrives.
+        let early_possible = limits.early && (bucket.is_none() || self.queue.is_embedded());
+        let early = match (early_possible, temp.reopen(), arriving) {
             (true, Ok(reader), Some(arriving)) => {
                 let upload = EarlyUpload {
                     id,
@@ -141,11 +160,17 @@ impl<'a> Ingest<'a> {
             _ => None,
         };
         let follow = matches!(early, Some(Early::Local(_)));
-        let spool = Spool::new(file, limits.sync, follow.then_some(arrival));
+        // With a bucket the local file is only for the engine that follows it, and the
+        // bucket makes the upload durable.
+        let spool = (bucket.is_none() || follow).then(|| {
+            let sync = limits.sync && bucket.is_none();
+            Spool::new(file, sync, follow.then_some(arrival))
+        });
+        let sink = Sink { spool, object };
         let clock = BodyClock::new(limits.idle_timeout, limits.total_timeout);
         Ok(Upload {
             clock,
-            spool,
+            sink,
             early,
             temp,
             _slot: slot,
@@ -160,7 +185,7 @@ impl<'a> Ingest<'a> {
 pub struct Upload<'a> {
     // Dropped in this order.
     clock: BodyClock,
-    spool: Spool,
+    sink: Sink,
     early: Option<Early>,
     temp: NamedTempFile,
     _slot: OwnedSemaphorePermit,
@@ -198,11 +223,11 @@ impl Upload<'_> {
         E: std::fmt::Display,
     {
         let limit = self.ingest.limits.max_bytes;
-        let bytes = receive::copy(chunks, &mut self.spool, limit, &self.clock).await?;
+        let bytes = receive::copy(chunks, &mut self.sink, limit, &self.clock).await?;
         if bytes == 0 {
             return Err(IngestError::Empty);
         }
-        self.spool.finish().await.map_err(IngestError::Storage)?;
+        self.sink.finish().await?;
 
         let Ingest {
             store,
@@ -213,15 +238,23 @@ impl Upload<'_> {
         let id = self.id;
         // Recorded before it is renamed: a worker following the upload takes the rename for
         // the sign that the task exists.
-        store.insert(id, filename.as_deref(), bytes).await?;
-        let input = storage.input_path(id);
-        if let Err(e) = self.temp.persist(&input) {
+        let recorded = store.insert(id, filename.as_deref(), bytes).await;
+        let input = raw_data_path(id);
+        if let Err(e) = recorded {
+            if storage.bucket().is_some() {
+                remove(storage, &input).await;
+            }
+            return Err(e.into());
+        }
+        if storage.bucket().is_none()
+            && let Err(e) = self.temp.persist(storage.input_path(id))
+        {
             mark_failed(store, id, "the upload could not be stored").await;
             return Err(IngestError::Storage(e.error));
         }
         if let Err(e) = queue.submit_upload(id, self.early).await {
             mark_failed(store, id, &format!("not queued: {e}")).await;
-            remove(&input).await;
+            remove(storage, &input).await;
             return Err(e.into());
         }
         tracing::info!(task_id = %id, bytes, "upload accepted");
@@ -236,8 +269,9 @@ async fn mark_failed(store: &Store, id: Uuid, reason: &str) {
     }
 }
 
-async fn remove(path: &std::path::Path) {
-    if let Err(e) = tokio::fs::remove_file(path).await {
-        tracing::warn!("cannot remove {}: {e}", path.display());
+/// Removes a refused upload's stored input.
+async fn remove(storage: &Storage, key: &str) {
+    if let Err(e) = storage.remove(key).await {
+        tracing::warn!("cannot remove {key}: {e}");
     }
 }

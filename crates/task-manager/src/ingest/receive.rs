@@ -1,4 +1,4 @@
-//! Receiving an upload's bytes into its spool: the size limit (`MAX_UPLOAD_BYTES`), checked
+//! Receiving an upload's bytes into its sink: the size limit (`MAX_UPLOAD_BYTES`), checked
 //! as the bytes arrive, and the check that the upload starts with the play-count header, for
 //! which its beginning is held back until its first line is complete.
 
@@ -7,7 +7,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::IngestError;
 use super::clock::BodyClock;
-use super::spool::Spool;
+use super::sink::Sink;
 
 /// Writes a stream of chunks; returns the bytes written. Fails with
 /// [`IngestError::TooLarge`] as soon as more than `limit` bytes arrived, and with
@@ -15,7 +15,7 @@ use super::spool::Spool;
 /// The beginning is held back until its header line is complete and checked.
 pub async fn copy<S, E>(
     chunks: S,
-    writer: &mut Spool,
+    writer: &mut Sink,
     limit: u64,
     clock: &BodyClock,
 ) -> Result<u64, IngestError>
@@ -42,11 +42,11 @@ where
             }
             None => chunk,
         };
-        write(writer, data).await?;
+        writer.write(data).await?;
     }
     if let Some(held) = head.filter(|held| !held.is_empty()) {
         header_checked(&held, true)?;
-        write(writer, held.into()).await?;
+        writer.write(held.into()).await?;
     }
     Ok(bytes)
 }
@@ -57,8 +57,4 @@ fn header_checked(head: &[u8], at_end: bool) -> Result<bool, IngestError> {
         Ok(checked) => Ok(checked.is_some()),
         Err(e) => Err(IngestError::NotPlayCounts(e)),
     }
-}
-
-async fn write(writer: &mut Spool, data: Bytes) -> Result<(), IngestError> {
-    writer.write(data).await.map_err(IngestError::Storage)
 }

@@ -21,7 +21,8 @@ use uuid::Uuid;
 
 use super::QueueError;
 use crate::ingest::arrival::{Arrival, UploadReader};
-use crate::storage::Storage;
+use storage::{Input, Storage};
+use task_protocol::{processed_data_path, raw_data_path};
 use crate::store::Store;
 pub use early::EarlyRun;
 use early::Receiving;
@@ -131,11 +132,10 @@ impl EmbeddedQueue {
         }
         let permit = self.runner.permits.clone().try_acquire_owned().ok()?;
         let control = Control::new();
-        let output = self.runner.storage.output_path(id);
         let reader = UploadReader::new(arrival, file, control.clone());
         let job = Job {
             source: Source::Pieces(Box::new(reader), len),
-            output: output.clone(),
+            output: self.runner.storage.output_path(id),
             config: self.runner.config.clone(),
         };
         let engine = job.spawn_holding(control.clone(), permit);
@@ -144,7 +144,7 @@ impl EmbeddedQueue {
             id,
             control,
             engine,
-            output,
+            self.runner.storage.clone(),
             self.runner.receiving.clone(),
         ))
     }
@@ -163,7 +163,7 @@ impl EmbeddedQueue {
                 runner.supervise(id, control, engine).await;
             } else {
                 control.cancel();
-                discard_result(id, engine, runner.storage.output_path(id)).await;
+                discard_result(id, engine, runner.storage.clone()).await;
             }
         });
         let mut adopted = self.adopted.lock();
@@ -208,9 +208,9 @@ impl EmbeddedQueue {
 }
 
 /// Waits for an engine whose result is of no use and removes its output.
-async fn discard_result(id: Uuid, engine: Engine, output: std::path::PathBuf) {
+async fn discard_result(id: Uuid, engine: Engine, storage: Storage) {
     if let Ok(Ok(_)) = engine.await {
-        remove_result(id, &output).await;
+        remove_result(&storage, id).await;
     }
 }
 
@@ -258,9 +258,22 @@ impl Runner {
         if !self.begin(id).await {
             return;
         }
+        let source = match self.storage.input(&raw_data_path(id)).await {
+            Ok(Input::File(path)) => Source::File(path),
+            Ok(Input::Object(reader)) => {
+                let len = reader.len();
+                Source::Pieces(Box::new(reader), Some(len))
+            }
+            Err(e) => {
+                let error = format!("cannot read the upload: {e}");
+                tracing::warn!(task_id = %id, "{error}");
+                self.report(id, WorkerEvent::Failed { error }).await;
+                return;
+            }
+        };
         let control = Control::new();
         let job = Job {
-            source: Source::File(self.storage.input_path(id)),
+            source,
             output: self.storage.output_path(id),
             config: self.config.clone(),
         };
@@ -275,7 +288,6 @@ impl Runner {
         if self.stop.is_cancelled() {
             control.cancel();
         }
-        let output = self.storage.output_path(id);
         let mut recorder = Recorder {
             store: &self.store,
             id,
@@ -294,17 +306,26 @@ impl Runner {
             None => {
                 if let End::Stopped(()) = end {
                     // Cancelled or deleted meanwhile: a result written all the same is of no use.
-                    remove_result(id, &output).await;
+                    remove_result(&self.storage, id).await;
                 }
                 tracing::info!(task_id = %id, "stopped");
                 return;
             }
         };
         let done = matches!(event, WorkerEvent::Done { .. });
+        // DONE once the result is where downloads find it (in the bucket, when there is one).
+        let event = match self.storage.commit(&processed_data_path(id)).await {
+            Err(e) if done => {
+                let error = format!("cannot store the result: {e}");
+                tracing::warn!(task_id = %id, "{error}");
+                WorkerEvent::Failed { error }
+            }
+            _ => event,
+        };
         match self.report(id, event).await {
             Some(TaskStatus::Cancelled) if done => {
                 // Cancelled while finishing: the result is of no use.
-                remove_result(id, &output).await;
+                remove_result(&self.storage, id).await;
                 tracing::info!(task_id = %id, "cancelled; result discarded");
             }
             Some(status) => tracing::info!(task_id = %id, %status, "finished"),
@@ -360,11 +381,9 @@ impl Report for Recorder<'_> {
 }
 
 /// Removes the result of a task that no longer wants it.
-async fn remove_result(id: Uuid, output: &std::path::Path) {
-    match tokio::fs::remove_file(output).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(task_id = %id, "cannot remove {}: {e}", output.display()),
+async fn remove_result(storage: &Storage, id: Uuid) {
+    if let Err(e) = storage.remove(&processed_data_path(id)).await {
+        tracing::warn!(task_id = %id, "cannot remove the result: {e}");
     }
 }
 

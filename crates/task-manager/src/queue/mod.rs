@@ -111,6 +111,11 @@ impl TaskQueue {
         }
     }
 
+    /// Whether tasks run in this process.
+    pub fn is_embedded(&self) -> bool {
+        matches!(self, TaskQueue::Embedded(_))
+    }
+
     /// A short name for logs and `/health`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -3,11 +3,11 @@
 //! it gives way (is cancelled, its upload then queued as usual) when a queued task needs its
 //! runner before the upload is complete, and its result is discarded when the upload fails.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use engine::Control;
 use parking_lot::Mutex;
+use storage::Storage;
 use uuid::Uuid;
 
 use super::{Engine, discard_result};
@@ -51,7 +51,8 @@ pub struct EarlyRun {
     id: Uuid,
     control: Control,
     engine: Option<Engine>,
-    output: PathBuf,
+    /// Where its result goes (removed when the run is discarded).
+    storage: Storage,
     receiving: Receiving,
 }
 
@@ -60,7 +61,7 @@ impl EarlyRun {
         id: Uuid,
         control: Control,
         engine: Engine,
-        output: PathBuf,
+        storage: Storage,
         receiving: Receiving,
     ) -> EarlyRun {
         receiving.add(id, control.clone());
@@ -68,7 +69,7 @@ impl EarlyRun {
             id,
             control,
             engine: Some(engine),
-            output,
+            storage,
             receiving,
         }
     }
@@ -96,10 +97,10 @@ impl Drop for EarlyRun {
         };
         self.receiving.remove(self.id);
         self.control.cancel();
-        let (id, output) = (self.id, std::mem::take(&mut self.output));
+        let (id, storage) = (self.id, self.storage.clone());
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(discard_result(id, engine, output));
+                runtime.spawn(discard_result(id, engine, storage));
             }
             Err(_) => tracing::warn!(task_id = %id, "an early run left without clean-up"),
         }

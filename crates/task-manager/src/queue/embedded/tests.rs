@@ -21,7 +21,7 @@ struct Setup {
 
 async fn setup(workers: usize) -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
-    let storage = Storage::open(dir.path()).expect("storage");
+    let storage = Storage::open(dir.path(), None).expect("storage");
     let url = format!("sqlite://{}", dir.path().join("tasks.db").display());
     let store = Store::connect(&url, Duration::from_secs(5))
         .await
