@@ -5,7 +5,6 @@ mod arriving;
 mod callbacks;
 mod consumer;
 mod error_chain;
-mod paths;
 mod running;
 mod task;
 
@@ -17,6 +16,7 @@ use clap::Args;
 use engine::Config;
 use lapin::uri::AMQPUri;
 use runner::settings::{parse_duration, parse_size};
+use storage::{Bucket, BucketOptions, BucketSettings, Location, Storage};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -43,9 +43,17 @@ pub struct WorkerArgs {
     /// the first). Prefer the environment variable: arguments show in process lists.
     #[arg(long, env = "WORKER_TOKEN", hide_env_values = true)]
     worker_token: Option<String>,
-    /// Shared storage root; the task messages' paths are relative to it.
+    /// Shared storage root; the task messages' paths are relative to it. With a bucket
+    /// (STORAGE_URL), a directory of this worker's own for the results being written.
     #[arg(long, env = "STORAGE_DIR", default_value = task_protocol::DEFAULT_STORAGE_DIR)]
     storage_dir: PathBuf,
+    /// Where the uploads and results live when it is not STORAGE_DIR: s3://bucket/prefix, the
+    /// client configured by the AWS_* variables (see the README).
+    #[arg(long, env = "STORAGE_URL", value_parser = parse_location)]
+    storage_url: Option<Location>,
+    /// How long a request to the bucket is retried while it fails, e.g. 30s.
+    #[arg(long, env = "STORAGE_RETRY_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    storage_retry_timeout: Duration,
     /// Tasks processed at once (also the RabbitMQ prefetch count).
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -85,6 +93,10 @@ pub struct WorkerArgs {
 /// The time between two progress reports when none is configured.
 const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 
+fn parse_location(text: &str) -> Result<Location, String> {
+    Location::parse(text).map_err(|e| e.to_string())
+}
+
 fn parse_amqp_uri(text: &str) -> Result<AMQPUri, String> {
     text.parse()
 }
@@ -106,16 +118,27 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
-    let processed = args.storage_dir.join("processed_data");
-    tokio::fs::create_dir_all(&processed)
-        .await
-        .with_context(|| format!("cannot create {}", processed.display()))?;
+    let (root, bucket) = match args.storage_url {
+        None => (args.storage_dir, None),
+        Some(Location::Dir(dir)) => (dir, None),
+        Some(Location::Bucket { name, prefix }) => {
+            let options = BucketOptions {
+                retry_timeout: args.storage_retry_timeout,
+                ..BucketOptions::default()
+            };
+            let settings =
+                BucketSettings::read(&name, &prefix, |name| std::env::var(name).ok(), options);
+            (args.storage_dir, Some(Bucket::connect(&settings)?))
+        }
+    };
+    let storage = Storage::open(&root, bucket)?;
+    info!(storage = %storage.describe(), "storage");
     let shutdown = CancellationToken::new();
     let abort = CancellationToken::new();
     tokio::spawn(stop_on_signals(shutdown.clone(), abort.clone()));
 
     let ctx = TaskContext {
-        storage_dir: args.storage_dir,
+        storage,
         engine: Config {
             memory_limit: args.memory_limit,
             threads: args.threads,

@@ -147,7 +147,7 @@ impl Settings {
                 }
                 let dir = var("STORAGE_DIR").unwrap_or_else(|| DEFAULT_STORAGE_DIR.to_string());
                 Settings {
-                    bucket: Some(BucketSettings::read(&name, &prefix, &var, options)),
+                    bucket: Some(BucketSettings::read(&name, &prefix, var, options)),
                     ..Settings::new(dir)
                 }
             }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use engine::{Config, Control, Summary};
 use runner::{End, Job, Report};
+use storage::{ObjectReader, Storage};
 use task_protocol::{EventAck, TaskMessage, TaskStatus, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -15,7 +16,6 @@ use uuid::Uuid;
 
 use super::arriving::{ArrivingFile, ReadEnd, Unfinished, UploadState, upload_state};
 use super::callbacks::{CallbackError, Callbacks};
-use super::paths;
 use super::running::RunningTasks;
 
 /// Pause between two looks at an arriving upload whose engine has already ended.
@@ -46,8 +46,8 @@ impl fmt::Display for Disposition {
 
 /// What every task needs; shared by the concurrent tasks of a worker.
 pub struct TaskContext {
-    /// Root of the shared storage that the message's paths are relative to.
-    pub storage_dir: PathBuf,
+    /// Where the message's keys are: the shared directory, or a bucket.
+    pub storage: Storage,
     pub engine: Config,
     pub callbacks: Callbacks,
     /// Interval between progress reports.
@@ -89,8 +89,11 @@ pub async fn handle(payload: &[u8], info: DeliveryInfo, ctx: &TaskContext) -> Di
 
 async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) -> Disposition {
     let id = message.task_id;
-    let resolved = paths::resolve(&ctx.storage_dir, &message.input_path).and_then(|input| {
-        paths::resolve(&ctx.storage_dir, &message.output_path).map(|output| (input, output))
+    let storage = &ctx.storage;
+    let resolved = storage.local_path(&message.input_path).and_then(|input| {
+        storage
+            .local_path(&message.output_path)
+            .map(|output| (input, output))
     });
     let (input, output) = match resolved {
         Ok(paths) => paths,
@@ -116,8 +119,10 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
     }
 
     let mut input_file = InputFile::File(input.clone());
-    if let Some(relative) = &message.arriving_path {
-        let arriving = match paths::resolve(&ctx.storage_dir, relative) {
+    // An upload followed while it arrives is a file of the shared directory.
+    let arriving_path = message.arriving_path.as_ref();
+    if let Some(relative) = arriving_path.filter(|_| storage.bucket().is_none()) {
+        let arriving = match storage.local_path(relative) {
             Ok(path) => path,
             Err(err) => {
                 error!(error = %err, "invalid task message; dead-lettered");
@@ -141,14 +146,31 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
             }
         }
     }
-    if let InputFile::File(_) = input_file
-        && let Some(disposition) = start_from_file(message, &input, ctx).await
-    {
-        return disposition;
+    if let InputFile::File(_) = input_file {
+        if let Some(disposition) = start_from_file(message, &input, ctx).await {
+            return disposition;
+        }
+        if storage.bucket().is_some() {
+            input_file = match open_object(message, info, ctx).await {
+                Ok(reader) => InputFile::Object(reader),
+                Err(disposition) => return disposition,
+            };
+        }
     }
-    info!(input = %input.display(), "processing");
+    info!(input = %message.input_path, "processing");
     let event = match run_engine(id, input_file, output, ctx).await {
         EngineEnd::Finished(summary) => {
+            // DONE once the result is where the task manager finds it.
+            if let Err(err) = storage.commit(&message.output_path).await {
+                let error = format!("cannot store the result: {err}");
+                if last_attempt(info, ctx) {
+                    error!(%error, "failed");
+                    return report_end(ctx, id, WorkerEvent::Failed { error }, Disposition::Ack)
+                        .await;
+                }
+                warn!(%error, "the task goes back to the queue");
+                return Disposition::Requeue;
+            }
             info!(
                 rows = summary.rows_read,
                 groups = summary.groups_written,
@@ -208,18 +230,59 @@ async fn start_from_file(
         }
         Err(err) => return Some(after_refusal(err)),
     }
-    if let Err(err) = tokio::fs::metadata(input).await
-        && err.kind() == std::io::ErrorKind::NotFound
-    {
-        let error = format!(
-            "the input file {} is missing from the storage",
-            message.input_path
-        );
-        error!(%error, "task dropped");
-        let failed = WorkerEvent::Failed { error };
-        return Some(report_end(ctx, id, failed, Disposition::Reject).await);
+    let present = match ctx.storage.bucket() {
+        Some(_) => ctx.storage.exists(&message.input_path).await,
+        None => match tokio::fs::metadata(input).await {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            _ => Ok(true),
+        },
+    };
+    match present {
+        Ok(true) => None,
+        Ok(false) => {
+            let error = format!(
+                "the input file {} is missing from the storage",
+                message.input_path
+            );
+            error!(%error, "task dropped");
+            let failed = WorkerEvent::Failed { error };
+            Some(report_end(ctx, id, failed, Disposition::Reject).await)
+        }
+        Err(err) => {
+            warn!(error = %err, "cannot reach the storage; the task goes back to the queue");
+            Some(Disposition::Requeue)
+        }
     }
-    None
+}
+
+/// Starts reading the task's input from the bucket; what to do with the message when it
+/// cannot be read: back to the queue while the bucket may come back, else FAILED.
+async fn open_object(
+    message: &TaskMessage,
+    info: DeliveryInfo,
+    ctx: &TaskContext,
+) -> Result<ObjectReader, Disposition> {
+    let Some(bucket) = ctx.storage.bucket() else {
+        unreachable!("only called with a bucket");
+    };
+    match bucket.reader(&message.input_path).await {
+        Ok(reader) => Ok(reader),
+        Err(err) if err.is_transient() && !last_attempt(info, ctx) => {
+            warn!(error = %err, "cannot read the input; the task goes back to the queue");
+            Err(Disposition::Requeue)
+        }
+        Err(err) => {
+            let error = format!("cannot read the input: {err}");
+            error!(%error, "failed");
+            let failed = WorkerEvent::Failed { error };
+            Err(report_end(ctx, message.task_id, failed, Disposition::Ack).await)
+        }
+    }
+}
+
+/// Whether this delivery is the last the worker makes of its message (`WORKER_MAX_ATTEMPTS`).
+fn last_attempt(info: DeliveryInfo, ctx: &TaskContext) -> bool {
+    info.earlier_attempts + 1 >= ctx.max_attempts
 }
 
 /// Removes the partial result files a killed worker left for this output.
@@ -244,6 +307,8 @@ async fn begin(ctx: &TaskContext, id: Uuid) -> Result<TaskStatus, CallbackError>
 /// The task's input: complete, or still arriving.
 enum InputFile {
     File(PathBuf),
+    /// An object of the bucket, being read.
+    Object(ObjectReader),
     /// An upload still arriving in `file` (open at `arriving`), to be renamed to `input`,
     /// at most `capacity` bytes long when known.
     Arriving {
@@ -280,6 +345,10 @@ async fn run_engine(id: Uuid, input: InputFile, output: PathBuf, ctx: &TaskConte
     let mut waiting = None;
     let source = match input {
         InputFile::File(path) => runner::Source::File(path),
+        InputFile::Object(reader) => {
+            let len = reader.len();
+            runner::Source::Pieces(Box::new(reader), Some(len))
+        }
         InputFile::Arriving {
             file,
             arriving,
