@@ -44,6 +44,10 @@ pub struct TaskView {
     /// Why the task failed, when FAILED.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// RFC 3339, UTC: when the task's upload and result were deleted, being older than the
+    /// server's retention; its result can no longer be downloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<String>,
 }
 
 /// The body of every error answer: `{"error": "..."}`, with the task's fields beside it when
@@ -72,9 +76,12 @@ mod tests {
             output_bytes: 0,
             download_link: None,
             error: None,
+            expired_at: None,
         };
         let json = serde_json::to_value(&view).unwrap();
-        assert!(json.get("download_link").is_none() && json.get("error").is_none());
+        for unset in ["download_link", "error", "expired_at"] {
+            assert!(json.get(unset).is_none(), "{unset}");
+        }
         assert_eq!(json["status"], "PROCESSING");
         assert_eq!(serde_json::from_value::<TaskView>(json).unwrap(), view);
     }

@@ -48,6 +48,9 @@ impl StorageError {
     /// Whether trying again later may succeed (the bucket or the disk was unavailable),
     /// rather than the request being wrong.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StorageError::Unavailable { .. } | StorageError::Io { .. })
+        matches!(
+            self,
+            StorageError::Unavailable { .. } | StorageError::Io { .. }
+        )
     }
 }

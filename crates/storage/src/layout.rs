@@ -214,7 +214,10 @@ async fn remove_file(path: &Path) -> Result<(), StorageError> {
     match tokio::fs::remove_file(path).await {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StorageError::io(format!("cannot remove {}", path.display()), e)),
+        Err(e) => Err(StorageError::io(
+            format!("cannot remove {}", path.display()),
+            e,
+        )),
     }
 }
 

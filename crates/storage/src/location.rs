@@ -77,7 +77,14 @@ mod tests {
                 prefix: String::new()
             }
         );
-        for bad in ["", "s3://", "s3:///x", "gs://b/p", "file://relative", "s3://b/../x"] {
+        for bad in [
+            "",
+            "s3://",
+            "s3:///x",
+            "gs://b/p",
+            "file://relative",
+            "s3://b/../x",
+        ] {
             let err = Location::parse(bad).unwrap_err();
             assert!(err.to_string().contains("STORAGE_URL"), "{bad}: {err}");
         }

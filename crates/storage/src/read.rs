@@ -156,10 +156,14 @@ impl Feed {
                         }
                     }
                 }
-                Err(e @ (object_store::Error::NotFound { .. }
-                | object_store::Error::Precondition { .. })) => {
-                    self.send(Piece::Failed(format!("the object changed or vanished: {e}")))
-                        .await;
+                Err(
+                    e @ (object_store::Error::NotFound { .. }
+                    | object_store::Error::Precondition { .. }),
+                ) => {
+                    self.send(Piece::Failed(format!(
+                        "the object changed or vanished: {e}"
+                    )))
+                    .await;
                     return;
                 }
                 Err(e) => e.to_string(),

@@ -12,12 +12,13 @@
 //! # }
 //! ```
 
+mod filenames;
 mod http;
 mod ingest;
 mod queue;
+mod retention;
 mod server;
 mod settings;
-mod filenames;
 mod store;
 mod tokens;
 

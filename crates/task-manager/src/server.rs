@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use crate::http::{self, AppState};
 use crate::ingest::UploadLimits;
 use crate::queue::{AmqpPublisher, EmbeddedQueue, TaskQueue};
+use crate::retention;
 use crate::settings::Settings;
-use storage::{Bucket, Storage};
 use crate::store::Store;
+use storage::{Bucket, Storage};
 
 /// How long requests in flight (uploads, downloads) may take to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -29,6 +30,8 @@ pub struct Server {
     addr: SocketAddr,
     stop: CancellationToken,
     serving: JoinHandle<()>,
+    /// Background sweeps (retention), stopped with the server.
+    keepers: Vec<JoinHandle<()>>,
     state: Arc<AppState>,
 }
 
@@ -82,8 +85,21 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             early: settings.early_aggregation,
         },
         fallback_base_url: base_url(addr),
+        retention: settings.retention,
     });
     let stop = CancellationToken::new();
+    let keepers = settings
+        .retention
+        .map(|keep| {
+            retention::spawn(
+                state.store.clone(),
+                state.storage.clone(),
+                keep,
+                stop.clone(),
+            )
+        })
+        .into_iter()
+        .collect();
     let serving = tokio::spawn(serve(
         listener,
         http::router(state.clone()),
@@ -100,6 +116,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         addr,
         stop,
         serving,
+        keepers,
         state,
     })
 }
@@ -127,6 +144,11 @@ impl Server {
                     "requests still running after {SHUTDOWN_GRACE:?}; closing their connections"
                 );
                 self.serving.abort();
+            }
+        }
+        for keeper in std::mem::take(&mut self.keepers) {
+            if let Err(e) = keeper.await {
+                tracing::error!("a background sweep failed: {e}");
             }
         }
         self.state.queue.shutdown().await;

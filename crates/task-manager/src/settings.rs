@@ -56,6 +56,9 @@ pub struct Settings {
     /// client configured by the `AWS_*` variables; `STORAGE_RETRY_TIMEOUT`, default 30 s, how
     /// long a request is retried); `None`: the directory holds them.
     pub bucket: Option<BucketSettings>,
+    /// How long a finished task keeps its upload and result (`RETENTION`, e.g. `7d`); then
+    /// they are deleted and the task marked expired. `None` (the default): kept forever.
+    pub retention: Option<Duration>,
     /// `sqlite://...`, `mysql://...` or `postgres://...` (`DATABASE_URL`, default the SQLite
     /// file `<storage_dir>/tasks.db`).
     pub database_url: String,
@@ -111,6 +114,7 @@ impl Settings {
             database_url: default_database_url(&storage_dir),
             storage_dir,
             bucket: None,
+            retention: None,
             amqp_url: None,
             queue_name: task_protocol::DEFAULT_QUEUE_NAME.to_string(),
             public_url: None,
@@ -182,6 +186,9 @@ impl Settings {
             if let Some(value) = var(name) {
                 *field = parse_duration(name, &value)?;
             }
+        }
+        if let Some(keep) = var("RETENTION") {
+            settings.retention = Some(parse_duration("RETENTION", &keep)?);
         }
         if let Some(port) = var("PORT") {
             settings.port = parse_var("PORT", &port)?;

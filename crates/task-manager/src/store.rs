@@ -84,6 +84,8 @@ pub struct Task {
     pub groups: u64,
     pub output_bytes: u64,
     pub error: Option<String>,
+    /// Unix milliseconds: when its upload and result were deleted (`RETENTION`).
+    pub expired_at: Option<i64>,
 }
 
 /// One page of tasks, newest first, and the total count.
@@ -103,7 +105,7 @@ pub struct Store {
 }
 
 const COLUMNS: &str = "id, status, original_filename, created_at, updated_at, input_bytes, \
-     progress_permille, rows_read, groups_written, output_bytes, error_message";
+     progress_permille, rows_read, groups_written, output_bytes, error_message, expired_at";
 
 /// `status IN (...)` of the states a task may still leave.
 const NOT_TERMINAL: &str = "status IN ('RECEIVED', 'PROCESSING')";
@@ -182,6 +184,7 @@ impl Store {
             groups: 0,
             output_bytes: 0,
             error: None,
+            expired_at: None,
         })
     }
 
@@ -236,16 +239,33 @@ impl Store {
             ))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get(0)?;
-                Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt {
-                    id: id.clone(),
-                    column: "id",
-                    value: id.clone(),
-                })
-            })
-            .collect()
+        rows.iter().map(id_from_row).collect()
+    }
+
+    /// Ids of up to `limit` finished tasks last changed before `before` (unix milliseconds)
+    /// whose files are not deleted yet, oldest first.
+    pub async fn expirable(&self, before: i64, limit: u64) -> Result<Vec<Uuid>, StoreError> {
+        let rows = self
+            .query_owned(format!(
+                "SELECT id FROM tasks WHERE NOT ({NOT_TERMINAL}) AND expired_at IS NULL \
+                 AND updated_at < ? ORDER BY updated_at, id LIMIT ?"
+            ))
+            .bind(before)
+            .bind(to_i64(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(id_from_row).collect()
+    }
+
+    /// Records that a finished task's files were deleted.
+    pub async fn mark_expired(&self, id: Uuid) -> Result<(), StoreError> {
+        self.query("UPDATE tasks SET expired_at = ? WHERE id = ? AND expired_at IS NULL")
+            .bind(now_millis())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        self.changes.notify_waiters();
+        Ok(())
     }
 
     /// Applies a worker's event and returns the task's status afterwards (`None`: unknown task).
@@ -366,6 +386,16 @@ fn numbered_placeholders(sql: &str) -> String {
     out
 }
 
+/// The id in a row's first column.
+fn id_from_row(row: &AnyRow) -> Result<Uuid, StoreError> {
+    let id: String = row.try_get(0)?;
+    Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt {
+        id: id.clone(),
+        column: "id",
+        value: id.clone(),
+    })
+}
+
 fn task_from_row(row: &AnyRow) -> Result<Task, StoreError> {
     let id_text: String = row.try_get("id")?;
     let corrupt = |column: &'static str, value: String| StoreError::Corrupt {
@@ -391,6 +421,7 @@ fn task_from_row(row: &AnyRow) -> Result<Task, StoreError> {
         groups: unsigned("groups_written")?,
         output_bytes: unsigned("output_bytes")?,
         error: row.try_get("error_message")?,
+        expired_at: row.try_get("expired_at")?,
     })
 }
 

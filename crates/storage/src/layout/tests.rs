@@ -47,7 +47,10 @@ async fn a_result_goes_to_the_bucket_and_reads_back_whole() {
     storage.commit(key).await.unwrap();
     assert!(!local.exists(), "the local copy is removed once stored");
     assert_eq!(download(&storage, key).await.unwrap(), bytes);
-    assert_eq!(read_all(storage.input(key).await.unwrap()).await.unwrap(), bytes);
+    assert_eq!(
+        read_all(storage.input(key).await.unwrap()).await.unwrap(),
+        bytes
+    );
     storage.remove(key).await.unwrap();
     assert!(download(&storage, key).await.is_none());
     assert!(matches!(
@@ -80,7 +83,12 @@ async fn an_empty_object_reads_as_an_empty_input() {
     let key = "raw_data/empty.csv";
     std::fs::write(storage.local_path(key).unwrap(), b"").unwrap();
     storage.commit(key).await.unwrap();
-    assert!(read_all(storage.input(key).await.unwrap()).await.unwrap().is_empty());
+    assert!(
+        read_all(storage.input(key).await.unwrap())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -110,7 +118,13 @@ fn keys_resolve_under_the_root_only() {
         storage.local_path("./processed_data/a.csv").unwrap(),
         Path::new("/data/processed_data/a.csv")
     );
-    for bad in ["", "/etc/passwd", "../secret.csv", "raw_data/../../x.csv", "."] {
+    for bad in [
+        "",
+        "/etc/passwd",
+        "../secret.csv",
+        "raw_data/../../x.csv",
+        ".",
+    ] {
         let err = storage.local_path(bad).unwrap_err();
         assert!(err.to_string().contains("refused key"), "{bad}: {err}");
     }

@@ -33,6 +33,21 @@ pub async fn download(
             task_view(task, &state.base_url(&headers)),
         ));
     }
+    if task.expired_at.is_some() {
+        let retention = state
+            .retention
+            .map(|keep| {
+                format!(
+                    " (kept for {}: RETENTION)",
+                    humantime::format_duration(keep)
+                )
+            })
+            .unwrap_or_default();
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            format!("the result of task {id} has expired and was deleted{retention}"),
+        ));
+    }
     let Some(result) = state.storage.download(&processed_data_path(id)).await? else {
         tracing::error!(task_id = %id, "the result is missing from {}", state.storage.describe());
         return Err(ApiError::new(

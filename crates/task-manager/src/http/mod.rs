@@ -23,10 +23,10 @@ use uuid::Uuid;
 
 use crate::ingest::UploadLimits;
 use crate::queue::TaskQueue;
-use storage::Storage;
 use crate::store::Store;
 use crate::tokens::Tokens;
 pub use error::ApiError;
+use storage::Storage;
 
 /// What the handlers share.
 pub struct AppState {
@@ -45,6 +45,8 @@ pub struct AppState {
     pub worker_tokens: Tokens,
     /// Limits of the uploads.
     pub uploads: UploadLimits,
+    /// How long finished tasks keep their files (`RETENTION`); `None`: forever.
+    pub retention: Option<std::time::Duration>,
 }
 
 impl AppState {

@@ -24,8 +24,8 @@ use serde::Deserialize;
 use task_protocol::{Accepted, TaskStatus};
 
 use super::{ApiError, SharedState};
-use crate::ingest::{Ingest, IngestError};
 use crate::filenames::sanitize_filename;
+use crate::ingest::{Ingest, IngestError};
 
 /// Room for the multipart framing around the file when the `Content-Length` of a multipart
 /// body is compared with `MAX_UPLOAD_BYTES`.

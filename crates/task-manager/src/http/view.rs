@@ -9,7 +9,7 @@ use crate::store::Task;
 
 /// The view of `task`; `base_url` is the service's public base URL.
 pub fn task_view(task: Task, base_url: &str) -> TaskView {
-    let done = task.status == TaskStatus::Done;
+    let done = task.status == TaskStatus::Done && task.expired_at.is_none();
     let failed = task.status == TaskStatus::Failed;
     TaskView {
         task_id: task.id,
@@ -24,6 +24,7 @@ pub fn task_view(task: Task, base_url: &str) -> TaskView {
         output_bytes: task.output_bytes,
         download_link: done.then(|| download_url(base_url, task.id)),
         error: if failed { task.error } else { None },
+        expired_at: task.expired_at.map(rfc3339),
     }
 }
 

@@ -21,11 +21,11 @@ use uuid::Uuid;
 
 use super::QueueError;
 use crate::ingest::arrival::{Arrival, UploadReader};
-use storage::{Input, Storage};
-use task_protocol::{processed_data_path, raw_data_path};
 use crate::store::Store;
 pub use early::EarlyRun;
 use early::Receiving;
+use storage::{Input, Storage};
+use task_protocol::{processed_data_path, raw_data_path};
 
 /// Tasks waiting for a runner, at most.
 const QUEUE_CAPACITY: usize = 10_000;
