@@ -1,12 +1,18 @@
-//! Objects written as S3 multipart uploads: parts of [`PART_BYTES`], a few in flight, so that
-//! memory stays bounded whatever the object's size. An object appears only when its upload
-//! completes; an upload dropped before that is aborted, and leaves nothing.
+//! Objects written as S3 multipart uploads: parts of exactly [`PART_BYTES`] (the last one
+//! shorter), a few in flight, so that memory stays bounded whatever the object's size. An
+//! object appears only when its upload completes; an upload that fails or is dropped before
+//! that is aborted, and leaves nothing. Parts are scheduled here rather than by
+//! `object_store::WriteMultipart`, whose abort cannot be tried again: an abort is retried
+//! while the bucket is unreachable, so that the parts sent are not left behind.
 
+use std::collections::VecDeque;
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use object_store::{ObjectStoreExt, WriteMultipart};
+use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
 use tokio::io::AsyncReadExt;
+use tokio::task::JoinSet;
 
 use crate::{Bucket, StorageError};
 
@@ -16,10 +22,20 @@ pub const PART_BYTES: usize = 10 << 20;
 const PARTS_IN_FLIGHT: usize = 3;
 /// Bytes read from a local file at once, when one is stored.
 const FILE_READ: usize = 1 << 20;
+/// Attempts at aborting an unfinished upload, and the pauses between them.
+const ABORT_ATTEMPTS: u32 = 10;
+const FIRST_ABORT_RETRY: Duration = Duration::from_secs(1);
+const LAST_ABORT_RETRY: Duration = Duration::from_secs(30);
 
 /// An object being written; see the module's documentation.
 pub struct ObjectWriter {
-    upload: Option<WriteMultipart>,
+    upload: Option<Box<dyn MultipartUpload>>,
+    /// Bytes not sent yet, fewer than a part.
+    pending: VecDeque<Bytes>,
+    pending_bytes: usize,
+    /// Parts being sent.
+    parts: JoinSet<object_store::Result<()>>,
+    parts_sent: usize,
     key: String,
     written: u64,
 }
@@ -33,7 +49,11 @@ impl Bucket {
             .await
             .map_err(|e| StorageError::object(key, e))?;
         Ok(ObjectWriter {
-            upload: Some(WriteMultipart::new_with_chunk_size(upload, PART_BYTES)),
+            upload: Some(upload),
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            parts: JoinSet::new(),
+            parts_sent: 0,
             key: key.to_string(),
             written: 0,
         })
@@ -62,42 +82,101 @@ impl Bucket {
 }
 
 impl ObjectWriter {
-    /// Adds `bytes` to the object; waits while [`PARTS_IN_FLIGHT`] parts are being sent.
+    /// Adds `bytes` to the object; waits while [`PARTS_IN_FLIGHT`] parts are being sent. After
+    /// an error the upload is aborted.
     pub async fn write(&mut self, bytes: Bytes) -> Result<(), StorageError> {
-        let Some(upload) = self.upload.as_mut() else {
-            return Err(self.ended());
-        };
-        if let Err(e) = upload.wait_for_capacity(PARTS_IN_FLIGHT).await {
-            return Err(StorageError::object(&self.key, e));
-        }
         self.written += bytes.len() as u64;
-        upload.put(bytes);
+        self.pending_bytes += bytes.len();
+        self.pending.push_back(bytes);
+        while self.pending_bytes >= PART_BYTES {
+            let part = self.take(PART_BYTES);
+            self.send(part).await?;
+        }
         Ok(())
     }
 
     /// Completes the upload: the object is there once this returns; returns its size.
     pub async fn finish(mut self) -> Result<u64, StorageError> {
-        let Some(upload) = self.upload.take() else {
+        if self.pending_bytes > 0 || self.parts_sent == 0 {
+            let part = self.take(self.pending_bytes);
+            self.send(part).await?;
+        }
+        self.wait_for_parts(0).await?;
+        let Some(mut upload) = self.upload.take() else {
             return Err(self.ended());
         };
-        match upload.finish().await {
+        match upload.complete().await {
             Ok(_) => Ok(self.written),
-            Err(e) => Err(StorageError::object(&self.key, e)),
+            Err(e) => {
+                abort(upload, &self.key).await;
+                Err(StorageError::object(&self.key, e))
+            }
         }
     }
 
     /// Drops the upload and its parts (an upload dropped unfinished is aborted too, in the
     /// background).
     pub async fn abort(mut self) {
+        self.parts.shutdown().await;
         if let Some(upload) = self.upload.take() {
             abort(upload, &self.key).await;
         }
     }
 
+    /// The first `len` pending bytes, as one part.
+    fn take(&mut self, len: usize) -> PutPayload {
+        let mut part = Vec::new();
+        let mut left = len;
+        while left > 0 {
+            let Some(mut bytes) = self.pending.pop_front() else {
+                break;
+            };
+            if bytes.len() > left {
+                self.pending.push_front(bytes.split_off(left));
+            }
+            left -= bytes.len();
+            part.push(bytes);
+        }
+        self.pending_bytes -= len - left;
+        part.into_iter().collect()
+    }
+
+    /// Sends a part once fewer than [`PARTS_IN_FLIGHT`] are in flight.
+    async fn send(&mut self, part: PutPayload) -> Result<(), StorageError> {
+        self.wait_for_parts(PARTS_IN_FLIGHT - 1).await?;
+        let Some(upload) = self.upload.as_mut() else {
+            return Err(self.ended());
+        };
+        self.parts.spawn(upload.put_part(part));
+        self.parts_sent += 1;
+        Ok(())
+    }
+
+    /// Waits until at most `in_flight` parts are being sent; a part that failed aborts the
+    /// upload.
+    async fn wait_for_parts(&mut self, in_flight: usize) -> Result<(), StorageError> {
+        while self.parts.len() > in_flight {
+            let failed = match self.parts.join_next().await {
+                Some(Ok(Ok(()))) | None => continue,
+                Some(Ok(Err(e))) => StorageError::object(&self.key, e),
+                Some(Err(e)) => StorageError::Unavailable {
+                    key: self.key.clone(),
+                    message: format!("sending a part failed: {e}"),
+                },
+            };
+            self.parts.shutdown().await;
+            if let Some(upload) = self.upload.take() {
+                abort(upload, &self.key).await;
+            }
+            return Err(failed);
+        }
+        Ok(())
+    }
+
     fn ended(&self) -> StorageError {
         StorageError::Unavailable {
             key: self.key.clone(),
-            message: "the upload already ended".into(),
+            message: "the upload was aborted".into(),
         }
     }
 }
@@ -107,6 +186,7 @@ impl Drop for ObjectWriter {
         let Some(upload) = self.upload.take() else {
             return;
         };
+        self.parts.abort_all();
         let key = std::mem::take(&mut self.key);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -117,9 +197,22 @@ impl Drop for ObjectWriter {
     }
 }
 
-async fn abort(upload: WriteMultipart, key: &str) {
-    if let Err(e) = upload.abort().await {
-        // The bucket removes it by its lifecycle rule for incomplete uploads, if it has one.
-        tracing::warn!("cannot abort the unfinished upload of {key}: {e}");
+/// Aborts an upload, trying again for a few minutes while the bucket cannot be reached (the
+/// client's own retries end sooner), so that its parts are not left behind.
+async fn abort(mut upload: Box<dyn MultipartUpload>, key: &str) {
+    let mut delay = FIRST_ABORT_RETRY;
+    for attempt in 1..=ABORT_ATTEMPTS {
+        match upload.abort().await {
+            Ok(()) => return,
+            Err(e) if attempt == ABORT_ATTEMPTS => {
+                // The bucket's lifecycle rule for incomplete uploads removes it, if it has one.
+                tracing::warn!("cannot abort the unfinished upload of {key}, left to the bucket: {e}");
+            }
+            Err(e) => {
+                tracing::debug!("aborting the unfinished upload of {key} failed, retrying: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(LAST_ABORT_RETRY);
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 use super::*;
 use engine::Pieces;
+use bytes::Bytes;
 use futures_util::TryStreamExt;
 
 fn storage(bucket: Option<Bucket>) -> (tempfile::TempDir, Storage) {
@@ -151,4 +152,24 @@ fn old_partial_uploads_are_removed_at_start() {
     assert!(!old.exists());
     assert!(recent.exists());
     assert!(kept.exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pieces_of_any_size_make_the_same_object() {
+    let (_dir, storage) = storage(Some(Bucket::in_memory("")));
+    let bucket = storage.bucket().unwrap();
+    let bytes = data(crate::PART_BYTES * 2 + 777);
+    let mut writer = bucket.writer("raw_data/odd.csv").await.unwrap();
+    let mut rest = bytes.as_slice();
+    for size in [1, crate::PART_BYTES - 2, 3, 4_000_001, crate::PART_BYTES].iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, tail) = rest.split_at((*size).min(rest.len()));
+        writer.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        rest = tail;
+    }
+    assert_eq!(writer.finish().await.unwrap(), bytes.len() as u64);
+    let input = storage.input("raw_data/odd.csv").await.unwrap();
+    assert_eq!(read_all(input).await.unwrap(), bytes);
 }
