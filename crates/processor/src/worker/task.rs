@@ -147,7 +147,7 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
         }
     }
     if let InputFile::File(_) = input_file {
-        if let Some(disposition) = start_from_file(message, &input, ctx).await {
+        if let Some(disposition) = start_from_file(message, &input, info, ctx).await {
             return disposition;
         }
         if storage.bucket().is_some() {
@@ -195,7 +195,7 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
         EngineEnd::Upload(Unfinished::Refused) => {
             // Complete after all (a rename the reader missed): processed from the file when
             // the message comes back.
-            return start_from_file(message, &input, ctx)
+            return start_from_file(message, &input, info, ctx)
                 .await
                 .unwrap_or(Disposition::Requeue);
         }
@@ -213,6 +213,7 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
 async fn start_from_file(
     message: &TaskMessage,
     input: &std::path::Path,
+    info: DeliveryInfo,
     ctx: &TaskContext,
 ) -> Option<Disposition> {
     let id = message.task_id;
@@ -248,9 +249,15 @@ async fn start_from_file(
             let failed = WorkerEvent::Failed { error };
             Some(report_end(ctx, id, failed, Disposition::Reject).await)
         }
-        Err(err) => {
+        Err(err) if !last_attempt(info, ctx) => {
             warn!(error = %err, "cannot reach the storage; the task goes back to the queue");
             Some(Disposition::Requeue)
+        }
+        Err(err) => {
+            let error = format!("cannot read the input: {err}");
+            error!(%error, "failed");
+            let failed = WorkerEvent::Failed { error };
+            Some(report_end(ctx, id, failed, Disposition::Ack).await)
         }
     }
 }
