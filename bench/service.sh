@@ -7,10 +7,13 @@
 # times writing as many bytes durably to the storage directory's disk (direct writes, then
 # fsync): the floor of a synced upload's time, whatever the service does.
 #
-#   bench/service.sh [MODE...]       MODE: embedded distributed (default: both)
+#   bench/service.sh [MODE...]       MODE: embedded distributed bucket (default: the first two)
 #
 #   embedded     the task manager on its embedded default (SQLite, engine in-process)
 #   distributed  the task manager on MariaDB + RabbitMQ with one `processor worker`
+#   bucket       the task manager on PostgreSQL + RabbitMQ + an S3 bucket (moto's server, from
+#                scripts/install-test-tools) with one worker that shares no directory with it;
+#                also prints both processes' peak RSS over the runs
 #
 # Environment:
 #   SCENARIO=skewed  data set (see bench/compare.sh; default skewed, 1 GB)
@@ -19,6 +22,7 @@
 #   AMQP_URL         default amqp://guest:guest@127.0.0.1:5672/%2f
 #   MARIADB_URL      server URL without database, default mysql://root@127.0.0.1:3306
 #                    (a database bench_service is created and dropped)
+#   POSTGRES_URL     the same for the bucket mode, default postgres://postgres@127.0.0.1:5432
 #   SYNC_UPLOADS=1   the task manager's setting: 0 accepts uploads before they are on the disk
 #   EARLY_AGGREGATION=1  the task manager's setting: 0 starts processing once the upload is complete
 #   RATE=200M        upload with curl at this rate (a network slower than loopback) instead of
@@ -41,6 +45,8 @@ source "$BENCH_DIR/common.sh"
 
 AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 MARIADB_URL=${MARIADB_URL:-mysql://root@127.0.0.1:3306}
+POSTGRES_URL=${POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
+MOTO_SERVER=${TEST_MOTO_SERVER:-$TARGET/test-tools/venv/bin/moto_server}
 DATABASE=bench_service
 PIDS=()
 
@@ -62,21 +68,34 @@ start_service() {
     mkdir -p "$storage"
     local -a env=(PORT="$port" BIND=127.0.0.1 STORAGE_DIR="$storage" RUST_LOG=warn
         SYNC_UPLOADS="${SYNC_UPLOADS:-1}" EARLY_AGGREGATION="${EARLY_AGGREGATION:-1}")
+    local -a worker_env=()
     if [[ $mode == distributed ]]; then
         mariadb -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS $DATABASE; CREATE DATABASE $DATABASE" ||
             die "cannot reach MariaDB at $MARIADB_URL"
         env+=(DATABASE_URL="$MARIADB_URL/$DATABASE" AMQP_URL="$AMQP_URL" QUEUE_NAME="bench_service_$$")
+    fi
+    if [[ $mode == bucket ]]; then
+        psql "$POSTGRES_URL/postgres" -qc "DROP DATABASE IF EXISTS $DATABASE" -c "CREATE DATABASE $DATABASE" ||
+            die "cannot reach PostgreSQL at $POSTGRES_URL"
+        start_s3
+        env+=(DATABASE_URL="$POSTGRES_URL/$DATABASE" AMQP_URL="$AMQP_URL" QUEUE_NAME="bench_service_$$"
+            STORAGE_URL="s3://bench/tasks" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench
+            AWS_REGION=us-east-1 AWS_ENDPOINT_URL="$S3_URL" AWS_ALLOW_HTTP=true)
+        # The worker's own directories: nothing of the task manager's.
+        mkdir -p "$WORK/bucket-worker/spill"
+        worker_env=(STORAGE_DIR="$WORK/bucket-worker" ENGINE_TEMP_DIR="$WORK/bucket-worker/spill")
     fi
     # From the work directory: a developer's .env must not change the set-up.
     (cd "$WORK" && exec env "${env[@]}" "$TASK_MANAGER" >"$WORK/$mode.tm.log" 2>&1) &
     TM_PID=$!
     PIDS+=("$TM_PID")
     SERVICE_PIDS=("$TM_PID")
-    if [[ $mode == distributed ]]; then
-        (cd "$WORK" && exec env "${env[@]}" TASK_MANAGER_URL="$URL" "$PROCESSOR" worker \
+    if [[ $mode != embedded ]]; then
+        (cd "$WORK" && exec env "${env[@]}" "${worker_env[@]}" TASK_MANAGER_URL="$URL" "$PROCESSOR" worker \
             >"$WORK/$mode.worker.log" 2>&1) &
-        PIDS+=("$!")
-        SERVICE_PIDS+=("$!")
+        WORKER_PID=$!
+        PIDS+=("$WORKER_PID")
+        SERVICE_PIDS+=("$WORKER_PID")
     fi
     for _ in $(seq 1 100); do
         curl -fsS "$URL/health" >/dev/null 2>&1 && return
@@ -84,6 +103,32 @@ start_service() {
         sleep 0.1
     done
     die "the task manager did not come up (see $WORK/$mode.tm.log)"
+}
+
+# Starts moto's S3 server on a free port with a bucket `bench`; sets S3_URL.
+start_s3() {
+    [[ -x $MOTO_SERVER ]] || die "moto_server is missing at $MOTO_SERVER: run scripts/install-test-tools"
+    local port
+    port=$(free_port)
+    S3_URL=http://127.0.0.1:$port
+    "$MOTO_SERVER" -H 127.0.0.1 -p "$port" >"$WORK/moto.log" 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 1 200); do
+        curl -fsS -o /dev/null "$S3_URL/moto-api/" 2>/dev/null && break
+        sleep 0.1
+    done
+    # moto routes a request by the service its Authorization header names.
+    curl -fsS -X PUT -o /dev/null "$S3_URL/bench" -H 'Authorization: AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0' ||
+        die "cannot create the bucket on moto (see $WORK/moto.log)"
+}
+
+# Peak resident MB of process $1 since it started.
+peak_mb() {
+    local key value _
+    while read -r key value _; do
+        [[ $key == VmHWM: ]] && { echo $((value / 1024)); return; }
+    done <"/proc/$1/status" 2>/dev/null
+    echo 0
 }
 
 stop_service() {
@@ -96,8 +141,12 @@ stop_service() {
 # Drops the database and queues of the distributed mode (MODE $1).
 cleanup_distributed() {
     local queue
-    [[ $1 == distributed ]] || return 0
-    mariadb -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS $DATABASE" || true
+    [[ $1 != embedded ]] || return 0
+    if [[ $1 == bucket ]]; then
+        psql "$POSTGRES_URL/postgres" -qc "DROP DATABASE IF EXISTS $DATABASE" || true
+    else
+        mariadb -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS $DATABASE" || true
+    fi
     for queue in "bench_service_$$" "bench_service_$$.dead"; do
         rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
     done
@@ -182,7 +231,7 @@ durable_write() {
 
 # Who serves in MODE $1, for the CPU figures.
 server_side() {
-    if [[ $1 == distributed ]]; then echo "task manager + worker"; else echo "task manager"; fi
+    if [[ $1 == embedded ]]; then echo "task manager"; else echo "task manager + worker"; fi
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -192,9 +241,9 @@ main() {
     local arg
     for arg in "$@"; do
         case $arg in
-            -h | --help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-            embedded | distributed) modes+=("$arg") ;;
-            *) die "unknown mode '$arg' (embedded, distributed)" ;;
+            -h | --help) sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+            embedded | distributed | bucket) modes+=("$arg") ;;
+            *) die "unknown mode '$arg' (embedded, distributed, bucket)" ;;
         esac
     done
     ((${#modes[@]})) || modes=(embedded distributed)
@@ -228,7 +277,7 @@ main() {
                 rm -f "$WORK/cli.csv" "$WORK/service.csv" "$WORK/$mode"/raw_data/*.csv "$WORK/$mode"/processed_data/*.csv
                 continue
             fi
-            if [[ ${SYNC_UPLOADS:-1} == 1 ]]; then
+            if [[ ${SYNC_UPLOADS:-1} == 1 && $mode != bucket ]]; then
                 durable_write "$(stat -c %s "$input")" "$WORK/$mode" >>"$WORK/disk"
                 warm "$input"
             fi
@@ -260,6 +309,10 @@ main() {
             "$cli_cpu" "$(echo "$client_cpu + $service_cpu" | bc -l)" \
             "$(echo "($client_cpu + $service_cpu) / $cli_cpu" | bc -l)" "$client_cpu" \
             "$(server_side "$mode")" "$service_cpu" | tee -a "$RESULTS/table.txt"
+        if [[ $mode == bucket ]]; then
+            printf '%s: peak RSS over the runs: task manager %d MB, worker %d MB\n' \
+                "$mode" "$(peak_mb "$TM_PID")" "$(peak_mb "$WORKER_PID")" | tee -a "$RESULTS/table.txt"
+        fi
         if [[ -s $WORK/disk ]]; then
             disk=$(median <"$WORK/disk")
             printf '%s: writing the input durably to the disk alone takes %.2f s (%.2fx the CLI): a synced upload cannot take less\n' \
