@@ -77,7 +77,14 @@ impl Cluster {
         ]);
         all.extend_from_slice(env);
         let own = dirs.path().join("storage");
-        WorkerProcess::start_with_env(&self.amqp_url, &self.queue, &self.tm.base_url, None, &own, &all)
+        WorkerProcess::start_with_env(
+            &self.amqp_url,
+            &self.queue,
+            &self.tm.base_url,
+            None,
+            &own,
+            &all,
+        )
     }
 
     /// Uploads `data` as a raw CSV body; returns the task id.
@@ -107,11 +114,17 @@ impl Cluster {
 
     /// The keys of results in the bucket.
     async fn result_keys(&self) -> Vec<String> {
-        self.s3.list_keys(&format!("{PREFIX}/processed_data/")).await
+        self.s3
+            .list_keys(&format!("{PREFIX}/processed_data/"))
+            .await
     }
 
     async fn finish(self) {
-        assert!(self.tm.raw_data_files().is_empty(), "{:?}", self.tm.raw_data_files());
+        assert!(
+            self.tm.raw_data_files().is_empty(),
+            "{:?}",
+            self.tm.raw_data_files()
+        );
         assert!(self.tm.processed_data_files().is_empty());
         self.tm.stop().await;
         common::delete_queue(&self.queue).await;
@@ -149,7 +162,11 @@ async fn wait_progress(tm: &TestServer, id: Uuid, worker: &WorkerProcess) {
             "finished before it could be interrupted: {status}\n{}",
             worker.log()
         );
-        assert!(started.elapsed() < DEADLINE, "no progress: {status}\n{}", worker.log());
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no progress: {status}\n{}",
+            worker.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -163,7 +180,10 @@ async fn workers_that_share_no_disk() {
     let id = cluster.upload(SEED_INPUT.as_bytes().to_vec()).await;
     assert_eq!(cluster.result(id, &worker).await, SEED_OUTPUT.as_bytes());
     let response = cluster.tm.download(id).await;
-    assert_eq!(common::attachment_filename(&response), "plays_aggregated.csv");
+    assert_eq!(
+        common::attachment_filename(&response),
+        "plays_aggregated.csv"
+    );
 
     for case in golden::valid() {
         let input = std::fs::read(&case.input).expect("golden input");
@@ -187,7 +207,11 @@ async fn workers_that_share_no_disk() {
     assert!(error.contains("line 2"), "{error}");
     assert_eq!(cluster.tm.download(id).await.status(), StatusCode::CONFLICT);
     assert!(
-        !cluster.result_keys().await.iter().any(|key| key.contains(&id.to_string())),
+        !cluster
+            .result_keys()
+            .await
+            .iter()
+            .any(|key| key.contains(&id.to_string())),
         "a failed task left a result"
     );
     assert!(leftovers(&dirs).is_empty(), "{:?}", leftovers(&dirs));
@@ -204,7 +228,11 @@ async fn a_300_mb_file_in_many_parts() {
     let (data, expected) = generated(300 << 20, 300);
     let id = cluster.upload(data).await;
     let result = cluster.result(id, &worker).await;
-    assert!(result == expected, "{}", golden::first_difference(&result, &expected));
+    assert!(
+        result == expected,
+        "{}",
+        golden::first_difference(&result, &expected)
+    );
     assert!(leftovers(&dirs).is_empty(), "{:?}", leftovers(&dirs));
     worker.stop_gracefully();
     cluster.finish().await;
@@ -222,7 +250,11 @@ async fn a_killed_worker_loses_nothing() {
     let second_dirs = tempfile::tempdir().expect("worker directories");
     let second = cluster.worker(&second_dirs, &[]);
     let result = cluster.result(id, &second).await;
-    assert!(result == expected, "{}", golden::first_difference(&result, &expected));
+    assert!(
+        result == expected,
+        "{}",
+        golden::first_difference(&result, &expected)
+    );
     let keys = cluster.result_keys().await;
     assert_eq!(keys, vec![format!("{PREFIX}/processed_data/{id}.csv")]);
     assert!(cluster.s3.multipart_uploads(PREFIX).await.is_empty());
@@ -244,7 +276,11 @@ async fn a_bucket_unreachable_during_a_task() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.s3.set_reachable(true);
     let result = cluster.result(id, &worker).await;
-    assert!(result == expected, "{}", golden::first_difference(&result, &expected));
+    assert!(
+        result == expected,
+        "{}",
+        golden::first_difference(&result, &expected)
+    );
     worker.stop_gracefully();
 
     // For good, on a worker's last attempt: FAILED, naming the bucket's error.

@@ -206,7 +206,9 @@ async fn abort(mut upload: Box<dyn MultipartUpload>, key: &str) {
             Ok(()) => return,
             Err(e) if attempt == ABORT_ATTEMPTS => {
                 // The bucket's lifecycle rule for incomplete uploads removes it, if it has one.
-                tracing::warn!("cannot abort the unfinished upload of {key}, left to the bucket: {e}");
+                tracing::warn!(
+                    "cannot abort the unfinished upload of {key}, left to the bucket: {e}"
+                );
             }
             Err(e) => {
                 tracing::debug!("aborting the unfinished upload of {key} failed, retrying: {e}");

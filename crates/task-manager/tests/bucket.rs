@@ -78,7 +78,10 @@ async fn the_golden_corpus_goes_through_the_bucket() {
             golden::first_difference(&body, expected)
         );
         let key = format!("{PREFIX}/processed_data/{id}.csv");
-        assert_eq!(s3.get_object(&key).await.as_deref(), Some(expected.as_slice()));
+        assert_eq!(
+            s3.get_object(&key).await.as_deref(),
+            Some(expected.as_slice())
+        );
     }
     for case in golden::invalid().iter().take(5) {
         let input = std::fs::read(&case.input).expect("golden input");
@@ -91,7 +94,10 @@ async fn the_golden_corpus_goes_through_the_bucket() {
         assert_eq!(status["status"], "FAILED", "{}: {status}", case.name);
         let message = case.error().unwrap_or_default();
         assert!(
-            status["error"].as_str().unwrap_or_default().contains(message),
+            status["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(message),
             "{}: {status} does not say {message:?}",
             case.name
         );
@@ -125,9 +131,16 @@ async fn a_large_upload_is_sent_in_parts() {
     let status = tm.wait_finished(id).await;
     assert_eq!(status["status"], "DONE", "{status}");
     let input_key = format!("{PREFIX}/raw_data/{id}.csv");
-    assert!(s3.get_object(&input_key).await == Some(data), "the stored upload differs");
+    assert!(
+        s3.get_object(&input_key).await == Some(data),
+        "the stored upload differs"
+    );
     let result = tm.download(id).await.bytes().await.expect("download");
-    assert!(result.as_ref() == expected.as_slice(), "{}", golden::first_difference(&result, &expected));
+    assert!(
+        result.as_ref() == expected.as_slice(),
+        "{}",
+        golden::first_difference(&result, &expected)
+    );
     tm.stop().await;
 }
 
@@ -145,7 +158,13 @@ async fn an_unreachable_bucket_refuses_uploads_and_leaves_nothing() {
     let (code, retry_after, body) = post(&tm, SEED_INPUT.as_bytes().to_vec()).await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(retry_after.is_some(), "no Retry-After: {body}");
-    assert!(body["error"].as_str().unwrap_or_default().contains("storage"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("storage"),
+        "{body}"
+    );
     let (health, _) = tm.get_json("/health").await;
     assert_eq!(health, StatusCode::SERVICE_UNAVAILABLE);
     s3.set_reachable(true);
@@ -173,7 +192,10 @@ async fn an_unreachable_bucket_refuses_uploads_and_leaves_nothing() {
     // Two parts on their way (or sent), then the bucket goes.
     let started = Instant::now();
     while s3.multipart_uploads(PREFIX).await.is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(60), "no multipart upload began");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no multipart upload began"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -185,18 +207,28 @@ async fn an_unreachable_bucket_refuses_uploads_and_leaves_nothing() {
     }
     drop(sender);
     let response = request.await.expect("request task").expect("an answer");
-    let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).cloned();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .cloned();
     let (code, body) = json_of(response).await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(retry_after.is_some(), "no Retry-After: {body}");
     s3.set_reachable(true);
 
-    assert_eq!(task_count(&tm.client, &tm.base_url).await, 0, "a task was recorded");
+    assert_eq!(
+        task_count(&tm.client, &tm.base_url).await,
+        0,
+        "a task was recorded"
+    );
     assert!(keys(&s3, "raw_data").await.is_empty());
     // The unfinished upload is aborted once the bucket is back.
     let started = Instant::now();
     while !s3.multipart_uploads(PREFIX).await.is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(120), "parts left behind");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "parts left behind"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(tm.raw_data_files().is_empty(), "{:?}", tm.raw_data_files());
@@ -209,7 +241,10 @@ async fn an_unreachable_bucket_refuses_uploads_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tasks_leave_the_bucket() {
     let s3 = S3Server::start().await;
-    let tm = start(&s3, |settings| settings.retention = Some(Duration::from_secs(1))).await;
+    let tm = start(&s3, |settings| {
+        settings.retention = Some(Duration::from_secs(1))
+    })
+    .await;
     let id = tm.upload("plays.csv", SEED_INPUT).await;
     assert_eq!(tm.wait_finished(id).await["status"], "DONE");
     let started = Instant::now();

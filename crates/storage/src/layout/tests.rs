@@ -1,6 +1,6 @@
 use super::*;
-use engine::Pieces;
 use bytes::Bytes;
+use engine::Pieces;
 use futures_util::TryStreamExt;
 
 fn storage(bucket: Option<Bucket>) -> (tempfile::TempDir, Storage) {
@@ -161,7 +161,10 @@ async fn pieces_of_any_size_make_the_same_object() {
     let bytes = data(crate::PART_BYTES * 2 + 777);
     let mut writer = bucket.writer("raw_data/odd.csv").await.unwrap();
     let mut rest = bytes.as_slice();
-    for size in [1, crate::PART_BYTES - 2, 3, 4_000_001, crate::PART_BYTES].iter().cycle() {
+    for size in [1, crate::PART_BYTES - 2, 3, 4_000_001, crate::PART_BYTES]
+        .iter()
+        .cycle()
+    {
         if rest.is_empty() {
             break;
         }
