@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, AppState};
 use crate::ingest::UploadLimits;
-use crate::queue::{AmqpPublisher, EmbeddedQueue, TaskQueue};
+use crate::queue::{AmqpPublisher, EmbeddedQueue, LeaseKeeper, LeasePolicy, TaskQueue};
 use crate::settings::Settings;
-use storage::{Bucket, Storage};
 use crate::store::Store;
+use storage::{Bucket, Storage};
 
 /// How long requests in flight (uploads, downloads) may take to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -30,6 +30,8 @@ pub struct Server {
     stop: CancellationToken,
     serving: JoinHandle<()>,
     state: Arc<AppState>,
+    /// RabbitMQ mode: republishes the tasks whose worker stopped reporting.
+    keeper: Option<LeaseKeeper>,
 }
 
 /// Creates the storage directories, migrates the database, connects the queue (or starts
@@ -82,6 +84,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             early: settings.early_aggregation,
         },
         fallback_base_url: base_url(addr),
+        lease_timeout: settings.lease_timeout,
+    });
+    let keeper = (!state.queue.is_embedded()).then(|| {
+        let policy = LeasePolicy {
+            timeout: settings.lease_timeout,
+            max_leases: settings.max_leases,
+        };
+        let publisher = state.clone();
+        LeaseKeeper::start(state.store.clone(), policy, move |id| {
+            let publisher = publisher.clone();
+            async move { publisher.queue.submit(id).await }
+        })
     });
     let stop = CancellationToken::new();
     let serving = tokio::spawn(serve(
@@ -101,6 +115,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         stop,
         serving,
         state,
+        keeper,
     })
 }
 
@@ -128,6 +143,9 @@ impl Server {
                 );
                 self.serving.abort();
             }
+        }
+        if let Some(keeper) = self.keeper.take() {
+            keeper.shutdown().await;
         }
         self.state.queue.shutdown().await;
         self.state.store.close().await;

@@ -10,6 +10,7 @@ mod upload;
 mod view;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -23,10 +24,10 @@ use uuid::Uuid;
 
 use crate::ingest::UploadLimits;
 use crate::queue::TaskQueue;
-use storage::Storage;
 use crate::store::Store;
 use crate::tokens::Tokens;
 pub use error::ApiError;
+use storage::Storage;
 
 /// What the handlers share.
 pub struct AppState {
@@ -45,6 +46,8 @@ pub struct AppState {
     pub worker_tokens: Tokens,
     /// Limits of the uploads.
     pub uploads: UploadLimits,
+    /// How long a worker's lease on a task lasts without a report (`TASK_LEASE_TIMEOUT`).
+    pub lease_timeout: Duration,
 }
 
 impl AppState {
