@@ -263,10 +263,7 @@ async fn wait_until(what: &str, workers: &[&WorkerProcess], mut condition: impl 
 }
 
 /// Waits until one of `workers` runs task `id`: (the runner, the other one).
-async fn runner_of<'a>(
-    workers: [&'a WorkerProcess; 2],
-    id: Uuid,
-) -> (&'a WorkerProcess, &'a WorkerProcess) {
+async fn runner_of(workers: [&WorkerProcess; 2], id: Uuid) -> (&WorkerProcess, &WorkerProcess) {
     wait_until("a worker to run the task", &workers, || {
         workers.iter().any(|w| runs(w, id) > 0)
     })
