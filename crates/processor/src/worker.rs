@@ -5,6 +5,7 @@ mod arriving;
 mod callbacks;
 mod consumer;
 mod error_chain;
+mod identity;
 mod running;
 mod task;
 
@@ -133,6 +134,8 @@ async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
     };
     let storage = Storage::open(&root, bucket)?;
     info!(storage = %storage.describe(), "storage");
+    let worker = identity::worker_id();
+    info!(%worker, "worker id");
     let shutdown = CancellationToken::new();
     let abort = CancellationToken::new();
     tokio::spawn(stop_on_signals(shutdown.clone(), abort.clone()));
@@ -145,7 +148,7 @@ async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
             temp_dir: args.temp_dir,
             ..Config::default()
         },
-        callbacks: Callbacks::new(&args.task_manager_url, args.worker_token.as_deref())?,
+        callbacks: Callbacks::new(&args.task_manager_url, args.worker_token.as_deref(), worker)?,
         progress_every: args
             .progress_interval
             .or(args.progress_interval_ms.map(Duration::from_millis))

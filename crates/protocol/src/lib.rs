@@ -13,7 +13,7 @@ pub mod status;
 pub mod storage;
 
 pub use api::{Accepted, DEFAULT_TASK_MANAGER_URL, ErrorBody, TaskView};
-pub use events::{EventAck, WorkerEvent, events_path};
+pub use events::{EventAck, WorkerEvent, WorkerReport, events_path};
 #[cfg(feature = "amqp")]
 pub use queue::declare_task_queue;
 pub use queue::{DEFAULT_QUEUE_NAME, QUEUE_DELIVERY_LIMIT, TaskMessage, dead_letter_queue};

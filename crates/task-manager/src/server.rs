@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, AppState};
 use crate::ingest::UploadLimits;
-use crate::queue::{AmqpPublisher, EmbeddedQueue, TaskQueue};
+use crate::queue::{AmqpPublisher, EmbeddedQueue, LeaseKeeper, LeasePolicy, TaskQueue};
 use crate::retention;
 use crate::settings::Settings;
 use crate::store::Store;
@@ -30,9 +30,11 @@ pub struct Server {
     addr: SocketAddr,
     stop: CancellationToken,
     serving: JoinHandle<()>,
-    /// Background sweeps (retention), stopped with the server.
-    keepers: Vec<JoinHandle<()>>,
+    /// The retention sweep (`RETENTION`), stopped with the server.
+    retention: Option<JoinHandle<()>>,
     state: Arc<AppState>,
+    /// RabbitMQ mode: republishes the tasks whose worker stopped reporting.
+    keeper: Option<LeaseKeeper>,
 }
 
 /// Creates the storage directories, migrates the database, connects the queue (or starts
@@ -86,20 +88,28 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         },
         fallback_base_url: base_url(addr),
         retention: settings.retention,
+        lease_timeout: settings.lease_timeout,
+    });
+    let keeper = (!state.queue.is_embedded()).then(|| {
+        let policy = LeasePolicy {
+            timeout: settings.lease_timeout,
+            max_leases: settings.max_leases,
+        };
+        let publisher = state.clone();
+        LeaseKeeper::start(state.store.clone(), policy, move |id| {
+            let publisher = publisher.clone();
+            async move { publisher.queue.submit(id).await }
+        })
     });
     let stop = CancellationToken::new();
-    let keepers = settings
-        .retention
-        .map(|keep| {
-            retention::spawn(
-                state.store.clone(),
-                state.storage.clone(),
-                keep,
-                stop.clone(),
-            )
-        })
-        .into_iter()
-        .collect();
+    let retention = settings.retention.map(|keep| {
+        retention::spawn(
+            state.store.clone(),
+            state.storage.clone(),
+            keep,
+            stop.clone(),
+        )
+    });
     let serving = tokio::spawn(serve(
         listener,
         http::router(state.clone()),
@@ -116,8 +126,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         addr,
         stop,
         serving,
-        keepers,
+        retention,
         state,
+        keeper,
     })
 }
 
@@ -146,10 +157,13 @@ impl Server {
                 self.serving.abort();
             }
         }
-        for keeper in std::mem::take(&mut self.keepers) {
-            if let Err(e) = keeper.await {
-                tracing::error!("a background sweep failed: {e}");
-            }
+        if let Some(retention) = self.retention.take()
+            && let Err(e) = retention.await
+        {
+            tracing::error!("the retention sweep failed: {e}");
+        }
+        if let Some(keeper) = self.keeper.take() {
+            keeper.shutdown().await;
         }
         self.state.queue.shutdown().await;
         self.state.store.close().await;

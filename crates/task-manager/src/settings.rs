@@ -78,6 +78,12 @@ pub struct Settings {
     /// Whether an idle embedded runner aggregates an upload while it arrives
     /// (`EARLY_AGGREGATION`, 1 or 0; default 1).
     pub early_aggregation: bool,
+    /// How long a worker's lease on a task lasts without a report (`TASK_LEASE_TIMEOUT`,
+    /// default 2 min); then the task is republished (RabbitMQ mode).
+    pub lease_timeout: Duration,
+    /// Expired leases after which a task is abandoned as FAILED instead of republished
+    /// (`TASK_MAX_LEASES`, default 5).
+    pub max_leases: u32,
 }
 
 /// Default storage root, shared with the workers.
@@ -92,6 +98,8 @@ const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 const DEFAULT_DATABASE_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_MAX_LEASES: u32 = 5;
 
 impl Settings {
     /// Defaults for everything, with the given storage root and its SQLite database.
@@ -122,6 +130,8 @@ impl Settings {
             early_aggregation: true,
             engine_memory_limit: engine.memory_limit,
             engine_threads: engine.threads,
+            lease_timeout: DEFAULT_LEASE_TIMEOUT,
+            max_leases: DEFAULT_MAX_LEASES,
         }
     }
 
@@ -182,6 +192,7 @@ impl Settings {
             ("UPLOAD_IDLE_TIMEOUT", &mut settings.upload_idle_timeout),
             ("UPLOAD_TIMEOUT", &mut settings.upload_timeout),
             ("DATABASE_TIMEOUT", &mut settings.database_timeout),
+            ("TASK_LEASE_TIMEOUT", &mut settings.lease_timeout),
         ] {
             if let Some(value) = var(name) {
                 *field = parse_duration(name, &value)?;
@@ -189,6 +200,12 @@ impl Settings {
         }
         if let Some(keep) = var("RETENTION") {
             settings.retention = Some(parse_duration("RETENTION", &keep)?);
+        }
+        if let Some(leases) = var("TASK_MAX_LEASES") {
+            settings.max_leases = parse_var("TASK_MAX_LEASES", &leases)?;
+            if settings.max_leases == 0 {
+                bail!("TASK_MAX_LEASES must be at least 1");
+            }
         }
         if let Some(port) = var("PORT") {
             settings.port = parse_var("PORT", &port)?;
@@ -315,6 +332,8 @@ mod tests {
         assert_eq!(settings.header_read_timeout, Duration::from_secs(30));
         assert_eq!(settings.upload_idle_timeout, Duration::from_secs(60));
         assert_eq!(settings.database_timeout, Duration::from_secs(5));
+        assert_eq!(settings.lease_timeout, Duration::from_secs(120));
+        assert_eq!(settings.max_leases, 5);
     }
 
     #[test]
@@ -325,8 +344,12 @@ mod tests {
             ("UPLOAD_IDLE_TIMEOUT", "500ms"),
             ("UPLOAD_TIMEOUT", "1h 30m"),
             ("DATABASE_TIMEOUT", "1s"),
+            ("TASK_LEASE_TIMEOUT", "1m 30s"),
+            ("TASK_MAX_LEASES", "3"),
         ])
         .unwrap();
+        assert_eq!(settings.lease_timeout, Duration::from_secs(90));
+        assert_eq!(settings.max_leases, 3);
         assert_eq!(settings.max_concurrent_uploads, 3);
         assert_eq!(settings.header_read_timeout, Duration::from_secs(2));
         assert_eq!(settings.upload_idle_timeout, Duration::from_millis(500));
@@ -336,6 +359,8 @@ mod tests {
             ("MAX_CONCURRENT_UPLOADS", "0"),
             ("UPLOAD_TIMEOUT", "soon"),
             ("DATABASE_TIMEOUT", "0s"),
+            ("TASK_LEASE_TIMEOUT", "0"),
+            ("TASK_MAX_LEASES", "0"),
         ] {
             let err = from(&[bad]).unwrap_err();
             assert!(format!("{err:#}").contains(bad.0), "{err:#}");

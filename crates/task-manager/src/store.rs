@@ -19,6 +19,10 @@ use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 use uuid::Uuid;
 
+mod lease;
+
+pub use lease::ExpiredLease;
+
 /// Longest error message kept (the column is `VARCHAR(4000)`).
 const MAX_ERROR_CHARS: usize = 4000;
 /// Longest original file name kept (the column is `VARCHAR(255)`).
@@ -312,6 +316,8 @@ impl Store {
                 ))
                 .bind(now)
                 .bind(truncate(error, MAX_ERROR_CHARS)),
+            // Only a lease changes, and events without a worker have none.
+            WorkerEvent::Released => return self.status(id).await,
         };
         query.bind(id.to_string()).execute(&self.pool).await?;
         self.changes.notify_waiters();

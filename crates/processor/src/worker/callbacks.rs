@@ -1,11 +1,12 @@
 //! Reports to the task manager: `POST <base>/internal/v1/tasks/{id}/events`, retried with
 //! exponential backoff on connection errors, 5xx answers and refused tokens (401, 403: a
 //! configuration to fix, the task must not be lost meanwhile), never on other 4xx answers.
+//! Every report names this worker process, for the task manager's leases.
 
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use task_protocol::{EventAck, WorkerEvent, events_path};
+use task_protocol::{EventAck, WorkerEvent, WorkerReport, events_path};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -36,6 +37,8 @@ pub enum CallbackError {
 pub struct Callbacks {
     http: reqwest::Client,
     base_url: String,
+    /// This worker process's id (see `identity`).
+    worker: String,
 }
 
 /// Outcome of one attempt.
@@ -47,8 +50,8 @@ enum Attempt {
 
 impl Callbacks {
     /// A client for the task manager at `base_url` (e.g. `http://127.0.0.1:5000`), sending
-    /// `token` (its `WORKER_TOKEN`) when given.
-    pub fn new(base_url: &str, token: Option<&str>) -> anyhow::Result<Self> {
+    /// `token` (its `WORKER_TOKEN`) when given, reporting as `worker`.
+    pub fn new(base_url: &str, token: Option<&str>, worker: String) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .default_headers(crate::bearer::headers(token)?)
             .connect_timeout(Duration::from_secs(5))
@@ -56,6 +59,7 @@ impl Callbacks {
         Ok(Callbacks {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
+            worker,
         })
     }
 
@@ -107,10 +111,14 @@ impl Callbacks {
 
     async fn attempt(&self, task_id: Uuid, event: &WorkerEvent, timeout: Duration) -> Attempt {
         let url = format!("{}{}", self.base_url, events_path(task_id));
+        let report = WorkerReport {
+            event: event.clone(),
+            worker: Some(self.worker.clone()),
+        };
         let response = match self
             .http
             .post(&url)
-            .json(event)
+            .json(&report)
             .timeout(timeout)
             .send()
             .await

@@ -1,5 +1,11 @@
 //! One task from its queue message to its final report: start, run the engine with
 //! progress reports, report DONE or FAILED, and tell the consumer what to do with the message.
+//!
+//! The task manager keeps a lease per task for the worker that started it (renewed by its
+//! progress reports). When it answers that another worker holds the task (`elsewhere`: the
+//! message came back from RabbitMQ, e.g. after a consumer timeout, while that worker still
+//! runs it), the task is not run here, or stops, and the message is acknowledged: the lease
+//! holder reports the outcome, and the task manager republishes the task if it goes silent.
 
 use std::fmt;
 use std::ops::ControlFlow;
@@ -11,7 +17,7 @@ use runner::{End, Job, Report};
 use storage::{ObjectReader, Storage};
 use task_protocol::{EventAck, TaskMessage, TaskStatus, WorkerEvent};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 use super::arriving::{ArrivingFile, ReadEnd, Unfinished, UploadState, upload_state};
@@ -83,8 +89,21 @@ pub async fn handle(payload: &[u8], info: DeliveryInfo, ctx: &TaskContext) -> Di
         }
     };
     let span = info_span!("task", task_id = %message.task_id);
-    let run = run_task(&message, info, ctx).instrument(span);
-    ctx.running.exclusive(message.task_id, run).await
+    let run = run_task(&message, info, ctx).instrument(span.clone());
+    let disposition = ctx.running.exclusive(message.task_id, run).await;
+    if disposition == Disposition::Requeue {
+        // The next worker may start the task at once, even if this message is lost with a
+        // closed channel (the task manager then republishes it one lease later).
+        release(ctx, message.task_id).instrument(span).await;
+    }
+    disposition
+}
+
+/// Tells the task manager that this worker gives the task back; a hint, never retried.
+async fn release(ctx: &TaskContext, id: Uuid) {
+    if let Err(err) = ctx.callbacks.send_once(id, &WorkerEvent::Released).await {
+        debug!(error = %err, "the task's lease was not released");
+    }
 }
 
 async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) -> Disposition {
@@ -187,6 +206,10 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
             info!(%status, "stopped: the task manager reports the task finished");
             return Disposition::Ack;
         }
+        EngineEnd::Elsewhere => {
+            warn!("stopped: another worker took the task over; message acknowledged");
+            return Disposition::Ack;
+        }
         EngineEnd::Interrupted => {
             info!("interrupted; the task goes back to the queue");
             return Disposition::Requeue;
@@ -218,8 +241,12 @@ async fn start_from_file(
 ) -> Option<Disposition> {
     let id = message.task_id;
     match begin(ctx, id).await {
-        Ok(status) if status.is_terminal() => {
-            info!(%status, "task already finished; skipped");
+        Ok(ack) if ack.status.is_terminal() => {
+            info!(status = %ack.status, "task already finished; skipped");
+            return Some(Disposition::Ack);
+        }
+        Ok(ack) if ack.elsewhere => {
+            info!("another worker holds the task's lease: not run here; message acknowledged");
             return Some(Disposition::Ack);
         }
         Ok(_) => {}
@@ -302,13 +329,11 @@ async fn remove_stale_partials(output: PathBuf) {
     }
 }
 
-/// Tells the task manager that the task starts; returns its status.
-async fn begin(ctx: &TaskContext, id: Uuid) -> Result<TaskStatus, CallbackError> {
-    let ack = ctx
-        .callbacks
+/// Tells the task manager that the task starts; its answer.
+async fn begin(ctx: &TaskContext, id: Uuid) -> Result<EventAck, CallbackError> {
+    ctx.callbacks
         .send(id, &WorkerEvent::Started, &ctx.abort)
-        .await?;
-    Ok(ack.status)
+        .await
 }
 
 /// The task's input: complete, or still arriving.
@@ -333,6 +358,8 @@ enum EngineEnd {
     Failed(String),
     /// Stopped because the task manager answered a terminal status (CANCELLED, usually).
     StoppedByTaskManager(TaskStatus),
+    /// Stopped because another worker holds the task's lease (this one was silent too long).
+    Elsewhere,
     /// Stopped because the worker is shutting down.
     Interrupted,
     /// The task manager refused (or could not take) the news that the task starts.
@@ -407,9 +434,10 @@ async fn run_engine(id: Uuid, input: InputFile, output: PathBuf, ctx: &TaskConte
         // the upload is complete.
         match wait_for_upload(ctx, &arriving, &input).await {
             Ok(()) => match start(ctx, id, &input, &control).await {
-                Ok(status) if status.is_terminal() => {
-                    return EngineEnd::StoppedByTaskManager(status);
+                Ok(ack) if ack.status.is_terminal() => {
+                    return EngineEnd::StoppedByTaskManager(ack.status);
                 }
+                Ok(ack) if ack.elsewhere => return EngineEnd::Elsewhere,
                 Ok(_) => {}
                 Err(err) => return EngineEnd::NotStarted(err),
             },
@@ -433,12 +461,12 @@ impl Report for Reporter<'_> {
 
     async fn tick(&mut self, control: &Control) -> ControlFlow<EngineEnd> {
         let (ctx, id) = (self.ctx, self.id);
-        let status = match &self.waiting {
+        let ack = match &self.waiting {
             Some((arriving, input)) => match upload_state(arriving, input) {
                 Ok(UploadState::Complete) => match start(ctx, id, input, control).await {
-                    Ok(status) => {
+                    Ok(ack) => {
                         self.waiting = None;
-                        Some(status)
+                        Some(ack)
                     }
                     Err(err) => return ControlFlow::Break(EngineEnd::NotStarted(err)),
                 },
@@ -447,10 +475,11 @@ impl Report for Reporter<'_> {
             },
             None => report_progress(ctx, id, control).await,
         };
-        match status {
-            Some(status) if status.is_terminal() => {
-                ControlFlow::Break(EngineEnd::StoppedByTaskManager(status))
+        match ack {
+            Some(ack) if ack.status.is_terminal() => {
+                ControlFlow::Break(EngineEnd::StoppedByTaskManager(ack.status))
             }
+            Some(ack) if ack.elsewhere => ControlFlow::Break(EngineEnd::Elsewhere),
             _ => ControlFlow::Continue(()),
         }
     }
@@ -462,7 +491,7 @@ async fn start(
     id: Uuid,
     input: &std::path::Path,
     control: &Control,
-) -> Result<TaskStatus, CallbackError> {
+) -> Result<EventAck, CallbackError> {
     if let Ok(metadata) = tokio::fs::metadata(input).await {
         control.progress().set_total(metadata.len());
     }
@@ -500,15 +529,15 @@ async fn wait_for_upload(
     }
 }
 
-/// Posts the engine's progress once; returns the task's status when the task manager answered.
-async fn report_progress(ctx: &TaskContext, id: Uuid, control: &Control) -> Option<TaskStatus> {
+/// Posts the engine's progress once (renewing the task's lease); the task manager's answer.
+async fn report_progress(ctx: &TaskContext, id: Uuid, control: &Control) -> Option<EventAck> {
     let snapshot = control.progress().snapshot();
     let event = WorkerEvent::Progress {
         progress: snapshot.fraction(),
         rows: snapshot.rows,
     };
     match ctx.callbacks.send_once(id, &event).await {
-        Ok(EventAck { status }) => Some(status),
+        Ok(ack) => Some(ack),
         Err(err) => {
             warn!(error = %err, "progress report lost");
             None
@@ -518,7 +547,9 @@ async fn report_progress(ctx: &TaskContext, id: Uuid, control: &Control) -> Opti
 
 /// Sends the final event; once the task manager accepted it, the message is settled with
 /// `settle`. A message to dead-letter (with a FAILED event) is acknowledged instead when the
-/// task had already ended otherwise (DONE, CANCELLED): the late FAILED changed nothing.
+/// task had already ended otherwise (DONE, CANCELLED): the late FAILED changed nothing; and
+/// so is a message whose task another worker holds (the FAILED was refused, e.g. a
+/// redelivery counted as too many attempts while that worker runs the task).
 async fn report_end(
     ctx: &TaskContext,
     id: Uuid,
@@ -526,7 +557,13 @@ async fn report_end(
     settle: Disposition,
 ) -> Disposition {
     match ctx.callbacks.send(id, &event, &ctx.abort).await {
-        Ok(EventAck { status }) => {
+        Ok(EventAck {
+            elsewhere: true, ..
+        }) => {
+            info!("another worker holds the task's lease: message acknowledged");
+            Disposition::Ack
+        }
+        Ok(EventAck { status, .. }) => {
             if settle == Disposition::Reject && status != TaskStatus::Failed {
                 info!(%status, "task already finished; message acknowledged");
                 return Disposition::Ack;

@@ -3,19 +3,21 @@
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use task_protocol::{EventAck, WorkerEvent, processed_data_path};
+use task_protocol::{EventAck, WorkerEvent, WorkerReport, processed_data_path};
 
 use super::{ApiError, SharedState, TaskId};
 
-/// Applies a [`WorkerEvent`] and answers the task's status afterwards; a task in a terminal
+/// Applies a worker's report under the lease rules (see `store::lease`) and answers the
+/// task's status afterwards, and whether another worker holds the task; a task in a terminal
 /// status keeps it (a worker reading `CANCELLED` stops).
 pub async fn post_event(
     State(state): State<SharedState>,
     TaskId(id): TaskId,
-    event: Result<Json<WorkerEvent>, JsonRejection>,
+    report: Result<Json<WorkerReport>, JsonRejection>,
 ) -> Result<Json<EventAck>, ApiError> {
-    let Json(event) = event.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-    tracing::debug!(task_id = %id, ?event, "worker event");
+    let Json(WorkerReport { event, worker }) =
+        report.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    tracing::debug!(task_id = %id, ?event, ?worker, "worker event");
     if matches!(event, WorkerEvent::Done { .. })
         && let Ok(false) = state.storage.exists(&processed_data_path(id)).await
     {
@@ -26,10 +28,10 @@ pub async fn post_event(
             state.storage.describe()
         );
     }
-    let status = state
+    let ack = state
         .store
-        .apply_event(id, &event)
+        .apply_report(id, &event, worker.as_deref(), state.lease_timeout)
         .await?
         .ok_or_else(|| ApiError::task_not_found(id))?;
-    Ok(Json(EventAck { status }))
+    Ok(Json(ack))
 }

@@ -10,6 +10,7 @@ mod upload;
 mod view;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub uploads: UploadLimits,
     /// How long finished tasks keep their files (`RETENTION`); `None`: forever.
     pub retention: Option<std::time::Duration>,
+    /// How long a worker's lease on a task lasts without a report (`TASK_LEASE_TIMEOUT`).
+    pub lease_timeout: Duration,
 }
 
 impl AppState {

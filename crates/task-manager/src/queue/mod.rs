@@ -3,9 +3,11 @@
 
 mod amqp;
 mod embedded;
+mod lease_keeper;
 
 pub use amqp::AmqpPublisher;
 pub use embedded::{EarlyRun, EmbeddedQueue};
+pub use lease_keeper::{LeaseKeeper, LeasePolicy};
 
 use std::fs::File;
 use std::sync::Arc;
