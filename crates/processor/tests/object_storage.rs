@@ -47,6 +47,8 @@ impl Cluster {
             settings.queue_name = queue.clone();
             settings.bucket = Some(bucket);
             settings.max_upload_bytes = 1 << 30;
+            // A killed worker's task runs again once its lease expires.
+            settings.lease_timeout = Duration::from_secs(5);
         })
         .await;
         cleanup.database = Some(tm.db.url.clone());

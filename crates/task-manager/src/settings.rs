@@ -98,7 +98,7 @@ const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 const DEFAULT_DATABASE_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_LEASES: u32 = 5;
 
 impl Settings {
@@ -332,7 +332,7 @@ mod tests {
         assert_eq!(settings.header_read_timeout, Duration::from_secs(30));
         assert_eq!(settings.upload_idle_timeout, Duration::from_secs(60));
         assert_eq!(settings.database_timeout, Duration::from_secs(5));
-        assert_eq!(settings.lease_timeout, Duration::from_secs(120));
+        assert_eq!(settings.lease_timeout, Duration::from_secs(30));
         assert_eq!(settings.max_leases, 5);
     }
 
