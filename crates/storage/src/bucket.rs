@@ -120,25 +120,26 @@ impl Bucket {
             aws,
             options,
         } = settings;
-        let mut builder = AmazonS3Builder::new().with_bucket_name(name);
-        for (variable, value) in aws {
-            if let Ok(key) = variable.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
-                builder = builder.with_config(key, value);
-            }
-        }
+        // Retries and time-outs first: the variables then add to the client's options
+        // (`AWS_ALLOW_HTTP` is one), which `with_client_options` would replace.
         let retry = RetryConfig {
             retry_timeout: options.retry_timeout,
             ..RetryConfig::default()
         };
         let client = ClientOptions::new().with_connect_timeout(options.connect_timeout);
-        let store = builder
-            .with_retry(retry)
+        let mut builder = AmazonS3Builder::new()
             .with_client_options(client)
-            .build()
-            .map_err(|e| StorageError::InvalidUrl {
-                url: format!("s3://{name}/{prefix}"),
-                reason: e.to_string(),
-            })?;
+            .with_retry(retry)
+            .with_bucket_name(name);
+        for (variable, value) in aws {
+            if let Ok(key) = variable.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+                builder = builder.with_config(key, value);
+            }
+        }
+        let store = builder.build().map_err(|e| StorageError::InvalidUrl {
+            url: format!("s3://{name}/{prefix}"),
+            reason: e.to_string(),
+        })?;
         Ok(Bucket::with_store(Arc::new(store), name, prefix))
     }
 
