@@ -108,7 +108,7 @@ impl ObjectWriter {
         match upload.complete().await {
             Ok(_) => Ok(self.written),
             Err(e) => {
-                abort(upload, &self.key).await;
+                abort_in_background(upload, self.key.clone());
                 Err(StorageError::object(&self.key, e))
             }
         }
@@ -164,9 +164,9 @@ impl ObjectWriter {
                     message: format!("sending a part failed: {e}"),
                 },
             };
-            self.parts.shutdown().await;
+            self.parts.abort_all();
             if let Some(upload) = self.upload.take() {
-                abort(upload, &self.key).await;
+                abort_in_background(upload, self.key.clone());
             }
             return Err(failed);
         }
@@ -187,13 +187,18 @@ impl Drop for ObjectWriter {
             return;
         };
         self.parts.abort_all();
-        let key = std::mem::take(&mut self.key);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move { abort(upload, &key).await });
-            }
-            Err(_) => tracing::warn!("the unfinished upload of {key} was left to the bucket"),
+        abort_in_background(upload, std::mem::take(&mut self.key));
+    }
+}
+
+/// Aborts an upload without waiting for it: the error that ended it is answered at once,
+/// while the abort may wait for the bucket to come back.
+fn abort_in_background(upload: Box<dyn MultipartUpload>, key: String) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move { abort(upload, &key).await });
         }
+        Err(_) => tracing::warn!("the unfinished upload of {key} was left to the bucket"),
     }
 }
 
