@@ -368,6 +368,24 @@ fn encode_key(key: &str) -> String {
     encoded
 }
 
+impl S3Server {
+    /// The task manager's settings of this bucket, keys under `prefix`: [`S3Server::env`]'s
+    /// variables, and a short retry timeout, so that a cut shows within seconds.
+    pub fn bucket_settings(&self, prefix: &str) -> storage::BucketSettings {
+        let env = self.env();
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.clone())
+        };
+        let options = storage::BucketOptions {
+            retry_timeout: Duration::from_secs(2),
+            ..storage::BucketOptions::default()
+        };
+        storage::BucketSettings::read(&self.bucket, prefix, lookup, options)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,23 +409,5 @@ mod tests {
             "tasks/raw_data/a%20b%2Bc.csv"
         );
         assert_eq!(encode_key("é"), "%C3%A9");
-    }
-}
-
-impl S3Server {
-    /// The task manager's settings of this bucket, keys under `prefix`: [`S3Server::env`]'s
-    /// variables, and a short retry timeout, so that a cut shows within seconds.
-    pub fn bucket_settings(&self, prefix: &str) -> storage::BucketSettings {
-        let env = self.env();
-        let lookup = |name: &str| {
-            env.iter()
-                .find(|(key, _)| *key == name)
-                .map(|(_, value)| value.clone())
-        };
-        let options = storage::BucketOptions {
-            retry_timeout: Duration::from_secs(2),
-            ..storage::BucketOptions::default()
-        };
-        storage::BucketSettings::read(&self.bucket, prefix, lookup, options)
     }
 }
