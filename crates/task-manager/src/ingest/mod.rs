@@ -1,11 +1,12 @@
 //! Upload ingestion: one upload from its first byte to a queued task, whatever protocol
 //! brings the bytes (HTTP only decodes its request into a body and maps [`IngestError`] to
 //! its answers). Ingestion owns the upload's limits (size, concurrency, pauses and total
-//! time: [`clock`]), the check of its header line ([`receive`]), the file it is written to
-//! ([`spool`], synced before it is accepted when `SYNC_UPLOADS`), the engine that may
-//! aggregate it while it arrives ([`arrival`]), and the steps that make it a task: recorded,
-//! renamed to the task's input, queued. A refused upload leaves no file and records no task,
-//! or marks the task it recorded FAILED.
+//! time: [`clock`]), the check of its header line ([`receive`]), where it is written
+//! ([`sink`]: its file, [`spool`], synced before it is accepted when `SYNC_UPLOADS`, and its
+//! object when the storage is a bucket), the engine that may aggregate it while it arrives
+//! ([`arrival`]), and the steps that make it a task: recorded, renamed to the task's input
+//! (or its object completed), queued. A refused upload leaves no file or object and records
+//! no task, or marks the task it recorded FAILED.
 
 pub mod arrival;
 mod clock;
