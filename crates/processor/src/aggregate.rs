@@ -48,7 +48,10 @@ pub struct AggregateArgs {
 pub fn run(args: AggregateArgs) -> ExitCode {
     // Errors and the summary are printed below; logs (e.g. `RUST_LOG=processor=debug`: the
     // engine's phases) only on request.
-    super::init_tracing("warn");
+    if let Err(e) = super::init_tracing("warn") {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     match execute(&args) {
         Ok(summary) => {
             if summary.rows_skipped > 0 {

@@ -60,12 +60,8 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: `default`, e.g. `info`).
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Logs to stderr, filtered by `RUST_LOG` (default: `default`, e.g. `info`), in the format
+/// `LOG_FORMAT` names.
+fn init_tracing(default: &str) -> Result<(), telemetry::InvalidFormat> {
+    telemetry::init(default, telemetry::Stream::Stderr)
 }

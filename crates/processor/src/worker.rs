@@ -110,7 +110,7 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    super::init_tracing("info");
+    super::init_tracing("info")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -2,17 +2,12 @@
 //! `.env` file; stops gracefully on Ctrl-C or SIGTERM.
 
 use anyhow::Context;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     keep_freed_memory();
     let dotenv = dotenvy::dotenv();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    telemetry::init("info", telemetry::Stream::Stdout)?;
     match dotenv {
         Ok(path) => tracing::info!("read {}", path.display()),
         Err(e) if e.not_found() => {}

@@ -1,0 +1,71 @@
+//! The worker's logs: human-readable without escape codes when they go to a file (even with
+//! `NO_COLOR` unset), one JSON object per line with `LOG_FORMAT=json`, and an unknown
+//! `LOG_FORMAT` refused by name.
+#![cfg(feature = "service")]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use test_support as common;
+use test_support::worker_process::{WorkerProcess, processor_binary};
+use uuid::Uuid;
+
+/// Longest wait for the worker's first log lines.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Starts a worker with `env` on a queue of its own, waits until it consumes, stops it and
+/// returns its log.
+async fn worker_log(env: &[(&str, &str)]) -> String {
+    let amqp_url = common::server_url(common::AMQP_URL);
+    let queue = format!("logs_test_{}", Uuid::new_v4().simple());
+    let storage = tempfile::tempdir().expect("storage directory");
+    let worker = WorkerProcess::start_with_env(
+        &amqp_url,
+        &queue,
+        "http://127.0.0.1:9",
+        None,
+        storage.path(),
+        env,
+    );
+    let started = Instant::now();
+    while !worker.log_text().contains("waiting for tasks") {
+        assert!(started.elapsed() < DEADLINE, "{}", worker.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = worker.log_text();
+    worker.stop_gracefully();
+    common::delete_queue(&queue).await;
+    log
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn text_logs_in_a_file_have_no_escape_codes() {
+    let log = worker_log(&[("NO_COLOR", "")]).await;
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in {log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line() {
+    let log = worker_log(&[("LOG_FORMAT", "json"), ("NO_COLOR", "")]).await;
+    let lines: Vec<&str> = log.lines().filter(|line| !line.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{log}");
+    for line in lines {
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        assert!(object["level"].is_string(), "{line}");
+        assert!(object["fields"]["message"].is_string(), "{line}");
+    }
+}
+
+#[test]
+fn an_unknown_log_format_is_refused() {
+    let output = Command::new(processor_binary())
+        .args(["worker", "--amqp-url", "amqp://127.0.0.1:9"])
+        .env("LOG_FORMAT", "xml")
+        .output()
+        .expect("run processor worker");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("LOG_FORMAT=\"xml\""), "{stderr}");
+}
