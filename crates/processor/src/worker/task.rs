@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use engine::{Config, Control, Summary};
 use runner::{End, Job, Report};
-use storage::{ObjectReader, Storage};
+use storage::{ObjectReader, Storage, StorageError};
 use task_protocol::{EventAck, TaskMessage, TaskStatus, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -166,13 +166,17 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
         }
     }
     if let InputFile::File(_) = input_file {
-        if let Some(disposition) = start_from_file(message, &input, info, ctx).await {
+        if let Some(disposition) = start_from_file(message, &input, ctx).await {
             return disposition;
         }
-        if storage.bucket().is_some() {
-            input_file = match open_object(message, info, ctx).await {
+        if let Some(bucket) = storage.bucket() {
+            input_file = match bucket.reader(&message.input_path).await {
                 Ok(reader) => InputFile::Object(reader),
-                Err(disposition) => return disposition,
+                Err(StorageError::NotFound(_)) => return missing_input(ctx, message).await,
+                Err(err) => {
+                    return after_storage_failure(ctx, id, info, "cannot read the input", err)
+                        .await;
+                }
             };
         }
     }
@@ -181,14 +185,7 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
         EngineEnd::Finished(summary) => {
             // DONE once the result is where the task manager finds it.
             if let Err(err) = storage.commit(&message.output_path).await {
-                let error = format!("cannot store the result: {err}");
-                if last_attempt(info, ctx) {
-                    error!(%error, "failed");
-                    return report_end(ctx, id, WorkerEvent::Failed { error }, Disposition::Ack)
-                        .await;
-                }
-                warn!(%error, "the task goes back to the queue");
-                return Disposition::Requeue;
+                return after_storage_failure(ctx, id, info, "cannot store the result", err).await;
             }
             info!(
                 rows = summary.rows_read,
@@ -218,7 +215,7 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
         EngineEnd::Upload(Unfinished::Refused) => {
             // Complete after all (a rename the reader missed): processed from the file when
             // the message comes back.
-            return start_from_file(message, &input, info, ctx)
+            return start_from_file(message, &input, ctx)
                 .await
                 .unwrap_or(Disposition::Requeue);
         }
@@ -236,7 +233,6 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
 async fn start_from_file(
     message: &TaskMessage,
     input: &std::path::Path,
-    info: DeliveryInfo,
     ctx: &TaskContext,
 ) -> Option<Disposition> {
     let id = message.task_id;
@@ -258,60 +254,43 @@ async fn start_from_file(
         }
         Err(err) => return Some(after_refusal(err)),
     }
-    let present = match ctx.storage.bucket() {
-        Some(_) => ctx.storage.exists(&message.input_path).await,
-        None => match tokio::fs::metadata(input).await {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            _ => Ok(true),
-        },
-    };
-    match present {
-        Ok(true) => None,
-        Ok(false) => {
-            let error = format!(
-                "the input file {} is missing from the storage",
-                message.input_path
-            );
-            error!(%error, "task dropped");
-            let failed = WorkerEvent::Failed { error };
-            Some(report_end(ctx, id, failed, Disposition::Reject).await)
-        }
-        Err(err) if !last_attempt(info, ctx) => {
-            warn!(error = %err, "cannot reach the storage; the task goes back to the queue");
-            Some(Disposition::Requeue)
-        }
-        Err(err) => {
-            let error = format!("cannot read the input: {err}");
-            error!(%error, "failed");
-            let failed = WorkerEvent::Failed { error };
-            Some(report_end(ctx, id, failed, Disposition::Ack).await)
-        }
+    // An object's presence is seen as it is opened.
+    if ctx.storage.bucket().is_none()
+        && let Err(err) = tokio::fs::metadata(input).await
+        && err.kind() == std::io::ErrorKind::NotFound
+    {
+        return Some(missing_input(ctx, message).await);
     }
+    None
 }
 
-/// Starts reading the task's input from the bucket; what to do with the message when it
-/// cannot be read: back to the queue while the bucket may come back, else FAILED.
-async fn open_object(
-    message: &TaskMessage,
-    info: DeliveryInfo,
+/// Fails the task whose input is missing and dead-letters its message.
+async fn missing_input(ctx: &TaskContext, message: &TaskMessage) -> Disposition {
+    let error = format!(
+        "the input file {} is missing from the storage",
+        message.input_path
+    );
+    error!(%error, "task dropped");
+    let failed = WorkerEvent::Failed { error };
+    report_end(ctx, message.task_id, failed, Disposition::Reject).await
+}
+
+/// What to do when the storage failed (`what`, with `err`): the task goes back to the queue
+/// while the failure may pass and this is not the last attempt; else it is FAILED, naming it.
+async fn after_storage_failure(
     ctx: &TaskContext,
-) -> Result<ObjectReader, Disposition> {
-    let Some(bucket) = ctx.storage.bucket() else {
-        unreachable!("only called with a bucket");
-    };
-    match bucket.reader(&message.input_path).await {
-        Ok(reader) => Ok(reader),
-        Err(err) if err.is_transient() && !last_attempt(info, ctx) => {
-            warn!(error = %err, "cannot read the input; the task goes back to the queue");
-            Err(Disposition::Requeue)
-        }
-        Err(err) => {
-            let error = format!("cannot read the input: {err}");
-            error!(%error, "failed");
-            let failed = WorkerEvent::Failed { error };
-            Err(report_end(ctx, message.task_id, failed, Disposition::Ack).await)
-        }
+    id: Uuid,
+    info: DeliveryInfo,
+    what: &str,
+    err: StorageError,
+) -> Disposition {
+    let error = format!("{what}: {err}");
+    if err.is_transient() && !last_attempt(info, ctx) {
+        warn!(%error, "the task goes back to the queue");
+        return Disposition::Requeue;
     }
+    error!(%error, "failed");
+    report_end(ctx, id, WorkerEvent::Failed { error }, Disposition::Ack).await
 }
 
 /// Whether this delivery is the last the worker makes of its message (`WORKER_MAX_ATTEMPTS`).
