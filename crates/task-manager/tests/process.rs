@@ -1,6 +1,7 @@
 //! The `task-manager` binary as a child process: SIGTERM lets the upload in progress finish
 //! (202) before it exits, and tasks left RECEIVED and PROCESSING by a killed server are
-//! processed after a restart. Embedded mode on SQLite.
+//! processed after a restart; its JSON logs name the request and the task on each line about
+//! them. Embedded mode on SQLite.
 
 use test_support as common;
 
@@ -236,4 +237,75 @@ async fn tasks_left_by_a_killed_server_are_processed_after_a_restart() {
     assert_done_with(&client, &base, running, &big).await;
     assert_done_with(&client, &base, waiting, &small).await;
     server.shutdown().await;
+}
+
+/// The JSON lines of a log that carry `field` with `value`, in their own fields or a span's.
+fn lines_with<'a>(log: &'a str, field: &str, value: &str) -> Vec<&'a str> {
+    log.lines()
+        .filter(|line| {
+            let Ok(object) = serde_json::from_str::<serde_json::Value>(line) else {
+                return false;
+            };
+            let spans = object["spans"].as_array().into_iter().flatten();
+            std::iter::once(&object["fields"])
+                .chain(std::iter::once(&object["span"]))
+                .chain(spans)
+                .any(|fields| fields[field] == value)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_have_ids_and_task_lines_name_their_task() {
+    let storage = tempfile::tempdir().unwrap();
+    let child = ChildServer::start(
+        storage.path(),
+        &[("LOG_FORMAT", "json"), ("RUST_LOG", "info")],
+    )
+    .await;
+    let client = Client::new();
+
+    // A client's request id is echoed and names the request's lines.
+    let response = client
+        .post(format!("{}/v1/data_processor/upload", child.base_url))
+        .header("x-request-id", "client-chosen-42")
+        .header("content-type", "text/csv")
+        .body(SEED_INPUT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "client-chosen-42");
+    let (code, body) = json_of(response).await;
+    assert_eq!(code, 202, "{body}");
+    let id = task_id_of(&body);
+    assert_done_with(&client, &child.base_url, id, SEED_INPUT.as_bytes()).await;
+
+    // Without one, the server makes one up: a UUID, different for each request.
+    let ids: Vec<String> = futures_util::future::join_all((0..2).map(|_| async {
+        let response = client
+            .get(format!("{}/health", child.base_url))
+            .send()
+            .await
+            .unwrap();
+        let id = response.headers()["x-request-id"].to_str().unwrap();
+        id.to_string()
+    }))
+    .await;
+    assert!(Uuid::parse_str(&ids[0]).is_ok(), "{ids:?}");
+    assert_ne!(ids[0], ids[1]);
+
+    let log = child.log_text();
+    let accepted = lines_with(&log, "request_id", "client-chosen-42");
+    assert!(
+        accepted.iter().any(|line| line.contains("upload accepted")),
+        "no \"upload accepted\" line with the request id in {log}"
+    );
+    let task = id.to_string();
+    let about_task = lines_with(&log, "task_id", &task);
+    for message in ["upload accepted", "processing", "finished"] {
+        assert!(
+            about_task.iter().any(|line| line.contains(message)),
+            "no {message:?} line with task_id {task} in {log}"
+        );
+    }
 }

@@ -2,11 +2,17 @@
 //! filters them; `LOG_FORMAT=json` writes one JSON object per line (for a log collector), else
 //! (`text`, the default) human-readable lines, coloured only when they go to a terminal and
 //! `NO_COLOR` is unset, so that a log redirected to a file holds no escape codes.
+//! Work on one task runs in its [`task_span`], so that each of its lines names the task.
 
 use std::io::{self, IsTerminal};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
+
+/// The span of the work on one task: every line logged in it carries `task_id`.
+pub fn task_span(id: impl std::fmt::Display) -> tracing::Span {
+    tracing::info_span!("task", task_id = %id)
+}
 
 /// How log lines are written (`LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use runner::{End, Job, Report};
 use storage::{ObjectReader, Storage, StorageError};
 use task_protocol::{EventAck, TaskMessage, TaskStatus, WorkerEvent};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, warn};
 use uuid::Uuid;
 
 use super::arriving::{ArrivingFile, ReadEnd, Unfinished, UploadState, upload_state};
@@ -88,7 +88,7 @@ pub async fn handle(payload: &[u8], info: DeliveryInfo, ctx: &TaskContext) -> Di
             return Disposition::Reject;
         }
     };
-    let span = info_span!("task", task_id = %message.task_id);
+    let span = telemetry::task_span(message.task_id);
     let run = run_task(&message, info, ctx).instrument(span.clone());
     let disposition = ctx.running.exclusive(message.task_id, run).await;
     if disposition == Disposition::Requeue {

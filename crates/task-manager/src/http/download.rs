@@ -49,7 +49,7 @@ pub async fn download(
         ));
     }
     let Some(result) = state.storage.download(&processed_data_path(id)).await? else {
-        tracing::error!(task_id = %id, "the result is missing from {}", state.storage.describe());
+        tracing::error!("the result is missing from {}", state.storage.describe());
         return Err(ApiError::new(
             StatusCode::GONE,
             format!("the result of task {id} is no longer available"),

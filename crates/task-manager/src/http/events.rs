@@ -17,12 +17,11 @@ pub async fn post_event(
 ) -> Result<Json<EventAck>, ApiError> {
     let Json(WorkerReport { event, worker }) =
         report.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-    tracing::debug!(task_id = %id, ?event, ?worker, "worker event");
+    tracing::debug!(?event, ?worker, "worker event");
     if matches!(event, WorkerEvent::Done { .. })
         && let Ok(false) = state.storage.exists(&processed_data_path(id)).await
     {
         tracing::warn!(
-            task_id = %id,
             "DONE reported but the result is missing from {}: do the workers use the same \
              storage (STORAGE_DIR, STORAGE_URL)?",
             state.storage.describe()

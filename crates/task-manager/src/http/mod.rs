@@ -5,6 +5,7 @@ mod download;
 mod error;
 mod events;
 mod health;
+mod request_span;
 mod tasks;
 mod upload;
 mod view;
@@ -19,7 +20,6 @@ use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
-use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
 use crate::ingest::UploadLimits;
@@ -88,14 +88,14 @@ pub fn router(state: SharedState) -> Router {
             state.clone(),
             auth::require_worker_token,
         ));
-    Router::new()
+    let router = Router::new()
         .merge(api)
         .merge(callbacks)
         .route("/health", get(health::health))
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state);
+    request_span::layer(router)
 }
 
 async fn no_such_endpoint(method: Method, uri: Uri) -> ApiError {
@@ -122,11 +122,13 @@ impl<S: Send + Sync> FromRequestParts<S> for TaskId {
         let Path(text) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::bad_request(format!("malformed task id: {e}")))?;
-        Uuid::parse_str(&text).map(TaskId).map_err(|_| {
+        let id = Uuid::parse_str(&text).map_err(|_| {
             let shown: String = text.chars().take(80).collect();
             ApiError::bad_request(format!(
                 "malformed task id {shown:?}: expected a UUID such as 67e55044-10b1-426f-9247-bb680e5fe0c8"
             ))
-        })
+        })?;
+        request_span::record_task(id);
+        Ok(TaskId(id))
     }
 }

@@ -94,7 +94,7 @@ pub async fn cancel(
         ));
     }
     state.queue.cancel(id);
-    tracing::info!(task_id = %id, "cancelled");
+    tracing::info!("cancelled");
     Ok(Json(view))
 }
 

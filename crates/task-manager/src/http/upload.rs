@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use task_protocol::{Accepted, TaskStatus};
 
-use super::{ApiError, SharedState};
+use super::{ApiError, SharedState, request_span};
 use crate::filenames::sanitize_filename;
 use crate::ingest::{Ingest, IngestError};
 
@@ -58,6 +58,7 @@ pub async fn upload(
     let upload = ingest
         .start(content_length(request.headers()), framing)
         .await?;
+    request_span::record_task(upload.id());
     let request = request.map(|body| Body::from_stream(upload.watch(body.into_data_stream())));
 
     let id = if form.multipart {

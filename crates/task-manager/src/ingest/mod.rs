@@ -195,6 +195,11 @@ pub struct Upload<'a> {
 }
 
 impl Upload<'_> {
+    /// The id of the task this upload becomes.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
     /// `body`, watched by the upload's time limits: it ends with an error when the client is
     /// too slow. The body handed to [`Upload::receive`] must come through here.
     pub fn watch<S>(&self, body: S) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + 'static
@@ -258,7 +263,7 @@ impl Upload<'_> {
             remove(storage, &input).await;
             return Err(e.into());
         }
-        tracing::info!(task_id = %id, bytes, "upload accepted");
+        tracing::info!(bytes, "upload accepted");
         Ok(id)
     }
 }

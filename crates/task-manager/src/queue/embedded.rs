@@ -17,6 +17,7 @@ use task_protocol::{TaskStatus, WorkerEvent};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::QueueError;
@@ -158,14 +159,17 @@ impl EmbeddedQueue {
             return self.submit(id);
         };
         let runner = self.runner.clone();
-        let task = tokio::spawn(async move {
-            if runner.begin(id).await {
-                runner.supervise(id, control, engine).await;
-            } else {
-                control.cancel();
-                discard_result(id, engine, runner.storage.clone()).await;
+        let task = tokio::spawn(
+            async move {
+                if runner.begin(id).await {
+                    runner.supervise(id, control, engine).await;
+                } else {
+                    control.cancel();
+                    discard_result(id, engine, runner.storage.clone()).await;
+                }
             }
-        });
+            .instrument(telemetry::task_span(id)),
+        );
         let mut adopted = self.adopted.lock();
         adopted.retain(|task| !task.is_finished());
         adopted.push(task);
@@ -236,7 +240,7 @@ impl Runner {
                     }
                 }
             };
-            self.process(id).await;
+            self.process(id).instrument(telemetry::task_span(id)).await;
             drop(permit);
         }
     }
@@ -246,7 +250,7 @@ impl Runner {
         match self.report(id, WorkerEvent::Started).await {
             Some(status) if !status.is_terminal() => true,
             Some(status) => {
-                tracing::info!(task_id = %id, %status, "skipping a finished task");
+                tracing::info!(%status, "skipping a finished task");
                 false
             }
             None => false,
@@ -266,7 +270,7 @@ impl Runner {
             }
             Err(e) => {
                 let error = format!("cannot read the upload: {e}");
-                tracing::warn!(task_id = %id, "{error}");
+                tracing::warn!("{error}");
                 self.report(id, WorkerEvent::Failed { error }).await;
                 return;
             }
@@ -283,7 +287,7 @@ impl Runner {
 
     /// Records the progress of a task's engine, then its outcome.
     async fn supervise(&self, id: Uuid, control: Control, engine: Engine) {
-        tracing::info!(task_id = %id, "processing");
+        tracing::info!("processing");
         self.running.lock().insert(id, control.clone());
         if self.stop.is_cancelled() {
             control.cancel();
@@ -308,7 +312,7 @@ impl Runner {
                     // Cancelled or deleted meanwhile: a result written all the same is of no use.
                     remove_result(&self.storage, id).await;
                 }
-                tracing::info!(task_id = %id, "stopped");
+                tracing::info!("stopped");
                 return;
             }
         };
@@ -317,7 +321,7 @@ impl Runner {
         let event = match self.storage.commit(&processed_data_path(id)).await {
             Err(e) if done => {
                 let error = format!("cannot store the result: {e}");
-                tracing::warn!(task_id = %id, "{error}");
+                tracing::warn!("{error}");
                 WorkerEvent::Failed { error }
             }
             _ => event,
@@ -326,11 +330,10 @@ impl Runner {
             Some(TaskStatus::Cancelled) if done => {
                 // Cancelled while finishing: the result is of no use.
                 remove_result(&self.storage, id).await;
-                tracing::info!(task_id = %id, "cancelled; result discarded");
+                tracing::info!("cancelled; result discarded");
             }
-            Some(status) => tracing::info!(task_id = %id, %status, "finished"),
+            Some(status) => tracing::info!(%status, "finished"),
             None => tracing::warn!(
-                task_id = %id,
                 "stopped before the outcome was recorded; the task is queued again at the next start"
             ),
         }
@@ -345,7 +348,7 @@ impl Runner {
             match self.store.apply_event(id, &event).await {
                 Ok(status) => return status,
                 Err(e) => {
-                    tracing::warn!(task_id = %id, "recording {event:?} failed, retrying: {e}");
+                    tracing::warn!("recording {event:?} failed, retrying: {e}");
                 }
             }
             let delay = delays.next().unwrap_or(LAST_RETRY_DELAY);
