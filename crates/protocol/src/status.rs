@@ -14,6 +14,15 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// Every status, in the order a task goes through them.
+    pub const ALL: [TaskStatus; 5] = [
+        TaskStatus::Received,
+        TaskStatus::Processing,
+        TaskStatus::Done,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
+
     /// The wire spelling, e.g. `"DONE"`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -27,15 +36,9 @@ impl TaskStatus {
 
     /// Parses the wire spelling.
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            TaskStatus::Received,
-            TaskStatus::Processing,
-            TaskStatus::Done,
-            TaskStatus::Failed,
-            TaskStatus::Cancelled,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == s)
+        TaskStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
     }
 
     /// True for DONE, FAILED and CANCELLED: the task will not change any more.

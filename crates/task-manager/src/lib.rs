@@ -15,6 +15,7 @@
 mod filenames;
 mod http;
 mod ingest;
+mod metrics;
 mod queue;
 mod retention;
 mod server;

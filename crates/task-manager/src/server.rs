@@ -41,6 +41,8 @@ pub struct Server {
 /// the embedded runners), binds the port and serves in the background.
 pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     settings.check_tokens()?;
+    // Before anything is counted: what is recorded without a recorder is lost.
+    crate::metrics::handle();
     let bucket = match &settings.bucket {
         Some(bucket) => Some(Bucket::connect(bucket)?),
         None => None,
@@ -78,6 +80,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         authentication: settings.authentication(),
         api_tokens: settings.api_tokens.clone(),
         worker_tokens: settings.worker_tokens.clone(),
+        metrics_tokens: settings.metrics_tokens.clone(),
         uploads: UploadLimits {
             max_bytes: settings.max_upload_bytes,
             slots: Arc::new(Semaphore::new(settings.max_concurrent_uploads)),

@@ -26,6 +26,8 @@ pub struct Settings {
     /// Tokens of the workers' callbacks (`WORKER_TOKEN`, comma-separated); clients' API
     /// tokens are not accepted there.
     pub worker_tokens: Tokens,
+    /// Tokens of `GET /metrics` (`METRICS_TOKEN`, comma-separated); none: open, like `/health`.
+    pub metrics_tokens: Tokens,
     /// Largest upload accepted, in bytes (`MAX_UPLOAD_BYTES`, e.g. `50G`; default 50 GiB).
     pub max_upload_bytes: u64,
     /// Uploads received at the same time, at most (`MAX_CONCURRENT_UPLOADS`, default 16); more
@@ -111,6 +113,7 @@ impl Settings {
             allow_insecure_bind: false,
             api_tokens: Tokens::default(),
             worker_tokens: Tokens::default(),
+            metrics_tokens: Tokens::default(),
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
             sync_uploads: true,
@@ -177,6 +180,7 @@ impl Settings {
         }
         settings.api_tokens = Tokens::parse(&var("API_TOKEN").unwrap_or_default());
         settings.worker_tokens = Tokens::parse(&var("WORKER_TOKEN").unwrap_or_default());
+        settings.metrics_tokens = Tokens::parse(&var("METRICS_TOKEN").unwrap_or_default());
         if let Some(limit) = var("MAX_UPLOAD_BYTES") {
             settings.max_upload_bytes = runner::settings::parse_size(&limit)
                 .map_err(|e| anyhow::anyhow!("MAX_UPLOAD_BYTES: {e}"))?;

@@ -20,6 +20,7 @@ use tokio::sync::futures::OwnedNotified;
 use uuid::Uuid;
 
 mod lease;
+mod stats;
 
 pub use lease::ExpiredLease;
 
@@ -90,6 +91,8 @@ pub struct Task {
     pub error: Option<String>,
     /// Unix milliseconds: when its upload and result were deleted (`RETENTION`).
     pub expired_at: Option<i64>,
+    /// Unix milliseconds: when it first started.
+    pub started_at: Option<i64>,
 }
 
 /// One page of tasks, newest first, and the total count.
@@ -109,7 +112,7 @@ pub struct Store {
 }
 
 const COLUMNS: &str = "id, status, original_filename, created_at, updated_at, input_bytes, \
-     progress_permille, rows_read, groups_written, output_bytes, error_message, expired_at";
+     progress_permille, rows_read, groups_written, output_bytes, error_message, expired_at, started_at";
 
 /// `status IN (...)` of the states a task may still leave.
 const NOT_TERMINAL: &str = "status IN ('RECEIVED', 'PROCESSING')";
@@ -189,6 +192,7 @@ impl Store {
             output_bytes: 0,
             error: None,
             expired_at: None,
+            started_at: None,
         })
     }
 
@@ -319,9 +323,22 @@ impl Store {
             // Only a lease changes, and events without a worker have none.
             WorkerEvent::Released => return self.status(id).await,
         };
-        query.bind(id.to_string()).execute(&self.pool).await?;
+        let changed = query.bind(id.to_string()).execute(&self.pool).await?;
         self.changes.notify_waiters();
-        self.status(id).await
+        let status = self.status(id).await?;
+        match event {
+            WorkerEvent::Started if status == Some(TaskStatus::Processing) => {
+                self.note_start(id, now).await;
+            }
+            // A terminal status always changes the row, so MySQL counts it too.
+            WorkerEvent::Done { .. } | WorkerEvent::Failed { .. }
+                if changed.rows_affected() == 1 =>
+            {
+                self.note_end(id, now).await;
+            }
+            _ => {}
+        }
+        Ok(status)
     }
 
     /// Marks a task `FAILED` with `error` unless it is already terminal.
@@ -337,14 +354,19 @@ impl Store {
 
     /// Cancels a task unless it is already terminal; returns the task afterwards.
     pub async fn cancel(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
-        self.query_owned(format!(
-            "UPDATE tasks SET status = 'CANCELLED', updated_at = ? WHERE id = ? AND {NOT_TERMINAL}"
-        ))
-        .bind(now_millis())
-        .bind(id.to_string())
-        .execute(&self.pool)
-        .await?;
+        let now = now_millis();
+        let changed = self
+            .query_owned(format!(
+                "UPDATE tasks SET status = 'CANCELLED', updated_at = ? WHERE id = ? AND {NOT_TERMINAL}"
+            ))
+            .bind(now)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
         self.changes.notify_waiters();
+        if changed.rows_affected() == 1 {
+            self.note_end(id, now).await;
+        }
         self.get(id).await
     }
 
@@ -428,6 +450,7 @@ fn task_from_row(row: &AnyRow) -> Result<Task, StoreError> {
         output_bytes: unsigned("output_bytes")?,
         error: row.try_get("error_message")?,
         expired_at: row.try_get("expired_at")?,
+        started_at: row.try_get("started_at")?,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Bearer-token checks: `API_TOKEN` on the `/v1` API, `WORKER_TOKEN` on the workers'
 //! callbacks. Without any token configured, both are open (the server then listens on the
-//! loopback address only, see `server::listen_ip`).
+//! loopback address only, see `server::listen_ip`). `/metrics` takes `METRICS_TOKEN` when it
+//! is set, and is open otherwise, like `/health`.
 
 use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -17,7 +18,8 @@ pub async fn require_api_token(
     request: Request,
     next: Next,
 ) -> Response {
-    require(&state, &state.api_tokens, "API_TOKEN", request, next).await
+    let required = state.authentication;
+    require(required, &state.api_tokens, "API_TOKEN", request, next).await
 }
 
 /// Lets a worker callback through when it carries one of the worker tokens.
@@ -26,17 +28,43 @@ pub async fn require_worker_token(
     request: Request,
     next: Next,
 ) -> Response {
-    require(&state, &state.worker_tokens, "WORKER_TOKEN", request, next).await
+    let required = state.authentication;
+    require(
+        required,
+        &state.worker_tokens,
+        "WORKER_TOKEN",
+        request,
+        next,
+    )
+    .await
 }
 
+/// Lets a `/metrics` request through when `METRICS_TOKEN` is unset or the request carries it.
+pub async fn require_metrics_token(
+    State(state): State<SharedState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let required = !state.metrics_tokens.is_empty();
+    require(
+        required,
+        &state.metrics_tokens,
+        "METRICS_TOKEN",
+        request,
+        next,
+    )
+    .await
+}
+
+/// `next` when no token is `required` or the request carries one of `tokens`, else 401.
 async fn require(
-    state: &SharedState,
+    required: bool,
     tokens: &Tokens,
     variable: &str,
     request: Request,
     next: Next,
 ) -> Response {
-    if !state.authentication {
+    if !required {
         return next.run(request).await;
     }
     match bearer_token(request.headers()) {

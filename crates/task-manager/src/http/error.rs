@@ -91,6 +91,7 @@ const BUCKET_RETRY_AFTER_SECS: u32 = 10;
 
 impl From<StorageError> for ApiError {
     fn from(error: StorageError) -> ApiError {
+        crate::metrics::storage_failed();
         match error {
             StorageError::Unavailable { .. } => {
                 tracing::error!("{error}");

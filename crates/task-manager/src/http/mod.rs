@@ -5,6 +5,7 @@ mod download;
 mod error;
 mod events;
 mod health;
+mod metrics;
 mod request_span;
 mod tasks;
 mod upload;
@@ -18,7 +19,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, Uri};
-use axum::middleware::from_fn_with_state;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use uuid::Uuid;
 
@@ -44,6 +45,8 @@ pub struct AppState {
     pub api_tokens: Tokens,
     /// Tokens accepted on the workers' callbacks (`WORKER_TOKEN`).
     pub worker_tokens: Tokens,
+    /// Tokens accepted on `/metrics` (`METRICS_TOKEN`); none: open.
+    pub metrics_tokens: Tokens,
     /// Limits of the uploads.
     pub uploads: UploadLimits,
     /// How long finished tasks keep their files (`RETENTION`); `None`: forever.
@@ -65,7 +68,7 @@ type SharedState = Arc<AppState>;
 pub fn router(state: SharedState) -> Router {
     let api = Router::new()
         .route(
-            "/v1/data_processor/upload",
+            metrics::UPLOAD_ROUTE,
             post(upload::upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/tasks/status/{task_id}", get(tasks::status))
@@ -80,10 +83,7 @@ pub fn router(state: SharedState) -> Router {
         )
         .route_layer(from_fn_with_state(state.clone(), auth::require_api_token));
     let callbacks = Router::new()
-        .route(
-            "/internal/v1/tasks/{task_id}/events",
-            post(events::post_event),
-        )
+        .route(metrics::CALLBACK_ROUTE, post(events::post_event))
         .route_layer(from_fn_with_state(
             state.clone(),
             auth::require_worker_token,
@@ -91,9 +91,17 @@ pub fn router(state: SharedState) -> Router {
     let router = Router::new()
         .merge(api)
         .merge(callbacks)
+        .route(
+            "/metrics",
+            get(metrics::metrics).route_layer(from_fn_with_state(
+                state.clone(),
+                auth::require_metrics_token,
+            )),
+        )
         .route("/health", get(health::health))
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn(metrics::track))
         .with_state(state);
     request_span::layer(router)
 }

@@ -264,6 +264,7 @@ impl Upload<'_> {
             return Err(e.into());
         }
         tracing::info!(bytes, "upload accepted");
+        crate::metrics::upload_accepted(bytes);
         Ok(id)
     }
 }

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use runner::backoff::ExponentialBackoff;
 use task_protocol::TaskMessage;
@@ -88,6 +89,33 @@ impl AmqpPublisher {
     /// Checks that the broker is reachable, reconnecting when needed.
     pub async fn health(&self) -> Result<(), QueueError> {
         self.channel().await.map(|_| ())
+    }
+
+    /// The queue's ready messages and consumers, by a passive declare on a channel of its
+    /// own (a passive declare that fails closes its channel).
+    pub async fn stats(&self) -> Result<(u64, u64), QueueError> {
+        let unavailable = |e: lapin::Error| QueueError::Unavailable(e.to_string());
+        self.channel().await?;
+        let channel = match &self.link.lock().await.open {
+            Some((connection, _)) => connection.create_channel().await.map_err(unavailable)?,
+            None => return Err(QueueError::Unavailable("not connected".into())),
+        };
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = timeout(
+            BROKER_TIMEOUT,
+            channel.queue_declare(self.queue.as_str().into(), options, FieldTable::default()),
+        )
+        .await
+        .map_err(|_| QueueError::Unavailable("no answer from the broker in time".into()))?
+        .map_err(unavailable)?;
+        let _ = channel.close(200, "queue statistics read".into()).await;
+        Ok((
+            u64::from(declared.message_count()),
+            u64::from(declared.consumer_count()),
+        ))
     }
 
     /// Closes the connection.

@@ -192,6 +192,17 @@ impl EmbeddedQueue {
         Ok(())
     }
 
+    /// The tasks queued and the runners alive.
+    pub fn stats(&self) -> (u64, u64) {
+        let queued = self.sender.max_capacity() - self.sender.capacity();
+        let runners = self.runners.lock();
+        let alive = runners
+            .iter()
+            .filter(|runner| !runner.is_finished())
+            .count();
+        (queued as u64, alive as u64)
+    }
+
     /// Stops the runners; the engines at work are interrupted and their tasks stay
     /// `PROCESSING`, to be queued again at the next start.
     pub async fn shutdown(&self) {
@@ -269,6 +280,7 @@ impl Runner {
                 Source::Pieces(Box::new(reader), Some(len))
             }
             Err(e) => {
+                crate::metrics::storage_failed();
                 let error = format!("cannot read the upload: {e}");
                 tracing::warn!("{error}");
                 self.report(id, WorkerEvent::Failed { error }).await;
@@ -320,6 +332,7 @@ impl Runner {
         // DONE once the result is where downloads find it (in the bucket, when there is one).
         let event = match self.storage.commit(&processed_data_path(id)).await {
             Err(e) if done => {
+                crate::metrics::storage_failed();
                 let error = format!("cannot store the result: {e}");
                 tracing::warn!("{error}");
                 WorkerEvent::Failed { error }

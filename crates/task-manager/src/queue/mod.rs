@@ -113,6 +113,14 @@ impl TaskQueue {
         }
     }
 
+    /// The tasks waiting in the queue and its consumers.
+    pub async fn stats(&self) -> Result<(u64, u64), QueueError> {
+        match self {
+            TaskQueue::Amqp(publisher) => publisher.stats().await,
+            TaskQueue::Embedded(queue) => Ok(queue.stats()),
+        }
+    }
+
     /// Whether tasks run in this process.
     pub fn is_embedded(&self) -> bool {
         matches!(self, TaskQueue::Embedded(_))

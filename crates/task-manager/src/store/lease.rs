@@ -106,18 +106,25 @@ impl Store {
             }
         };
         // The guard's values: the task, then [`LEASE_ALLOWS`]'s.
-        query
+        let changed = query
             .bind(id.to_string())
             .bind(worker.clone())
             .bind(now)
             .execute(&self.pool)
             .await?;
         self.changes.notify_waiters();
+        // FAILED always changes the row, so MySQL counts it too.
+        if matches!(event, WorkerEvent::Failed { .. }) && changed.rows_affected() == 1 {
+            self.note_end(id, now).await;
+        }
         // Read back rather than counting rows: MySQL counts the rows changed, not matched.
         let Some((status, owner)) = self.lease_of(id).await? else {
             return Ok(None);
         };
         let elsewhere = !status.is_terminal() && owner.is_some_and(|owner| owner != worker);
+        if matches!(event, WorkerEvent::Started) && status == TaskStatus::Processing && !elsewhere {
+            self.note_start(id, now).await;
+        }
         if elsewhere {
             tracing::info!(
                 task_id = %id,
@@ -220,7 +227,11 @@ impl Store {
             .execute(&self.pool)
             .await?;
         self.changes.notify_waiters();
-        Ok(done.rows_affected() == 1)
+        let abandoned = done.rows_affected() == 1;
+        if abandoned {
+            self.note_end(id, now).await;
+        }
+        Ok(abandoned)
     }
 }
 
