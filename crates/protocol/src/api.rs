@@ -11,6 +11,7 @@ pub const DEFAULT_TASK_MANAGER_URL: &str = "http://127.0.0.1:5000";
 
 /// The answer to an accepted upload (`202 Accepted`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Accepted {
     pub task_id: Uuid,
     pub status: TaskStatus,
@@ -18,6 +19,7 @@ pub struct Accepted {
 
 /// A task as the API shows it (status endpoint, task endpoint, lists).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskView {
     pub task_id: Uuid,
     pub status: TaskStatus,
@@ -53,6 +55,7 @@ pub struct TaskView {
 /// The body of every error answer: `{"error": "..."}`, with the task's fields beside it when
 /// the error is about a task's state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: String,
 }

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Status of a task, spelled as the Python system we replace spelled it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskStatus {
     Received,

@@ -10,13 +10,25 @@ use axum::response::{IntoResponse, Response};
 
 use super::SharedState;
 use crate::metrics::{self, Scrape};
+use task_protocol::ErrorBody;
 
 /// The route of the uploads, whose refusals are counted by status.
-pub const UPLOAD_ROUTE: &str = "/v1/data_processor/upload";
+const UPLOAD_ROUTE: &str = "/v1/data_processor/upload";
 /// The route of the workers' callbacks, whose errors are counted by status.
 pub const CALLBACK_ROUTE: &str = "/internal/v1/tasks/{task_id}/events";
 
 /// Every metric, with the gauges of the tasks and the queue read now.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus' text format", body = String,
+            content_type = "text/plain; version=0.0.4"),
+        (status = 401, description = "`METRICS_TOKEN` is set and the request lacks it", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])),
+)]
 pub async fn metrics(State(state): State<SharedState>) -> Response {
     let mut scrape = Scrape::default();
     match state.store.count_by_status().await {

@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod health;
 mod metrics;
+mod openapi;
 mod request_span;
 mod tasks;
 mod upload;
@@ -20,7 +21,11 @@ use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{get, post};
+use axum::routing::post;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
 
 use crate::ingest::UploadLimits;
@@ -64,24 +69,27 @@ impl AppState {
 
 type SharedState = Arc<AppState>;
 
-/// All routes of the service.
+/// All routes of the service; the public ones registered with their OpenAPI description.
 pub fn router(state: SharedState) -> Router {
-    let api = Router::new()
-        .route(
-            metrics::UPLOAD_ROUTE,
-            post(upload::upload).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/v1/tasks/status/{task_id}", get(tasks::status))
-        .route(
-            "/v1/data_processor/download/{task_id}",
-            get(download::download),
-        )
-        .route("/v1/tasks", get(tasks::list))
-        .route(
-            "/v1/tasks/{task_id}",
-            get(tasks::status).delete(tasks::cancel),
-        )
+    let api = OpenApiRouter::new()
+        .routes(routes!(upload::upload))
+        .routes(routes!(tasks::status_by_old_path))
+        .routes(routes!(download::download))
+        .routes(routes!(tasks::list))
+        .routes(routes!(tasks::status, tasks::cancel))
+        .layer(DefaultBodyLimit::disable())
         .route_layer(from_fn_with_state(state.clone(), auth::require_api_token));
+    let metrics = OpenApiRouter::new()
+        .routes(routes!(metrics::metrics))
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            auth::require_metrics_token,
+        ));
+    let (public, description) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(api)
+        .merge(metrics)
+        .routes(routes!(health::health))
+        .split_for_parts();
     let callbacks = Router::new()
         .route(metrics::CALLBACK_ROUTE, post(events::post_event))
         .route_layer(from_fn_with_state(
@@ -89,16 +97,9 @@ pub fn router(state: SharedState) -> Router {
             auth::require_worker_token,
         ));
     let router = Router::new()
-        .merge(api)
+        .merge(public)
         .merge(callbacks)
-        .route(
-            "/metrics",
-            get(metrics::metrics).route_layer(from_fn_with_state(
-                state.clone(),
-                auth::require_metrics_token,
-            )),
-        )
-        .route("/health", get(health::health))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", description))
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn(metrics::track))

@@ -21,7 +21,9 @@ use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
-use task_protocol::{Accepted, TaskStatus};
+use task_protocol::{Accepted, ErrorBody, TaskStatus};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 use super::{ApiError, SharedState, request_span};
 use crate::filenames::sanitize_filename;
@@ -48,6 +50,66 @@ struct UploadQuery {
     filename: Option<String>,
 }
 
+/// A CSV upload's text: its first line is the header `Song,Date,Number of Plays`.
+pub struct PlaysCsv;
+
+impl utoipa::PartialSchema for PlaysCsv {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r"^Song,Date,Number of Plays(\r?\n|$)"))
+            .description(Some(
+                "A CSV whose first line is `Song,Date,Number of Plays`",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PlaysCsv {}
+
+/// The file of a multipart upload.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct UploadFile {
+    /// The CSV file, `Song,Date,Number of Plays`.
+    #[schema(format = Binary, content_media_type = "application/octet-stream")]
+    file: String,
+}
+
+/// Uploads a CSV; the task is recorded once the whole file is received.
+#[utoipa::path(
+    post,
+    path = "/v1/data_processor/upload",
+    tag = "tasks",
+    params(("filename" = Option<String>, Query, description = "The file's name when the body is the CSV itself")),
+    request_body(
+        description = "The CSV as a multipart field `file`, or as the body itself",
+        content(
+            (UploadFile = "multipart/form-data"),
+            (PlaysCsv = "text/csv"),
+            (PlaysCsv = "application/csv"),
+            (PlaysCsv = "text/plain"),
+            (PlaysCsv = "application/octet-stream"),
+        )
+    ),
+    responses(
+        (status = 202, description = "Received: the task is recorded", body = Accepted, links(
+            ("status" = (operation_id = "status", parameters(("task_id" = "$response.body#/task_id")))),
+            ("status_by_old_path" = (operation_id = "status_by_old_path", parameters(("task_id" = "$response.body#/task_id")))),
+            ("download" = (operation_id = "download", parameters(("task_id" = "$response.body#/task_id")))),
+            ("cancel" = (operation_id = "cancel", parameters(("task_id" = "$response.body#/task_id")))),
+        )),
+        (status = 400, description = "Malformed upload, empty, or not `Song,Date,Number of Plays`", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 408, description = "The upload was too slow", body = ErrorBody),
+        (status = 413, description = "Larger than `MAX_UPLOAD_BYTES`", body = ErrorBody),
+        (status = 415, description = "Another content type", body = ErrorBody),
+        (status = 503, description = "Database, queue or storage unreachable, or too many uploads at once",
+            body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 507, description = "The server's disk is full", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])),
+)]
 pub async fn upload(
     State(state): State<SharedState>,
     request: Request,
