@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod health;
 mod metrics;
+mod page;
 mod request_span;
 mod tasks;
 mod upload;
@@ -99,6 +100,7 @@ pub fn router(state: SharedState) -> Router {
             )),
         )
         .route("/health", get(health::health))
+        .merge(page::routes())
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn(metrics::track))
