@@ -7,6 +7,7 @@ mod events;
 mod health;
 mod metrics;
 mod openapi;
+mod page;
 mod request_span;
 mod tasks;
 mod upload;
@@ -100,6 +101,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(public)
         .merge(callbacks)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", description))
+        .merge(page::routes())
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn(metrics::track))
