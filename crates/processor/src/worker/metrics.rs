@@ -111,7 +111,8 @@ fn describe() {
     describe_counter!(
         RETRIES,
         "Retries by kind: callback (a report to the task manager sent again), storage (a task \
-         given back to the queue after a passing storage failure), rabbitmq (a reconnection)"
+         given back to the queue after a passing storage failure), rabbitmq (a connection to \
+         RabbitMQ tried again)"
     );
     describe_counter!(
         REDELIVERIES,
