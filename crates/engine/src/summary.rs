@@ -15,6 +15,8 @@ pub struct Summary {
     pub output_bytes: u64,
     /// Sorted runs spilled to disk because of the memory limit.
     pub spilled_runs: u64,
+    /// Bytes written to disk for those runs (not counting their early merges).
+    pub spilled_bytes: u64,
     pub elapsed_seconds: f64,
     /// The first few skipped rows, in file order: `line N, field "F": reason`.
     pub invalid_samples: Vec<String>,

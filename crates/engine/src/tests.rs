@@ -387,6 +387,7 @@ fn spilled_runs_follow_the_groups_size_over_the_limit() {
     let groups = groups_bytes(&input);
     let (expected, in_memory) = run_file(&input, &Config::default());
     assert_eq!(in_memory.spilled_runs, 0);
+    assert_eq!(in_memory.spilled_bytes, 0);
     for threads in [1, 2] {
         for limit in [12u64 << 20, 24 << 20] {
             let config = Config {
@@ -407,6 +408,13 @@ fn spilled_runs_follow_the_groups_size_over_the_limit() {
                 summary.spilled_runs,
                 groups >> 20,
                 limit >> 20,
+            );
+            // A run is written from tables that held at most the limit, in a format more
+            // compact than the tables.
+            assert!(
+                summary.spilled_bytes >= summary.spilled_runs
+                    && summary.spilled_bytes <= summary.spilled_runs * limit,
+                "{summary:?} under {limit} bytes"
             );
         }
     }

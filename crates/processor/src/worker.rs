@@ -1,14 +1,17 @@
 //! `processor worker`: consumes tasks from RabbitMQ, aggregates them with the engine and
-//! reports to the task manager. A thin shell around [`engine::aggregate`].
+//! reports to the task manager, and with `--metrics-addr` serves its Prometheus metrics
+//! (`metrics`). A thin shell around [`engine::aggregate`].
 
 mod arriving;
 mod callbacks;
 mod consumer;
 mod error_chain;
 mod identity;
+mod metrics;
 mod running;
 mod task;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -89,6 +92,10 @@ pub struct WorkerArgs {
     /// than the task manager's UPLOAD_IDLE_TIMEOUT, which refuses such an upload first).
     #[arg(long, env = "WORKER_ARRIVAL_TIMEOUT", default_value = "10m", value_parser = positive_duration)]
     arrival_timeout: Duration,
+    /// Serve the worker's Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100
+    /// (port 0: any free port, logged). Off by default.
+    #[arg(long, env = "METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// The time between two progress reports when none is configured.
@@ -119,6 +126,11 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
+    // First, so that a taken address stops the worker before it consumes anything.
+    if let Some(addr) = args.metrics_addr {
+        let bound = metrics::serve(addr).await?;
+        info!(url = %format_args!("http://{bound}/metrics"), "serving the metrics");
+    }
     let (root, bucket) = match args.storage_url {
         None => (args.storage_dir, None),
         Some(Location::Dir(dir)) => (dir, None),

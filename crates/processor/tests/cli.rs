@@ -526,6 +526,12 @@ fn generated_data_gives_the_reference_result_in_every_mode() {
                 "{mode:?}: a {} byte input in a small memory budget must spill: {json}",
                 data.len()
             );
+            assert!(
+                json["spilled_bytes"]
+                    .as_u64()
+                    .is_some_and(|bytes| bytes > 0),
+                "{mode:?}: {json}"
+            );
         }
     }
     assert_piped_output(&["--memory-limit", "64K"], &data, &expected);

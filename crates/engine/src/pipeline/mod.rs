@@ -167,6 +167,7 @@ pub(crate) fn run(
         groups_written: groups,
         output_bytes,
         spilled_runs,
+        spilled_bytes: shared.spilled_bytes.load(Ordering::Relaxed),
         elapsed_seconds: 0.0,
         invalid_samples: samples.iter().map(|s| locate(s).to_string()).collect(),
     })

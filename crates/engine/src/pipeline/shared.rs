@@ -50,6 +50,8 @@ pub(crate) struct Shared<'a> {
     pub spills: Mutex<Vec<SpilledRun>>,
     /// Runs spilled.
     pub spilled_runs: AtomicU64,
+    /// Bytes of the runs spilled.
+    pub spilled_bytes: AtomicU64,
     pub budget: TableBudget,
     pub rounds: Rounds,
     pub temp_dir: PathBuf,
@@ -76,6 +78,7 @@ impl<'a> Shared<'a> {
             frontier: ReleaseFrontier::default(),
             spills: Mutex::new(Vec::new()),
             spilled_runs: AtomicU64::new(0),
+            spilled_bytes: AtomicU64::new(0),
             budget,
             rounds,
             temp_dir,

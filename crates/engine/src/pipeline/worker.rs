@@ -369,10 +369,13 @@ impl Spiller {
         work.free(index);
         drop(work);
         if let Some(files) = run {
+            let run = SpilledRun::new(files);
             shared.spilled_runs.fetch_add(1, Ordering::Relaxed);
+            let bytes = run.written_bytes();
+            shared.spilled_bytes.fetch_add(bytes, Ordering::Relaxed);
             let early = {
                 let mut spills = shared.spills.lock();
-                spills.push(SpilledRun::new(files));
+                spills.push(run);
                 take_for_early_merge(&mut spills, fan_in(shared.config.memory_limit))
             };
             if let Some(group) = early {

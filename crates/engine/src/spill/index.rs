@@ -74,6 +74,11 @@ impl SparseIndex {
         self.estimate += output_estimate(name, days);
     }
 
+    /// Bytes written to the file so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
     /// Keeps every other entry and doubles the stride.
     fn thin_out(&mut self) {
         let mut names = Vec::with_capacity(self.names.len() / 2 + MAX_INDEXED_NAME);

@@ -150,6 +150,12 @@ impl SpilledRun {
             .sum()
     }
 
+    /// Bytes written to its files, as they were written (no system call, unlike
+    /// [`SpilledRun::bytes`]).
+    pub(crate) fn written_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.index.written()).sum()
+    }
+
     /// The sparse indexes of its files, in order.
     pub(crate) fn indexes(&self) -> impl Iterator<Item = &SparseIndex> {
         self.files.iter().map(|f| &f.index)

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::error_chain::error_chain;
+use super::metrics::{self, Retry};
 
 /// First and longest wait between two attempts.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
@@ -87,6 +88,7 @@ impl Callbacks {
                 )));
             }
             tracing::warn!(%problem, ?delay, "callback failed; retrying");
+            metrics::retried(Retry::Callback);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = abort.cancelled() => {

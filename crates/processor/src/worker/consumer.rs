@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::error_chain::error_chain;
+use super::metrics::{self, Retry};
 use super::task::{self, DeliveryInfo, Disposition, TaskContext};
 use runner::backoff::ExponentialBackoff;
 
@@ -87,6 +88,7 @@ impl Consumer {
                     return Ok(());
                 }
                 Err(err) => {
+                    metrics::retried(Retry::Rabbitmq);
                     let delay = backoff.next().unwrap_or(MAX_RECONNECT);
                     error!(
                         error = error_chain(err.as_ref()),
@@ -158,6 +160,9 @@ impl Consumer {
             let ctx = self.ctx.clone();
             self.tasks.spawn(async move {
                 let info = delivery_info(&delivery);
+                if info.redelivered {
+                    metrics::redelivered();
+                }
                 settle(&delivery, task::handle(&delivery.data, info, &ctx).await).await;
                 drop(slot);
             });

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use engine::{Config, Control, Summary};
 use runner::{End, Job, Report};
@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use super::arriving::{ArrivingFile, ReadEnd, Unfinished, UploadState, upload_state};
 use super::callbacks::{CallbackError, Callbacks};
+use super::metrics::{self, InputRead, Outcome, Retry};
 use super::running::RunningTasks;
 
 /// Pause between two looks at an arriving upload whose engine has already ended.
@@ -92,6 +93,7 @@ pub async fn handle(payload: &[u8], info: DeliveryInfo, ctx: &TaskContext) -> Di
     let run = run_task(&message, info, ctx).instrument(span.clone());
     let disposition = ctx.running.exclusive(message.task_id, run).await;
     if disposition == Disposition::Requeue {
+        metrics::task_finished(Outcome::Released);
         // The next worker may start the task at once, even if this message is lost with a
         // closed channel (the task manager then republishes it one lease later).
         release(ctx, message.task_id).instrument(span).await;
@@ -107,6 +109,7 @@ async fn release(ctx: &TaskContext, id: Uuid) {
 }
 
 async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) -> Disposition {
+    let _running = metrics::task_started();
     let id = message.task_id;
     let storage = &ctx.storage;
     let resolved = storage.local_path(&message.input_path).and_then(|input| {
@@ -181,12 +184,14 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
         }
     }
     info!(input = %message.input_path, "processing");
+    let processing = Instant::now();
     let event = match run_engine(id, input_file, output, ctx).await {
         EngineEnd::Finished(summary) => {
             // DONE once the result is where the task manager finds it.
             if let Err(err) = storage.commit(&message.output_path).await {
                 return after_storage_failure(ctx, id, info, "cannot store the result", err).await;
             }
+            metrics::task_processed(Outcome::Done, processing.elapsed());
             info!(
                 rows = summary.rows_read,
                 groups = summary.groups_written,
@@ -196,6 +201,7 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
             runner::done_event(&summary)
         }
         EngineEnd::Failed(error) => {
+            metrics::task_processed(Outcome::Failed, processing.elapsed());
             warn!(%error, "failed");
             WorkerEvent::Failed { error }
         }
@@ -204,6 +210,7 @@ async fn run_task(message: &TaskMessage, info: DeliveryInfo, ctx: &TaskContext) 
             return Disposition::Ack;
         }
         EngineEnd::Elsewhere => {
+            metrics::elsewhere();
             warn!("stopped: another worker took the task over; message acknowledged");
             return Disposition::Ack;
         }
@@ -242,6 +249,7 @@ async fn start_from_file(
             return Some(Disposition::Ack);
         }
         Ok(ack) if ack.elsewhere => {
+            metrics::elsewhere();
             info!("another worker holds the task's lease: not run here; message acknowledged");
             return Some(Disposition::Ack);
         }
@@ -286,6 +294,7 @@ async fn after_storage_failure(
 ) -> Disposition {
     let error = format!("{what}: {err}");
     if err.is_transient() && !last_attempt(info, ctx) {
+        metrics::retried(Retry::Storage);
         warn!(%error, "the task goes back to the queue");
         return Disposition::Requeue;
     }
@@ -390,7 +399,12 @@ async fn run_engine(id: Uuid, input: InputFile, output: PathBuf, ctx: &TaskConte
         config: ctx.engine.clone(),
     };
     let engine = job.spawn(control.clone());
-    let mut reporter = Reporter { ctx, id, waiting };
+    let mut reporter = Reporter {
+        ctx,
+        id,
+        waiting,
+        read: InputRead::default(),
+    };
     let end = runner::supervise(
         engine,
         &control,
@@ -399,6 +413,15 @@ async fn run_engine(id: Uuid, input: InputFile, output: PathBuf, ctx: &TaskConte
         &ctx.abort,
     )
     .await;
+    match &end {
+        End::Finished(summary) => {
+            reporter
+                .read
+                .reached(summary.rows_read, summary.input_bytes);
+            metrics::spilled(summary.spilled_runs, summary.spilled_bytes);
+        }
+        _ => reporter.read.follow(control.progress()),
+    }
     if let Some(unfinished) = *read_end.lock() {
         return EngineEnd::Upload(unfinished);
     }
@@ -433,12 +456,15 @@ struct Reporter<'a> {
     id: Uuid,
     /// Until the task exists: the arriving upload's paths.
     waiting: Option<(PathBuf, PathBuf)>,
+    /// What the engine has read, for the input counters.
+    read: InputRead,
 }
 
 impl Report for Reporter<'_> {
     type Stop = EngineEnd;
 
     async fn tick(&mut self, control: &Control) -> ControlFlow<EngineEnd> {
+        self.read.follow(control.progress());
         let (ctx, id) = (self.ctx, self.id);
         let ack = match &self.waiting {
             Some((arriving, input)) => match upload_state(arriving, input) {
@@ -539,10 +565,21 @@ async fn report_end(
         Ok(EventAck {
             elsewhere: true, ..
         }) => {
+            metrics::elsewhere();
             info!("another worker holds the task's lease: message acknowledged");
             Disposition::Ack
         }
         Ok(EventAck { status, .. }) => {
+            // Counted once the task ended as reported (not when it had ended otherwise).
+            match (&event, status) {
+                (WorkerEvent::Done { .. }, TaskStatus::Done) => {
+                    metrics::task_finished(Outcome::Done);
+                }
+                (WorkerEvent::Failed { .. }, TaskStatus::Failed) => {
+                    metrics::task_finished(Outcome::Failed);
+                }
+                _ => {}
+            }
             if settle == Disposition::Reject && status != TaskStatus::Failed {
                 info!(%status, "task already finished; message acknowledged");
                 return Disposition::Ack;
