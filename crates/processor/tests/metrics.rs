@@ -95,17 +95,17 @@ async fn the_worker_counts_its_tasks_on_its_metrics_endpoint() {
             "{name}:\n{text}"
         );
     }
-    for status in ["done", "failed", "released"] {
+    for status in ["DONE", "FAILED", "RELEASED"] {
         assert_eq!(sample(&text, &finished(status)), Some(0.0), "{text}");
     }
-    assert_eq!(sample(&text, &duration_count("done")), Some(0.0), "{text}");
+    assert_eq!(sample(&text, &duration_count("DONE")), Some(0.0), "{text}");
     assert_eq!(sample(&text, ROWS), Some(0.0), "{text}");
 
     let id = tm.upload("seed.csv", SEED_INPUT).await;
     let status = tm.wait_finished(id).await;
     assert_eq!(status["status"], "DONE", "{status}\n{}", worker.log());
     let text = scrape_until(&client, &url, &worker, |text| {
-        sample(text, &finished("done")) == Some(1.0) && sample(text, RUNNING) == Some(0.0)
+        sample(text, &finished("DONE")) == Some(1.0) && sample(text, RUNNING) == Some(0.0)
     })
     .await;
     assert_eq!(sample(&text, ROWS), Some(SEED_ROWS), "{text}");
@@ -114,29 +114,29 @@ async fn the_worker_counts_its_tasks_on_its_metrics_endpoint() {
         Some(SEED_INPUT.len() as f64),
         "{text}"
     );
-    assert_eq!(sample(&text, &duration_count("done")), Some(1.0), "{text}");
+    assert_eq!(sample(&text, &duration_count("DONE")), Some(1.0), "{text}");
     assert_eq!(
         sample(
             &text,
-            &format!("{DURATION}_bucket{{status=\"done\",le=\"+Inf\"}}")
+            &format!("{DURATION}_bucket{{status=\"DONE\",le=\"+Inf\"}}")
         ),
         Some(1.0),
         "{text}"
     );
-    assert_eq!(sample(&text, &finished("failed")), Some(0.0), "{text}");
+    assert_eq!(sample(&text, &finished("FAILED")), Some(0.0), "{text}");
 
     let id = tm.upload("invalid.csv", INVALID_INPUT).await;
     let status = tm.wait_finished(id).await;
     assert_eq!(status["status"], "FAILED", "{status}\n{}", worker.log());
     let text = scrape_until(&client, &url, &worker, |text| {
-        sample(text, &finished("failed")) == Some(1.0) && sample(text, RUNNING) == Some(0.0)
+        sample(text, &finished("FAILED")) == Some(1.0) && sample(text, RUNNING) == Some(0.0)
     })
     .await;
-    assert_eq!(sample(&text, &finished("done")), Some(1.0), "{text}");
-    assert_eq!(sample(&text, &finished("released")), Some(0.0), "{text}");
-    assert_eq!(sample(&text, &duration_count("done")), Some(1.0), "{text}");
+    assert_eq!(sample(&text, &finished("DONE")), Some(1.0), "{text}");
+    assert_eq!(sample(&text, &finished("RELEASED")), Some(0.0), "{text}");
+    assert_eq!(sample(&text, &duration_count("DONE")), Some(1.0), "{text}");
     assert_eq!(
-        sample(&text, &duration_count("failed")),
+        sample(&text, &duration_count("FAILED")),
         Some(1.0),
         "{text}"
     );

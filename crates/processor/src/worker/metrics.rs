@@ -56,9 +56,9 @@ impl Outcome {
 
     fn label(self) -> &'static str {
         match self {
-            Outcome::Done => "done",
-            Outcome::Failed => "failed",
-            Outcome::Released => "released",
+            Outcome::Done => "DONE",
+            Outcome::Failed => "FAILED",
+            Outcome::Released => "RELEASED",
         }
     }
 }
@@ -93,13 +93,13 @@ fn describe() {
     describe_gauge!(TASKS_RUNNING, "Tasks this worker is handling now");
     describe_counter!(
         TASKS_FINISHED,
-        "Tasks whose handling ended, by status: done and failed as reported to the task \
-         manager, released when given back to the queue"
+        "Tasks whose handling ended, by status: DONE and FAILED as reported to the task \
+         manager, RELEASED when given back to the queue"
     );
     describe_histogram!(
         TASK_DURATION,
-        "Seconds from the engine's start to the result stored (status done) or the engine's \
-         error (status failed)"
+        "Seconds from the engine's start to the result stored (status DONE) or the engine's \
+         error (status FAILED)"
     );
     describe_counter!(INPUT_ROWS, "Data rows read by the engine");
     describe_counter!(INPUT_BYTES, "Input bytes read by the engine");
@@ -268,7 +268,7 @@ mod tests {
             );
         }
         assert_eq!(sample(&text, TASKS_RUNNING), Some(0.0), "{text}");
-        for status in ["done", "failed", "released"] {
+        for status in ["DONE", "FAILED", "RELEASED"] {
             let series = format!("{TASKS_FINISHED}{{status=\"{status}\"}}");
             assert_eq!(sample(&text, &series), Some(0.0), "{text}");
         }
@@ -276,7 +276,7 @@ mod tests {
             let series = format!("{RETRIES}{{kind=\"{kind}\"}}");
             assert_eq!(sample(&text, &series), Some(0.0), "{text}");
         }
-        for status in ["done", "failed"] {
+        for status in ["DONE", "FAILED"] {
             let series = format!("{TASK_DURATION}_count{{status=\"{status}\"}}");
             assert_eq!(sample(&text, &series), Some(0.0), "{text}");
         }
@@ -303,9 +303,9 @@ mod tests {
         assert_eq!(sample(&text, TASKS_RUNNING), Some(1.0), "{text}");
         let finished =
             |status: &str| sample(&text, &format!("{TASKS_FINISHED}{{status=\"{status}\"}}"));
-        assert_eq!(finished("done"), Some(1.0), "{text}");
-        assert_eq!(finished("failed"), Some(1.0), "{text}");
-        assert_eq!(finished("released"), Some(2.0), "{text}");
+        assert_eq!(finished("DONE"), Some(1.0), "{text}");
+        assert_eq!(finished("FAILED"), Some(1.0), "{text}");
+        assert_eq!(finished("RELEASED"), Some(2.0), "{text}");
         // A histogram with the explicit buckets, not a summary.
         assert!(
             text.contains(&format!("# TYPE {TASK_DURATION} histogram\n")),
@@ -315,12 +315,12 @@ mod tests {
             let series = format!("{TASK_DURATION}_bucket{{status=\"{status}\",le=\"{le}\"}}");
             sample(&text, &series)
         };
-        assert_eq!(bucket("done", "0.25"), Some(0.0), "{text}");
-        assert_eq!(bucket("done", "0.5"), Some(1.0), "{text}");
-        assert_eq!(bucket("failed", "10"), Some(0.0), "{text}");
-        assert_eq!(bucket("failed", "30"), Some(1.0), "{text}");
-        assert_eq!(bucket("failed", "+Inf"), Some(1.0), "{text}");
-        let count = format!("{TASK_DURATION}_count{{status=\"done\"}}");
+        assert_eq!(bucket("DONE", "0.25"), Some(0.0), "{text}");
+        assert_eq!(bucket("DONE", "0.5"), Some(1.0), "{text}");
+        assert_eq!(bucket("FAILED", "10"), Some(0.0), "{text}");
+        assert_eq!(bucket("FAILED", "30"), Some(1.0), "{text}");
+        assert_eq!(bucket("FAILED", "+Inf"), Some(1.0), "{text}");
+        let count = format!("{TASK_DURATION}_count{{status=\"DONE\"}}");
         assert_eq!(sample(&text, &count), Some(1.0), "{text}");
         let retries = format!("{RETRIES}{{kind=\"callback\"}}");
         assert_eq!(sample(&text, &retries), Some(1.0), "{text}");
