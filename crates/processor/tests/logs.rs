@@ -1,6 +1,6 @@
 //! The worker's logs: human-readable without escape codes when they go to a file (even with
-//! `NO_COLOR` unset), one JSON object per line with `LOG_FORMAT=json`, and an unknown
-//! `LOG_FORMAT` refused by name.
+//! `NO_COLOR` unset), one JSON object per line with `LOG_FORMAT=json`, each line about a task
+//! naming its `task_id`, and an unknown `LOG_FORMAT` refused by name.
 #![cfg(feature = "service")]
 
 use std::process::Command;
@@ -68,4 +68,44 @@ fn an_unknown_log_format_is_refused() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("LOG_FORMAT=\"xml\""), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lines_about_a_task_carry_its_id() {
+    let amqp_url = common::server_url(common::AMQP_URL);
+    let queue = format!("logs_test_{}", Uuid::new_v4().simple());
+    let tm = common::start_server_with(common::DbKind::Sqlite, |settings| {
+        settings.amqp_url = Some(amqp_url.clone());
+        settings.queue_name = queue.clone();
+    })
+    .await;
+    let worker = WorkerProcess::start_with_env(
+        &amqp_url,
+        &queue,
+        &tm.base_url,
+        None,
+        &tm.storage_dir(),
+        &[("LOG_FORMAT", "json"), ("NO_COLOR", "")],
+    );
+    let id = tm.upload("plays.csv", common::SEED_INPUT).await;
+    assert_eq!(tm.wait_finished(id).await["status"], "DONE");
+    let log = worker.log_text();
+    worker.stop_gracefully();
+    tm.stop().await;
+    common::delete_queue(&queue).await;
+
+    let task = id.to_string();
+    let about_task: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|object| object["span"]["task_id"] == task.as_str())
+        .collect();
+    for message in ["processing", "done"] {
+        assert!(
+            about_task.iter().any(|object| object["fields"]["message"]
+                .as_str()
+                .is_some_and(|text| text.contains(message))),
+            "no {message:?} line with task_id {task} in {log}"
+        );
+    }
 }
