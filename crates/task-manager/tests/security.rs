@@ -346,3 +346,37 @@ async fn uploads_without_the_csv_header_are_refused() {
     assert_eq!(server.download(id).await.text().await.unwrap(), SEED_OUTPUT);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_upload_refused_early_gets_its_answer() {
+    let server = start_server(DbKind::Sqlite).await;
+    let upload_url = server.url("/v1/data_processor/upload");
+    // Refused at its first line (or at its content type) with 64 MiB still to send: the
+    // server reads the rest, so the client gets the answer rather than a reset connection.
+    let rest = "x".repeat(64 << 20);
+    for (content_type, first_line, code) in [
+        (
+            "text/csv",
+            "Song;Date;Number of Plays",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "image/png",
+            "Song,Date,Number of Plays",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+    ] {
+        for attempt in 0..3 {
+            let response = server
+                .client
+                .post(&upload_url)
+                .header("content-type", content_type)
+                .body(format!("{first_line}\n{rest}"))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{content_type}, attempt {attempt}: no answer: {e}"));
+            assert_eq!(response.status(), code, "{content_type}");
+        }
+    }
+    server.stop().await;
+}

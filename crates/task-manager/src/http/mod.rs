@@ -5,6 +5,7 @@ mod download;
 mod error;
 mod events;
 mod health;
+mod linger;
 mod metrics;
 mod openapi;
 mod page;
@@ -105,6 +106,7 @@ pub fn router(state: SharedState) -> Router {
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn(metrics::track))
+        .layer(from_fn(linger::read_to_end))
         .with_state(state);
     request_span::layer(router)
 }
