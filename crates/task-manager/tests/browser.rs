@@ -4,7 +4,8 @@
 //! downloads the result through the page's link; uploads
 //! an input with bad plays on line 3 and finds the engine's message on the page; and, against
 //! a server with an API token, enters the token the page asks for and then uploads and
-//! downloads. Screenshots of each state go to `target/screenshots/`.
+//! downloads; and follows a task that waits in a queue, then runs (the test reporting its
+//! progress as a worker would). Screenshots of each state go to `target/screenshots/`.
 //!
 //! Needs `/usr/bin/chromium` and the test tools' Python with Playwright, both installed by
 //! `scripts/install-test-tools` (which `scripts/test` runs first); the test fails, saying so,
@@ -121,4 +122,18 @@ async fn the_page_asks_for_the_token() {
     .await;
     run_page_test("token", &server.base_url, &[API_TOKEN]).await;
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_follows_a_queued_task_as_it_runs() {
+    // With a queue and no worker, the task waits until the test reports it started.
+    let queue = format!("page_test_{}", uuid::Uuid::new_v4().simple());
+    let server = start_server_with(DbKind::Sqlite, |settings| {
+        settings.amqp_url = Some(server_url(AMQP_URL));
+        settings.queue_name = queue.clone();
+    })
+    .await;
+    run_page_test("queued", &server.base_url, &[]).await;
+    server.stop().await;
+    delete_queue(&queue).await;
 }

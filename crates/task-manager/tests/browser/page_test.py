@@ -2,6 +2,8 @@
 
     page_test.py open  URL FILES SCREENSHOTS         the page on a server without tokens
     page_test.py token URL FILES SCREENSHOTS TOKEN   the page on a server that needs TOKEN
+    page_test.py queued URL FILES SCREENSHOTS        a server with a queue and no worker: the
+                                                     test reports the task's events itself
 
 FILES holds plays.csv (the seed example), expected.csv (its aggregate), bad_plays.csv (plays
 that are not a number on line 3) and many_plays.csv (the seed's rows many times over).
@@ -262,8 +264,41 @@ def scenario_token(run, token):
     run.assert_clean_console(allowed=("401",))
 
 
+def scenario_queued(run):
+    """A task that waits in the queue, then runs: the test plays the worker, reporting its
+    progress and its end on the workers' callback."""
+    run.open()
+    page = run.page
+    task_id = run.upload("plays.csv")
+    run.wait_for(task_id, "RECEIVED")
+    expect(page.locator("#message")).to_contain_text("waits to be processed")
+
+    def report(event):
+        response = page.request.post(
+            f"{run.url}/internal/v1/tasks/{task_id}/events", data=event
+        )
+        assert response.status == 200, f"{event}: {response.status} {response.text()}"
+
+    report({"event": "started"})
+    report({"event": "progress", "progress": 0.4, "rows": 3})
+    run.wait_for(task_id, "PROCESSING")
+    current = page.locator("#current-task")
+    expect(current).to_contain_text("40 %")
+    expect(current.locator("progress")).to_have_attribute("value", "40")
+    expect(page.locator("#message")).to_contain_text("is being processed: 40 %")
+    row = page.locator(f"#tasks tr[data-task-id='{task_id}']")
+    expect(row).to_have_attribute("data-status", "PROCESSING", timeout=TASK_TIMEOUT_MS)
+    run.screenshot("processing")
+
+    report({"event": "failed", "error": "the worker stopped: disk full"})
+    run.wait_for(task_id, "FAILED")
+    expect(current.locator(".error")).to_have_text("the worker stopped: disk full")
+    log(f"queued: task {task_id} RECEIVED, PROCESSING at 40 %, then FAILED")
+    run.assert_clean_console()
+
+
 def main(argv):
-    arguments = {"open": 5, "token": 6}
+    arguments = {"open": 5, "token": 6, "queued": 5}
     if len(argv) < 2 or arguments.get(argv[1]) != len(argv):
         sys.exit(__doc__)
     scenario, url, files, screenshots = argv[1:5]
@@ -274,6 +309,8 @@ def main(argv):
             run = Run(browser, url, files, screenshots)
             if scenario == "open":
                 scenario_open(run)
+            elif scenario == "queued":
+                scenario_queued(run)
             else:
                 scenario_token(run, argv[5])
         finally:

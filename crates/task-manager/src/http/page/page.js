@@ -361,6 +361,8 @@ function renderList(tasks, count) {
     return row;
   });
   $("tasks").tBodies[0].replaceChildren(...rows);
+  // An empty table is no table.
+  $("tasks").hidden = rows.length === 0;
   $("tasks-message").textContent =
     count === 0 ? "No task yet." : count > tasks.length ? "The " + tasks.length + " newest of " + count + " tasks." : "";
 }
@@ -376,6 +378,7 @@ async function refreshList() {
     running = running || tasks.some((task) => !FINISHED.has(task.status));
   } catch (error) {
     if (error.status === 401) {
+      $("tasks").hidden = true;
       $("tasks-message").textContent = "Enter the API token to see the tasks.";
       return;
     }
