@@ -73,8 +73,7 @@ async fn round_trip(kind: DbKind, credentials: Option<&Credentials>) {
         database: None,
     };
     let mut tm = common::start_server_with(kind, |settings| {
-        settings.amqp_url = Some(amqp_url.clone());
-        settings.queue_name = queue.clone();
+        common::publish_on(settings, &queue);
         if let Some(credentials) = credentials {
             settings.api_tokens = Tokens::parse(&format!("another-token,{}", credentials.api));
             settings.worker_tokens = Tokens::parse(credentials.worker);

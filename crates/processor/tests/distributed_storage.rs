@@ -21,8 +21,7 @@ async fn worker_fails_the_task_when_the_result_cannot_be_written() {
         database: None,
     };
     let tm = common::start_server_with(DbKind::Sqlite, |settings| {
-        settings.amqp_url = Some(amqp_url.clone());
-        settings.queue_name = queue.clone();
+        common::publish_on(settings, &queue);
     })
     .await;
     let worker = WorkerProcess::start(&amqp_url, &queue, &tm.base_url, None, &tm.storage_dir());

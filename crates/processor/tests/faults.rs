@@ -67,8 +67,7 @@ impl Cluster {
             database: None,
         };
         let tm = common::start_server_with(DbKind::Sqlite, |settings| {
-            settings.amqp_url = Some(amqp_url.clone());
-            settings.queue_name = queue.clone();
+            common::publish_on(settings, &queue);
             settings.max_upload_bytes = 1 << 30;
             settings.lease_timeout = LEASE;
             configure(settings);

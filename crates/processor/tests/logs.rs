@@ -75,8 +75,7 @@ async fn lines_about_a_task_carry_its_id() {
     let amqp_url = common::server_url(common::AMQP_URL);
     let queue = format!("logs_test_{}", Uuid::new_v4().simple());
     let tm = common::start_server_with(common::DbKind::Sqlite, |settings| {
-        settings.amqp_url = Some(amqp_url.clone());
-        settings.queue_name = queue.clone();
+        common::publish_on(settings, &queue);
     })
     .await;
     let worker = WorkerProcess::start_with_env(

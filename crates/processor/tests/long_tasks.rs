@@ -172,8 +172,7 @@ impl Cluster {
             database: None,
         };
         let tm = common::start_server_with(DbKind::Sqlite, |settings| {
-            settings.amqp_url = Some(amqp_url.clone());
-            settings.queue_name = queue.clone();
+            common::publish_on(settings, &queue);
             settings.max_upload_bytes = 1 << 30;
             settings.early_aggregation = false;
             if let Some(lease) = lease {

@@ -59,8 +59,7 @@ async fn the_worker_counts_its_tasks_on_its_metrics_endpoint() {
         database: None,
     };
     let tm = common::start_server_with(DbKind::Sqlite, |settings| {
-        settings.amqp_url = Some(amqp_url.clone());
-        settings.queue_name = queue.clone();
+        common::publish_on(settings, &queue);
         // The task held by another worker stays held for the whole test.
         settings.lease_timeout = Duration::from_secs(3600);
     })

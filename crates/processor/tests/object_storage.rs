@@ -43,8 +43,7 @@ impl Cluster {
         };
         let bucket = s3.bucket_settings(PREFIX);
         let tm = common::start_server_with(DbKind::Postgres, |settings| {
-            settings.amqp_url = Some(amqp_url.clone());
-            settings.queue_name = queue.clone();
+            common::publish_on(settings, &queue);
             settings.bucket = Some(bucket);
             settings.max_upload_bytes = 1 << 30;
             // A killed worker's task runs again once its lease expires.

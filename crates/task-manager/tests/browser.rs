@@ -129,8 +129,7 @@ async fn the_page_follows_a_queued_task_as_it_runs() {
     // With a queue and no worker, the task waits until the test reports it started.
     let queue = format!("page_test_{}", uuid::Uuid::new_v4().simple());
     let server = start_server_with(DbKind::Sqlite, |settings| {
-        settings.amqp_url = Some(server_url(AMQP_URL));
-        settings.queue_name = queue.clone();
+        publish_on(settings, &queue);
     })
     .await;
     run_page_test("queued", &server.base_url, &[]).await;

@@ -263,8 +263,7 @@ async fn unfinished_tasks_are_processed_after_a_restart() {
     settings.bind = [127, 0, 0, 1].into();
     settings.port = 0;
     // First run: published on a queue nobody consumes, so the task stays RECEIVED.
-    settings.amqp_url = Some(server_url(AMQP_URL));
-    settings.queue_name = queue.clone();
+    publish_on(&mut settings, &queue);
     let server = task_manager::start(settings.clone()).await.unwrap();
     let client = reqwest::Client::new();
     let id = upload(&client, &server.base_url(), "plays.csv", SEED_INPUT).await;

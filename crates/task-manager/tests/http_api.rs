@@ -178,8 +178,7 @@ async fn list_pagination(kind: DbKind) {
 async fn cancel_queued_task(kind: DbKind) {
     let queue = format!("tm_test_{}", Uuid::new_v4().simple());
     let server = start_server_with(kind, |settings| {
-        settings.amqp_url = Some(server_url(AMQP_URL));
-        settings.queue_name = queue.clone();
+        publish_on(settings, &queue);
     })
     .await;
     let id = server.upload("plays.csv", SEED_INPUT).await;

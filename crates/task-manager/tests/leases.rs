@@ -65,8 +65,7 @@ async fn leases_keep_a_task_to_one_worker_and_the_keeper_republishes_it() {
     let connection = amqp_connect().await;
     let channel = connection.create_channel().await.expect("AMQP channel");
     let server = start_server_with(DbKind::Sqlite, |settings| {
-        settings.amqp_url = Some(server_url(AMQP_URL));
-        settings.queue_name = queue.clone();
+        publish_on(settings, &queue);
         settings.early_aggregation = false;
         settings.lease_timeout = LEASE;
         settings.max_leases = 2;

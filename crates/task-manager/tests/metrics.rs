@@ -167,8 +167,7 @@ async fn the_queue_gauges_come_from_rabbitmq() {
     let _serial = SERIAL.lock().await;
     let queue = format!("tm_metrics_{}", Uuid::new_v4().simple());
     let server = start_server_with(DbKind::Sqlite, |settings| {
-        settings.amqp_url = Some(server_url(AMQP_URL));
-        settings.queue_name = queue.clone();
+        publish_on(settings, &queue);
     })
     .await;
     let (client, url) = (&server.client, server.base_url.as_str());

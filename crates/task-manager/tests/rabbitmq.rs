@@ -48,8 +48,7 @@ impl Broker {
     /// Starts a task manager that publishes on this broker's queue.
     async fn start_server(&self) -> TestServer {
         start_server_with(DbKind::Sqlite, |settings| {
-            settings.amqp_url = Some(server_url(AMQP_URL));
-            settings.queue_name = self.queue.clone();
+            publish_on(settings, &self.queue);
         })
         .await
     }
@@ -77,8 +76,7 @@ async fn post_event(server: &TestServer, id: Uuid, event: Value) -> (StatusCode,
 async fn without_early_aggregation_a_task_is_published_once_its_upload_is_complete() {
     let broker = Broker::connect().await;
     let server = start_server_with(DbKind::Sqlite, |settings| {
-        settings.amqp_url = Some(server_url(AMQP_URL));
-        settings.queue_name = broker.queue.clone();
+        publish_on(settings, &broker.queue);
         settings.early_aggregation = false;
     })
     .await;

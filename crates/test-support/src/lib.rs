@@ -154,6 +154,12 @@ pub async fn start_server(kind: DbKind) -> TestServer {
     start_server_with(kind, |_| {}).await
 }
 
+/// Distributed mode for `settings`: tasks are published on the test broker's `queue`.
+pub fn publish_on(settings: &mut Settings, queue: &str) {
+    settings.amqp_url = Some(server_url(AMQP_URL));
+    settings.queue_name = queue.to_string();
+}
+
 /// Starts a task manager on `kind`, after `configure` adjusted its settings.
 pub async fn start_server_with(kind: DbKind, configure: impl FnOnce(&mut Settings)) -> TestServer {
     let storage = tempfile::tempdir().expect("temporary directory");

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use task_protocol::TaskStatus;
 use task_protocol::processed_data_path;
 
-use super::openapi::TaskConflict;
+use super::openapi::{TaskConflict, TaskErrors};
 use super::view::task_view;
 use super::{ApiError, SharedState, TaskId};
 use crate::filenames::download_filename;
@@ -24,13 +24,9 @@ use task_protocol::ErrorBody;
         (status = 200, description = "The result CSV, `Song,Date,Number of Plays`", body = String,
             content_type = "text/csv",
             headers(("Content-Disposition" = String, description = "attachment; filename=\"<name>_aggregated.csv\""))),
-        (status = 400, description = "Malformed task id", body = ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 404, description = "No such task", body = ErrorBody),
         (status = 409, description = "The task is not DONE", body = TaskConflict),
         (status = 410, description = "The result was deleted (`RETENTION`)", body = ErrorBody),
-        (status = 503, description = "The database or the storage is unreachable", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        TaskErrors,
     ),
     security((), ("bearer" = [])),
 )]

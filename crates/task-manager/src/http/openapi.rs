@@ -5,9 +5,9 @@
 
 use serde::Serialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
-use task_protocol::TaskView;
+use task_protocol::{ErrorBody, TaskView};
 
 /// What is not in a handler's annotation: the title, the tags, the token scheme.
 #[derive(OpenApi)]
@@ -45,4 +45,22 @@ pub struct TaskConflict {
     pub error: String,
     #[serde(flatten)]
     pub task: TaskView,
+}
+
+/// The errors of every route about one task.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // a description: the handlers answer `ApiError`
+pub enum TaskErrors {
+    /// Malformed task id or query
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// Missing or wrong token
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// No such task
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The database or the storage is unreachable
+    #[response(status = 503, headers(("Retry-After" = u32, description = "Seconds to wait")))]
+    Unavailable(ErrorBody),
 }

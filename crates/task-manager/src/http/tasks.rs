@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use task_protocol::TaskStatus;
 use tokio::time::{Duration, Instant};
 
-use super::openapi::TaskConflict;
+use super::openapi::{TaskConflict, TaskErrors};
 use super::view::task_view;
 use super::{ApiError, SharedState, TaskId};
 use task_protocol::{ErrorBody, TaskView};
@@ -44,11 +44,7 @@ pub struct StatusQuery {
     params(("task_id" = Uuid, Path, description = "The task's id"), StatusQuery),
     responses(
         (status = 200, description = "The task", body = TaskView),
-        (status = 400, description = "Malformed task id or query", body = ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 404, description = "No such task", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        TaskErrors,
     ),
     security((), ("bearer" = [])),
 )]
@@ -70,11 +66,7 @@ pub async fn status_by_old_path(
     params(("task_id" = Uuid, Path, description = "The task's id"), StatusQuery),
     responses(
         (status = 200, description = "The task", body = TaskView),
-        (status = 400, description = "Malformed task id or query", body = ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 404, description = "No such task", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        TaskErrors,
     ),
     security((), ("bearer" = [])),
 )]
@@ -131,11 +123,7 @@ fn parse_wait(text: Option<&str>) -> Result<Duration, ApiError> {
     responses(
         (status = 200, description = "Cancelled", body = TaskView),
         (status = 409, description = "The task has already ended", body = TaskConflict),
-        (status = 400, description = "Malformed task id", body = ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 404, description = "No such task", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        TaskErrors,
     ),
     security((), ("bearer" = [])),
 )]
