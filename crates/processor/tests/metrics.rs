@@ -97,6 +97,16 @@ async fn the_worker_counts_its_tasks_on_its_metrics_endpoint() {
     for status in ["DONE", "FAILED", "RELEASED"] {
         assert_eq!(sample(&text, &finished(status)), Some(0.0), "{text}");
     }
+    // The dashboard beside the compose files charts the worker's metrics that exist.
+    for name in common::dashboard_metrics() {
+        if name.starts_with("aggregator_worker_") {
+            let declared = format!("# TYPE {name} ");
+            assert!(
+                text.contains(&declared),
+                "the dashboard charts {name}: not in {text}"
+            );
+        }
+    }
     assert_eq!(sample(&text, &duration_count("DONE")), Some(0.0), "{text}");
     assert_eq!(sample(&text, ROWS), Some(0.0), "{text}");
 

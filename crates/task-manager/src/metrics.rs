@@ -60,6 +60,7 @@ pub fn handle() -> &'static PrometheusHandle {
             }
         };
         describe();
+        zeros();
         let upkeep = handle.clone();
         let spawned = std::thread::Builder::new()
             .name("metrics-upkeep".into())
@@ -147,6 +148,24 @@ fn describe() {
         STORAGE_FAILURES,
         "Failures of the storage (directory or bucket) while serving or processing"
     );
+}
+
+/// The series known in advance, at zero, so that a rate over them starts from the first scrape.
+fn zeros() {
+    for name in [
+        UPLOADS_ACCEPTED,
+        UPLOAD_BYTES,
+        ROWS,
+        INPUT_BYTES,
+        OUTPUT_BYTES,
+        STORAGE_FAILURES,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for status in [TaskStatus::Done, TaskStatus::Failed, TaskStatus::Cancelled] {
+        counter!(TASKS_FINISHED, "status" => status.as_str()).absolute(0);
+    }
+    gauge!(UPLOADS_IN_PROGRESS).set(0.0);
 }
 
 /// A request answered; `route` is its matched route (`{task_id}` unexpanded).

@@ -159,6 +159,29 @@ async fn counters_follow_uploads_and_tasks() {
     assert!(
         after.contains("aggregator_task_processing_seconds_bucket{status=\"DONE\",le=\"0.1\"}")
     );
+    // A callback about no task is refused, and counted.
+    let refused = client
+        .post(format!("{url}/internal/v1/tasks/{}/events", Uuid::new_v4()))
+        .json(&serde_json::json!({"event": "started"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    let last = scrape(client, url).await;
+    let refused = [("status", "404")];
+    let counted = value(&last, "aggregator_callback_failures_total", &refused)
+        - value(&after, "aggregator_callback_failures_total", &refused);
+    assert_eq!(counted, 1.0, "{last}");
+    // The dashboard beside the compose files charts metrics that exist.
+    for name in dashboard_metrics() {
+        if !name.starts_with("aggregator_worker_") {
+            let declared = format!("# TYPE {name} ");
+            assert!(
+                last.contains(&declared),
+                "the dashboard charts {name}: not in {last}"
+            );
+        }
+    }
     server.stop().await;
 }
 

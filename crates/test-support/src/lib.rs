@@ -665,3 +665,37 @@ pub fn close_connections(pids: &[String]) {
         rabbitmqctl(&["close_connection", pid, "closed by a fault test"]);
     }
 }
+
+/// The metric names the Grafana dashboard (`docker/grafana-dashboard.json`) queries, histograms
+/// by their own name: the metrics tests check that each exists.
+pub fn dashboard_metrics() -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docker/grafana-dashboard.json"
+    );
+    let text = std::fs::read_to_string(path).expect("docker/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut names: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|target| target["expr"].as_str().map(str::to_string))
+        .flat_map(|expr| {
+            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("aggregator_"))
+                .map(|word| {
+                    let name = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|suffix| word.strip_suffix(suffix))
+                        .unwrap_or(word);
+                    name.to_string()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 20, "{names:?}");
+    names
+}
