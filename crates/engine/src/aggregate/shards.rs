@@ -13,7 +13,7 @@
 use crate::aggregate::days::Overflow;
 use crate::aggregate::hash::{u32_at, u64_at};
 use crate::aggregate::hot::{self, HotSongs};
-use crate::aggregate::table::{Pivot, SongRef, SongTable};
+use crate::aggregate::table::{NO_ENTRY, Pivot, SongRef, SongTable};
 use crate::date::{PackedDate, date_string};
 use crate::error::Error;
 
@@ -210,21 +210,23 @@ fn copy_short(dst: &mut [u8], src: &[u8]) {
 /// Adds the rows of `buffer` to `table`.
 #[inline]
 fn add_rows(table: &mut SongTable, buffer: &RowBuffer) -> Result<(), Error> {
-    // Rows `AHEAD` ahead have their entries loaded, rows half as far their sums.
+    // Rows `AHEAD` ahead have their entries loaded, rows half as far their sums. The entry
+    // each row's look-up found is kept (`hints[i % AHEAD]` for row `i`), so that neither the
+    // sums' prefetch nor the add probes the index again (two probes fewer per row).
     table.prefetch_index();
-    let (mut ahead, mut mid) = (buffer.rows(), buffer.rows().skip(AHEAD / 2));
-    for row in ahead.by_ref().take(AHEAD) {
-        table.prefetch(row.hash);
+    let mut hints = [NO_ENTRY; AHEAD];
+    let mut ahead = buffer.rows();
+    for (hint, row) in hints.iter_mut().zip(ahead.by_ref()) {
+        *hint = table.prefetch_entry(row.hash);
     }
-    for row in buffer.rows() {
+    for (i, row) in buffer.rows().enumerate() {
+        let hint = hints[i % AHEAD];
         if let Some(next) = ahead.next() {
-            table.prefetch(next.hash);
+            hints[i % AHEAD] = table.prefetch_entry(next.hash);
         }
-        if let Some(next) = mid.next() {
-            table.prefetch_days(next.hash);
-        }
+        table.prefetch_days_of(hints[(i + AHEAD / 2) % AHEAD]);
         table
-            .add(row.song, row.hash, row.date, row.plays)
+            .add_hinted(row.song, row.hash, row.date, row.plays, hint)
             .map_err(|Overflow| Error::SumOverflow {
                 song: String::from_utf8_lossy(row.song).into_owned(),
                 date: date_string(row.date),
