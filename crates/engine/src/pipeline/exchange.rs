@@ -5,7 +5,9 @@
 //!
 //! Memory stays bounded: an inbox takes at most [`Exchange::new`]'s `inbox_bytes` (beyond,
 //! the sender adds the rows to its own table), and the buffers allocated beyond the workers'
-//! own count against the table budget ([`Exchange::extra_bytes`]).
+//! own count against the table budget as buffers ([`Exchange::extra_bytes`]): a spill does
+//! not free them (counted as tables, a spill could never bring a small budget's tables
+//! under them, and the workers spilled empty tables forever).
 //!
 //! At the end of the input every worker sends its last rows, then waits until all have
 //! ([`Exchange::all_sent`]) before it adds what it received: from then on nothing is sent.

@@ -323,7 +323,7 @@ impl Spiller {
             let joined = self.joined;
             let over = |tables, buffers| {
                 budget.publish(self.me, tables, buffers);
-                budget.over(rounds.pending_bytes() + shared.exchange.extra_bytes())
+                budget.over(rounds.pending_bytes(), shared.exchange.extra_bytes())
                     || rounds.latest() != joined
             };
             table.receive(shared.exchange.take_inbox(self.me));
@@ -335,7 +335,7 @@ impl Spiller {
             if rounds.latest() != self.joined {
                 continue;
             }
-            if budget.over(rounds.pending_bytes() + shared.exchange.extra_bytes()) {
+            if budget.over(rounds.pending_bytes(), shared.exchange.extra_bytes()) {
                 match rounds.need_room() {
                     Room::Join(round) => {
                         if !self.spill(round, table, shared) {
