@@ -419,3 +419,37 @@ fn spilled_runs_follow_the_groups_size_over_the_limit() {
         }
     }
 }
+
+/// Workers that own disjoint shares of the songs under a tiny memory limit: the buffers the
+/// exchange holds between them count as buffers, which a spill does not free (counted as
+/// tables, they kept the tables over budget and the workers spilled empty tables forever).
+#[test]
+fn workers_exchanging_rows_under_a_tiny_limit_finish() {
+    let input = fixtures::generate(Spec {
+        length: Length::Rows(200_000),
+        songs: 20_000,
+        days: 30,
+        skew: Skew::Zipf,
+        tricky_names: true,
+        ..Spec::default()
+    })
+    .expect("a valid spec");
+    let expected = fixtures::reference::aggregate(&input);
+    for threads in [2, 3] {
+        let config = Config {
+            threads,
+            memory_limit: 1 << 20,
+            ..Config::default()
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let (input, config_run) = (input.clone(), config.clone());
+        std::thread::spawn(move || {
+            let _ = done_tx.send(run_file(&input, &config_run));
+        });
+        let (out, summary) = done_rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("no result within 2 minutes with {config:?}"));
+        assert!(out == expected, "different output with {config:?}");
+        assert!(summary.spilled_runs > 1, "{summary:?}");
+    }
+}
