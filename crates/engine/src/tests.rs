@@ -425,10 +425,10 @@ fn spilling_input() -> Vec<u8> {
     render(&rows, false, false, true)
 }
 
-/// Runs that must spill into a temporary directory that is missing fail with the directory's
-/// name, whichever way the input comes, and `aggregate` leaves no output file behind.
+/// A temporary directory that is missing fails the run before it reads anything, with the
+/// directory's name, whichever way the input comes, and `aggregate` leaves no output file.
 #[test]
-fn spilling_into_a_missing_temp_dir_fails_naming_it() {
+fn a_missing_temp_dir_fails_naming_it() {
     let input = spilling_input();
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("no-such-dir");
@@ -522,4 +522,60 @@ fn a_failing_writer_ends_the_run_with_its_error() {
             }
         }
     }
+}
+
+/// Pieces of `data` that remove `dir` once the first piece is handed over.
+struct RemovingPieces {
+    data: bytes::Bytes,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl crate::Pieces for RemovingPieces {
+    fn next_piece(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
+        if self.data.is_empty() {
+            return Ok(None);
+        }
+        let piece = self.data.split_to(self.data.len().min(4096));
+        if let Some(dir) = self.dir.take() {
+            dir.close().expect("remove the temp dir");
+        }
+        Ok(Some(piece))
+    }
+}
+
+/// A temporary directory removed during the run (a clean-up job, an unmounted disk): the first
+/// spill fails with the directory's name, and the run ends with that error, not a panic or a
+/// partial result.
+#[test]
+fn a_temp_dir_removed_during_the_run_fails_the_spill() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().to_path_buf();
+    let config = Config {
+        threads: 2,
+        memory_limit: 1,
+        block_bytes: 4096,
+        temp_dir: Some(path.clone()),
+        ..Config::default()
+    };
+    let input = Input::Pieces {
+        pieces: Box::new(RemovingPieces {
+            data: bytes::Bytes::from(spilling_input()),
+            dir: Some(dir),
+        }),
+        len: None,
+    };
+    let mut out = Vec::new();
+    let err = aggregate_to_writer(input, &mut out, &config, &Control::new())
+        .expect_err("no temp dir to spill into");
+    match &err {
+        crate::Error::Temp {
+            path: named,
+            source,
+        } => {
+            assert_eq!(named, &path);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "{err}");
+        }
+        other => panic!("not a temp-file error: {other}"),
+    }
+    assert!(out.is_empty(), "wrote {} bytes", out.len());
 }
