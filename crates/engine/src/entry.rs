@@ -27,7 +27,12 @@ pub fn aggregate(
         source,
     };
     let out = OutputFile::create(output).map_err(write_err)?;
-    let summary = aggregate_to_writer(input, &mut out.file(), config, control)?;
+    // The writer knows no name (`<output>`): a failed write names the file.
+    let summary =
+        aggregate_to_writer(input, &mut out.file(), config, control).map_err(|e| match e {
+            Error::Write { source, .. } => write_err(source),
+            other => other,
+        })?;
     out.commit().map_err(write_err)?;
     Ok(summary)
 }

@@ -70,16 +70,6 @@ pub enum Error {
     Cancelled,
 }
 
-impl Error {
-    /// The invalid row, when the error is about the input's content.
-    pub fn invalid_row(&self) -> Option<&InvalidRow> {
-        match self {
-            Error::Invalid(row) => Some(row),
-            _ => None,
-        }
-    }
-}
-
 /// Shortens a value for an error message: at most 40 characters, lossy UTF-8, quoted.
 pub(crate) fn show_value(bytes: &[u8]) -> String {
     const MAX: usize = 40;

@@ -240,10 +240,7 @@ fn seed_example() {
 
 #[test]
 fn forced_spills_are_counted_and_merged() {
-    let rows: Vec<(String, u32, u64)> = (0..20000)
-        .map(|i| (format!("song {}", i % 700), (i * 7) % 40, i as u64))
-        .collect();
-    let input = render(&rows, false, false, true);
+    let input = spilling_input();
     let config = Config {
         threads: 2,
         memory_limit: 1,
@@ -452,4 +449,167 @@ fn workers_exchanging_rows_under_a_tiny_limit_finish() {
         assert!(out == expected, "different output with {config:?}");
         assert!(summary.spilled_runs > 1, "{summary:?}");
     }
+}
+
+/// Rows of 700 songs over 40 dates: beyond a one-byte memory limit, they spill.
+fn spilling_input() -> Vec<u8> {
+    let rows: Vec<(String, u32, u64)> = (0..20000)
+        .map(|i| (format!("song {}", i % 700), (i * 7) % 40, i as u64))
+        .collect();
+    render(&rows, false, false, true)
+}
+
+/// A temporary directory that is missing fails the run before it reads anything, with the
+/// directory's name, whichever way the input comes, and `aggregate` leaves no output file.
+#[test]
+fn a_missing_temp_dir_fails_naming_it() {
+    let input = spilling_input();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("no-such-dir");
+    let config = Config {
+        threads: 2,
+        memory_limit: 1,
+        block_bytes: 4096,
+        temp_dir: Some(missing.clone()),
+        ..Config::default()
+    };
+    for kind in KINDS {
+        let err = try_engine(&input, &config, kind).expect_err("no temp dir");
+        match &err {
+            crate::Error::Temp { path, .. } => assert_eq!(path, &missing, "{kind:?}"),
+            other => panic!("{kind:?}: not a temp-file error: {other}"),
+        }
+        assert!(
+            err.to_string()
+                .starts_with(&format!("temporary file in {}: ", missing.display())),
+            "{err}"
+        );
+    }
+    let source = dir.path().join("in.csv");
+    std::fs::write(&source, &input).expect("write input");
+    let out = dir.path().join("out.csv");
+    let err = crate::aggregate(Input::File(&source), &out, &config, &Control::new())
+        .expect_err("no temp dir");
+    assert!(matches!(err, crate::Error::Temp { .. }), "{err}");
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["in.csv"], "no output, no partial file");
+}
+
+/// A writer that fails after `accept` bytes, as a full disk or a closed pipe does.
+struct FailingWriter {
+    accept: usize,
+}
+
+impl Write for FailingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.accept == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "disk full",
+            ));
+        }
+        let n = buf.len().min(self.accept);
+        self.accept -= n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A write that fails ends the run with `Error::Write` and the writer's own error, whether it
+/// fails on the header or amid the rows, after a merge in memory or of spilled runs.
+#[test]
+fn a_failing_writer_ends_the_run_with_its_error() {
+    let input = spilling_input();
+    for memory_limit in [Config::default().memory_limit, 1] {
+        for accept in [0, 10_000] {
+            let config = Config {
+                threads: 2,
+                memory_limit,
+                block_bytes: 4096,
+                ..Config::default()
+            };
+            let context = format!("memory limit {memory_limit}, {accept} bytes accepted");
+            let mut out = FailingWriter { accept };
+            let err = aggregate_to_writer(
+                Input::Reader {
+                    reader: Box::new(std::io::Cursor::new(input.clone())),
+                    len: None,
+                },
+                &mut out,
+                &config,
+                &Control::new(),
+            )
+            .expect_err(&context);
+            match &err {
+                crate::Error::Write { source, .. } => {
+                    assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{context}");
+                    assert_eq!(source.to_string(), "disk full", "{context}");
+                }
+                other => panic!("{context}: not a write error: {other}"),
+            }
+        }
+    }
+}
+
+/// Pieces of `data` that remove `dir` once the first piece is handed over.
+struct RemovingPieces {
+    data: bytes::Bytes,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl crate::Pieces for RemovingPieces {
+    fn next_piece(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
+        if self.data.is_empty() {
+            return Ok(None);
+        }
+        let piece = self.data.split_to(self.data.len().min(4096));
+        if let Some(dir) = self.dir.take() {
+            dir.close().expect("remove the temp dir");
+        }
+        Ok(Some(piece))
+    }
+}
+
+/// A temporary directory removed during the run (a clean-up job, an unmounted disk): the first
+/// spill fails with the directory's name, and the run ends with that error, not a panic or a
+/// partial result.
+#[test]
+fn a_temp_dir_removed_during_the_run_fails_the_spill() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().to_path_buf();
+    let config = Config {
+        threads: 2,
+        memory_limit: 1,
+        block_bytes: 4096,
+        temp_dir: Some(path.clone()),
+        ..Config::default()
+    };
+    let input = Input::Pieces {
+        pieces: Box::new(RemovingPieces {
+            data: bytes::Bytes::from(spilling_input()),
+            dir: Some(dir),
+        }),
+        len: None,
+    };
+    let mut out = Vec::new();
+    let err = aggregate_to_writer(input, &mut out, &config, &Control::new())
+        .expect_err("no temp dir to spill into");
+    match &err {
+        crate::Error::Temp {
+            path: named,
+            source,
+        } => {
+            assert_eq!(named, &path);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "{err}");
+        }
+        other => panic!("not a temp-file error: {other}"),
+    }
+    assert!(out.is_empty(), "wrote {} bytes", out.len());
 }

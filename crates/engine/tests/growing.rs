@@ -80,3 +80,45 @@ fn long_and_oversized_records_end_as_in_the_whole_file() {
     assert_eq!(aggregate(&long, 4096, Some(777), false), Ok(whole));
     assert_eq!(aggregate(&oversized, 4096, Some(777), false), Err(refused));
 }
+
+/// A writer that says more is written than the length it announced, or that gives up: the run
+/// ends with a read error of the upload, never reads past the map, and writes no row.
+#[test]
+fn a_writer_that_overruns_its_length_or_gives_up_ends_the_run() {
+    struct Lying(u64);
+    impl engine::Growth for Lying {
+        fn wait_beyond(&self, _: u64) -> std::io::Result<u64> {
+            Ok(self.0)
+        }
+    }
+    struct GivesUp;
+    impl engine::Growth for GivesUp {
+        fn wait_beyond(&self, _: u64) -> std::io::Result<u64> {
+            Err(std::io::Error::other("the upload was aborted"))
+        }
+    }
+    let data = b"Song,Date,Number of Plays\na,2020-01-01,1\n";
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(data).expect("write");
+    let opened = file.reopen().expect("reopen");
+    let len = data.len() as u64;
+    let cases: [(&dyn engine::Growth, &str); 2] = [
+        (
+            &Lying(len + 1),
+            "cannot read <upload>: the file grew beyond its announced size",
+        ),
+        (&GivesUp, "cannot read <upload>: the upload was aborted"),
+    ];
+    for (growth, expected) in cases {
+        let mut out = Vec::new();
+        let input = Input::Growing {
+            file: &opened,
+            capacity: Some(len),
+            growth,
+        };
+        let err = engine::aggregate_to_writer(input, &mut out, &Config::default(), &Control::new())
+            .expect_err(expected);
+        assert_eq!(err.to_string(), expected);
+        assert!(out.is_empty(), "{expected}: wrote {out:?}");
+    }
+}

@@ -119,12 +119,17 @@ fn execute(args: &AggregateArgs) -> Result<Summary, CliError> {
     };
     let result = if args.output.as_os_str() == "-" {
         let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-        engine::aggregate_to_writer(input, &mut stdout, &config, &control).and_then(|s| {
-            stdout
-                .flush()
-                .map(|_| s)
-                .map_err(|e| write_error(e, "<stdout>"))
-        })
+        engine::aggregate_to_writer(input, &mut stdout, &config, &control)
+            .and_then(|s| {
+                stdout
+                    .flush()
+                    .map(|_| s)
+                    .map_err(|e| write_error(e, "<stdout>"))
+            })
+            .map_err(|e| match e {
+                Error::Write { source, .. } => write_error(source, "<stdout>"),
+                other => other,
+            })
     } else {
         engine::aggregate(input, &args.output, &config, &control)
     };

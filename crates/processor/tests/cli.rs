@@ -392,6 +392,42 @@ fn unwritable_output_exits_74() {
     assert_eq!(entries(dir.path()), Vec::<String>::new());
 }
 
+/// A write that fails during the run (a full disk: `/dev/full`) exits 74 with a message that
+/// names what could not be written: the output file, or `<stdout>`.
+#[test]
+fn a_full_output_device_exits_74_naming_the_output() {
+    let full = Path::new("/dev/full");
+    if !full.exists() {
+        eprintln!("skipped: no /dev/full");
+        return;
+    }
+    let input = fixtures::golden_dir().join("seed/input.csv");
+    let output = aggregate(&[input.as_os_str(), "-o".as_ref(), full.as_os_str()], None);
+    assert_error(
+        &output,
+        EXIT_IO,
+        "error: cannot write /dev/full: No space left on device",
+        "-o /dev/full",
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_processor"))
+        .args([
+            OsStr::new("aggregate"),
+            input.as_os_str(),
+            OsStr::new("-o"),
+            OsStr::new("-"),
+        ])
+        .stdout(std::fs::File::create(full).expect("open /dev/full"))
+        .output()
+        .expect("run processor");
+    assert_error(
+        &output,
+        EXIT_IO,
+        "error: cannot write <stdout>: No space left on device",
+        "-o - > /dev/full",
+    );
+}
+
 #[test]
 fn header_only_input_gives_header_only_output() {
     let dir = temp_dir();

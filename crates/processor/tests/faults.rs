@@ -493,6 +493,46 @@ async fn poison_messages_are_dead_lettered_and_the_worker_goes_on() {
     cluster.finish(tm).await;
 }
 
+/// A message whose input path leads out of the storage root (`..`) is not followed: its task
+/// ends FAILED with the reason, the message is dead-lettered, and the worker goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_with_a_path_out_of_the_storage_fails_its_task() {
+    let (cluster, tm) = Cluster::start().await;
+    let id = upload_accepted(&tm, SEED_INPUT.as_bytes()).await;
+    // The task manager's own message for the task is replaced by a forged one.
+    wait_until("the task's message", || async {
+        broker::message_count(&cluster.broker, &cluster.queue).await >= 1
+    })
+    .await;
+    let taken = broker::drain(&cluster.broker, &cluster.queue).await;
+    let tasks: Vec<_> = taken
+        .iter()
+        .filter_map(|message| task_of(message))
+        .collect();
+    assert_eq!(tasks, [id], "the queue before the forged message");
+    let mut forged = TaskMessage::for_task(id);
+    forged.input_path = format!("../{}", raw_data_path(id));
+    let forged = serde_json::to_vec(&forged).expect("JSON");
+    broker::publish_raw(&cluster.broker, &cluster.queue, &forged).await;
+
+    let worker = cluster.worker(&tm, &[]);
+    let status = tm.wait_finished(id).await;
+    assert_eq!(status["status"], "FAILED", "{status}\n{}", worker.log());
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("refused key \"../{}\"", raw_data_path(id)))
+            && error.contains("contains `..`"),
+        "{status}"
+    );
+    cluster.wait_dead_letters(1).await;
+
+    let next = upload_accepted(&tm, SEED_INPUT.as_bytes()).await;
+    assert_done_with(&tm, next, SEED_OUTPUT.as_bytes(), &[&worker]).await;
+    worker.stop_gracefully();
+    assert_eq!(cluster.dead_letters().await, [forged]);
+    cluster.finish(tm).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn task_interrupted_at_every_attempt_ends_failed() {
     let (input, _) = big_input();

@@ -238,6 +238,36 @@ async fn cancel_queued_task(kind: DbKind) {
     server.stop().await;
 }
 
+/// A DONE task whose result has gone from the storage behind the service's back (removed by
+/// hand, a restored backup) is 410 Gone with a JSON message, not a 500 or an empty download.
+/// The storage, not the database, decides: on SQLite only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_missing_from_the_storage_is_gone() {
+    let server = start_server(DbKind::Sqlite).await;
+    let id = server.upload("plays.csv", SEED_INPUT).await;
+    assert_eq!(server.wait_finished(id).await["status"], "DONE");
+    let results = server.processed_data_files();
+    assert_eq!(results.len(), 1, "{results:?}");
+    std::fs::remove_file(
+        server
+            .storage_dir()
+            .join("processed_data")
+            .join(&results[0]),
+    )
+    .expect("remove the result");
+
+    let (code, body) = json_of(server.download(id).await).await;
+    assert_eq!(code, StatusCode::GONE, "{body}");
+    assert_eq!(
+        body["error"],
+        format!("the result of task {id} is no longer available"),
+        "{body}"
+    );
+    // The task itself is still DONE: only its file is gone.
+    assert_eq!(server.status(id).await["status"], "DONE");
+    server.stop().await;
+}
+
 macro_rules! on_database {
     ($module:ident, $kind:expr) => {
         mod $module {

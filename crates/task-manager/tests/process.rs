@@ -39,6 +39,8 @@ impl ChildServer {
         let process = Command::new(env!("CARGO_BIN_EXE_task-manager"))
             .current_dir(storage)
             .env_clear()
+            // Kept: where a coverage run (scripts/coverage) has the binary write its profile.
+            .envs(std::env::vars_os().filter(|(name, _)| name == "LLVM_PROFILE_FILE"))
             .env("PORT", port.to_string())
             .env("BIND", "127.0.0.1")
             .env("STORAGE_DIR", storage)

@@ -184,6 +184,25 @@ async fn upload_publishes_and_worker_events_drive_the_task() {
     server.stop().await;
 }
 
+/// A queue deleted while the service runs (by an operator, a reset broker) is declared again:
+/// the broker hands the next message back as unroutable, the service reconnects, declares the
+/// queue and publishes the task there; the upload is accepted, not lost or refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_deleted_under_the_service_is_declared_again() {
+    let broker = Broker::connect().await;
+    let server = broker.start_server().await;
+    let first = server.upload("first.csv", SEED_INPUT).await;
+    assert_eq!(broker.take_message().await.task_id, first);
+
+    delete_queue(&broker.queue).await;
+    let second = server.upload("second.csv", SEED_INPUT).await;
+    assert_eq!(broker.take_message().await.task_id, second);
+    let status = server.status(second).await;
+    assert_ne!(status["status"], "FAILED", "{status}");
+    server.stop().await;
+    broker.delete_queue().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_broker_answers_503_and_fails_the_task() {
     // Nothing listens on port 1.
