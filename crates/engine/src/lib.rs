@@ -26,8 +26,7 @@
 //! - `output`: `csv` (row formatting), `writer` (the writer thread), `file` (the output file,
 //!   written beside its target and renamed).
 //! - `pipeline`: drives a run: the producer, the `worker` threads and their `shared` state, the
-//!   `exchange` of rows between workers that own disjoint shares of the songs, the merge and
-//!   the writer.
+//!   merge and the writer.
 
 mod aggregate;
 mod config;

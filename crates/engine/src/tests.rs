@@ -417,11 +417,10 @@ fn spilled_runs_follow_the_groups_size_over_the_limit() {
     }
 }
 
-/// Workers that own disjoint shares of the songs under a tiny memory limit: the buffers the
-/// exchange holds between them count as buffers, which a spill does not free (counted as
-/// tables, they kept the tables over budget and the workers spilled empty tables forever).
+/// Several workers under a tiny memory limit, tricky names: they spill many runs, finish (in
+/// bounded time) and give the reference's output.
 #[test]
-fn workers_exchanging_rows_under_a_tiny_limit_finish() {
+fn several_workers_under_a_tiny_limit_finish() {
     let input = fixtures::generate(Spec {
         length: Length::Rows(200_000),
         songs: 20_000,

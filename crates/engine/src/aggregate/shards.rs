@@ -2,18 +2,11 @@
 //! per-shard buffer (sequential writes); when the buffers fill, each shard's rows are added
 //! to that shard's table in one go, so the random accesses of the hash lookups stay within
 //! a table small enough for the CPU caches instead of missing to memory on every row.
-//!
-//! With several workers, each owns the shards `s` with `s % workers == me`: the buffered rows
-//! of the other shards go whole to their owner ([`ShardExchange`]), so that a song is summed
-//! in one worker's table, not in every worker's (the merge then has no song's dates to merge
-//! from several tables, and there are half as many table entries to sort). The exchange may
-//! refuse (its memory is bounded): those rows are then added here, and the merge sums the
-//! songs that several tables hold, as it always could.
 
 use crate::aggregate::days::Overflow;
 use crate::aggregate::hash::{u32_at, u64_at};
 use crate::aggregate::hot::{self, HotSongs};
-use crate::aggregate::table::{NO_ENTRY, Pivot, SongRef, SongTable};
+use crate::aggregate::table::{Pivot, SongRef, SongTable};
 use crate::date::{PackedDate, date_string};
 use crate::error::Error;
 
@@ -40,57 +33,6 @@ struct BufferedRow<'a> {
     plays: u64,
     date: PackedDate,
     song: &'a [u8],
-}
-
-/// Buffered rows of one shard on their way to the worker that owns the shard.
-pub(crate) struct ShardRows {
-    pub shard: usize,
-    rows: RowBuffer,
-}
-
-impl ShardRows {
-    /// Heap bytes held.
-    pub(crate) fn bytes(&self) -> usize {
-        self.rows.bytes.len()
-    }
-
-    /// An empty buffer for `shard` with the heap bytes of `like`, taking `spare`'s memory
-    /// when there is one.
-    pub(crate) fn empty_like(like: &ShardRows, spare: Option<ShardRows>) -> ShardRows {
-        let rows = match spare {
-            Some(spare) => RowBuffer {
-                bytes: spare.rows.bytes,
-                len: 0,
-            },
-            None => RowBuffer::with_capacity(like.bytes()),
-        };
-        ShardRows {
-            shard: like.shard,
-            rows,
-        }
-    }
-}
-
-/// Where [`ShardedTable::flush_within`] sends the rows of the shards another worker owns.
-pub(crate) trait ShardExchange {
-    /// Hands `rows` to the shard's owner, returning an empty buffer in their place, or
-    /// gives them back (`Err`) to be added here.
-    fn send(&mut self, rows: ShardRows) -> Result<ShardRows, ShardRows>;
-    /// Takes back a buffer of received rows, once added.
-    fn recycle(&mut self, rows: ShardRows);
-}
-
-/// No other worker: every shard is owned, nothing is sent.
-#[cfg(test)]
-pub(crate) struct NoExchange;
-
-#[cfg(test)]
-impl ShardExchange for NoExchange {
-    fn send(&mut self, rows: ShardRows) -> Result<ShardRows, ShardRows> {
-        Err(rows)
-    }
-
-    fn recycle(&mut self, _: ShardRows) {}
 }
 
 /// The rows of a [`RowBuffer`], in order.
@@ -122,10 +64,6 @@ pub(crate) struct ShardedTable {
     shards: Vec<SongTable>,
     buffers: Buffers,
     hot: HotSongs,
-    /// Bit `s`: this table's worker owns shard `s` (all of them with one worker).
-    owned: u128,
-    /// Rows of owned shards received from other workers, not yet added.
-    received: Vec<ShardRows>,
 }
 
 /// The rows waiting to be added to the shard tables, by shard.
@@ -207,34 +145,6 @@ fn copy_short(dst: &mut [u8], src: &[u8]) {
     }
 }
 
-/// Adds the rows of `buffer` to `table`.
-#[inline]
-fn add_rows(table: &mut SongTable, buffer: &RowBuffer) -> Result<(), Error> {
-    // Rows `AHEAD` ahead have their entries loaded, rows half as far their sums. The entry
-    // each row's look-up found is kept (`hints[i % AHEAD]` for row `i`), so that neither the
-    // sums' prefetch nor the add probes the index again (two probes fewer per row).
-    table.prefetch_index();
-    let mut hints = [NO_ENTRY; AHEAD];
-    let mut ahead = buffer.rows();
-    for (hint, row) in hints.iter_mut().zip(ahead.by_ref()) {
-        *hint = table.prefetch_entry(row.hash);
-    }
-    for (i, row) in buffer.rows().enumerate() {
-        let hint = hints[i % AHEAD];
-        if let Some(next) = ahead.next() {
-            hints[i % AHEAD] = table.prefetch_entry(next.hash);
-        }
-        table.prefetch_days_of(hints[(i + AHEAD / 2) % AHEAD]);
-        table
-            .add_hinted(row.song, row.hash, row.date, row.plays, hint)
-            .map_err(|Overflow| Error::SumOverflow {
-                song: String::from_utf8_lossy(row.song).into_owned(),
-                date: date_string(row.date),
-            })?;
-    }
-    Ok(())
-}
-
 impl ShardedTable {
     /// A table that buffers up to about `flush_at` bytes of rows before adding them.
     pub(crate) fn new(flush_at: usize) -> Self {
@@ -253,27 +163,7 @@ impl ShardedTable {
                 flush_at,
             },
             hot: HotSongs::new(hot_slots),
-            owned: u128::MAX,
-            received: Vec::new(),
         }
-    }
-
-    /// Makes the table own the shards of worker `me` of `workers` (see the module doc).
-    pub(crate) fn own_shards_of(&mut self, me: usize, workers: usize) {
-        let workers = workers.max(1);
-        self.owned = (0..SHARDS)
-            .filter(|shard| shard % workers == me % workers)
-            .fold(0, |owned, shard| owned | 1 << shard);
-    }
-
-    /// The worker that owns `shard` among `workers`.
-    pub(crate) fn owner_of(shard: usize, workers: usize) -> usize {
-        shard % workers.max(1)
-    }
-
-    /// Keeps rows received from other workers, to be added at the next flush.
-    pub(crate) fn receive(&mut self, rows: impl IntoIterator<Item = ShardRows>) {
-        self.received.extend(rows);
     }
 
     /// Sums `plays` for (`song`, `date`) in the cache of frequent songs, or buffers the row;
@@ -316,62 +206,54 @@ impl ShardedTable {
     #[cfg(test)]
     pub(crate) fn flush(&mut self) -> Result<(), Error> {
         self.drain_hot();
-        while !self.flush_within(|_, _| false, &mut NoExchange)? {}
+        while !self.flush_within(|_, _| false)? {}
         Ok(())
     }
 
-    /// Adds buffered and received rows to the shard tables, shard after shard (the rows of
-    /// shards another worker owns go to `exchange`), until all are added (returns true) or
-    /// `over`, called with [`ShardedTable::table_bytes`] and [`ShardedTable::buffer_bytes`]
-    /// after each shard, says to stop (returns false: spill, then call again).
+    /// Adds buffered rows to the shard tables, shard after shard, until all are added
+    /// (returns true) or `over`, called with [`ShardedTable::table_bytes`] and
+    /// [`ShardedTable::buffer_bytes`] after each shard, says to stop (returns false: spill,
+    /// then call again).
     pub(crate) fn flush_within(
         &mut self,
         mut over: impl FnMut(usize, usize) -> bool,
-        exchange: &mut impl ShardExchange,
     ) -> Result<bool, Error> {
-        let mut received = std::mem::take(&mut self.received);
-        received.sort_unstable_by_key(|rows| rows.shard);
-        let mut received = received.into_iter().peekable();
         for shard in 0..SHARDS {
-            let buffer = &mut self.buffers.shards[shard];
-            let len = buffer.len;
-            if len > 0 && self.owned >> shard & 1 == 0 {
-                let rows = ShardRows {
-                    shard,
-                    rows: std::mem::take(buffer),
-                };
-                match exchange.send(rows) {
-                    Ok(empty) => {
-                        *buffer = empty.rows;
-                        self.buffers.buffered -= len;
-                    }
-                    Err(back) => *buffer = back.rows,
+            let (table, buffer) = (&mut self.shards[shard], &mut self.buffers.shards[shard]);
+            if buffer.len == 0 {
+                continue;
+            }
+            // Rows `AHEAD` ahead have their entries loaded, rows half as far their sums.
+            table.prefetch_index();
+            let (mut ahead, mut mid) = (buffer.rows(), buffer.rows().skip(AHEAD / 2));
+            for row in ahead.by_ref().take(AHEAD) {
+                table.prefetch(row.hash);
+            }
+            for row in buffer.rows() {
+                if let Some(next) = ahead.next() {
+                    table.prefetch(next.hash);
                 }
+                if let Some(next) = mid.next() {
+                    table.prefetch_days(next.hash);
+                }
+                table
+                    .add(row.song, row.hash, row.date, row.plays)
+                    .map_err(|Overflow| Error::SumOverflow {
+                        song: String::from_utf8_lossy(row.song).into_owned(),
+                        date: date_string(row.date),
+                    })?;
             }
-            let mut added = false;
-            let table = &mut self.shards[shard];
-            if buffer.len > 0 {
-                add_rows(table, buffer)?;
-                self.buffers.buffered -= buffer.len;
-                buffer.len = 0;
-                added = true;
-            }
-            while let Some(rows) = received.next_if(|rows| rows.shard <= shard) {
-                let result = add_rows(table, &rows.rows);
-                exchange.recycle(rows);
-                result?;
-                added = true;
-            }
-            if added && over(self.table_bytes(), self.buffer_bytes()) {
-                self.received.extend(received);
-                return Ok(self.buffers.buffered == 0 && self.received.is_empty());
+            self.buffers.buffered -= buffer.len;
+            buffer.len = 0;
+            if over(self.table_bytes(), self.buffer_bytes()) {
+                return Ok(self.buffers.buffered == 0);
             }
         }
         Ok(true)
     }
 
-    /// Takes the shard tables out (for spilling), leaving empty ones, the buffers, the
-    /// received rows and the cache of frequent songs (whose sums go to later tables).
+    /// Takes the shard tables out (for spilling), leaving empty ones, the buffers and the
+    /// cache of frequent songs (whose sums go to later tables).
     pub(crate) fn take_tables(&mut self) -> ShardedTable {
         let empty = (0..SHARDS).map(|_| SongTable::default()).collect();
         ShardedTable {
@@ -382,13 +264,10 @@ impl ShardedTable {
                 flush_at: self.buffers.flush_at,
             },
             hot: HotSongs::new(1),
-            owned: self.owned,
-            received: Vec::new(),
         }
     }
 
-    /// Heap bytes of the row buffers and of the cache of frequent songs (received rows are
-    /// counted by the exchange that sent them).
+    /// Heap bytes of the row buffers and of the cache of frequent songs.
     pub(crate) fn buffer_bytes(&self) -> usize {
         let rows = self.buffers.shards.iter().map(|b| b.bytes.len());
         rows.sum::<usize>() + self.hot.heap_bytes()
@@ -459,97 +338,6 @@ mod tests {
             total += days.iter().map(|d| d.1).sum::<u64>();
         }
         assert_eq!(total, (0..1000).sum::<u64>());
-    }
-
-    /// Collects what a table sends; refuses once it holds `room` buffers.
-    struct Outbox {
-        sent: Vec<ShardRows>,
-        room: usize,
-    }
-
-    impl ShardExchange for Outbox {
-        fn send(&mut self, rows: ShardRows) -> Result<ShardRows, ShardRows> {
-            if self.sent.len() >= self.room {
-                return Err(rows);
-            }
-            let empty = ShardRows::empty_like(&rows, None);
-            self.sent.push(rows);
-            Ok(empty)
-        }
-
-        fn recycle(&mut self, _: ShardRows) {}
-    }
-
-    #[test]
-    fn workers_owning_shards_hold_disjoint_songs() {
-        let names = |table: &ShardedTable| -> Vec<Vec<u8>> {
-            table
-                .sorted_songs()
-                .iter()
-                .map(|s| s.name.to_vec())
-                .collect()
-        };
-        let total = |table: &ShardedTable| -> u64 {
-            let mut days = Vec::new();
-            for song in table.sorted_songs() {
-                song.sorted_days_into(&mut days);
-            }
-            days.iter().map(|d| d.1).sum()
-        };
-        for room in [usize::MAX, 3] {
-            let mut tables = [ShardedTable::new(1000), ShardedTable::new(1000)];
-            for (me, table) in tables.iter_mut().enumerate() {
-                table.own_shards_of(me, 2);
-            }
-            let mut outboxes = [(); 2].map(|()| Outbox {
-                sent: Vec::new(),
-                room,
-            });
-            for i in 0..4000u64 {
-                let table = &mut tables[(i % 2) as usize];
-                table.add(format!("song {}", i % 301).as_bytes(), (i % 7) as u32, i);
-                if table.wants_flush() {
-                    let outbox = &mut outboxes[(i % 2) as usize];
-                    while !table.flush_within(|_, _| false, outbox).expect("fits") {}
-                }
-            }
-            for (me, table) in tables.iter_mut().enumerate() {
-                table.drain_hot();
-                while !table
-                    .flush_within(|_, _| false, &mut outboxes[me])
-                    .expect("fits")
-                {}
-            }
-            for me in 0..2 {
-                let sent = std::mem::take(&mut outboxes[1 - me].sent);
-                assert!(
-                    sent.iter()
-                        .all(|rows| ShardedTable::owner_of(rows.shard, 2) == me)
-                );
-                tables[me].receive(sent);
-                let mut closed = Outbox {
-                    sent: Vec::new(),
-                    room: 0,
-                };
-                while !tables[me]
-                    .flush_within(|_, _| false, &mut closed)
-                    .expect("fits")
-                {}
-            }
-            let (a, b) = (names(&tables[0]), names(&tables[1]));
-            assert!(!a.is_empty() && !b.is_empty());
-            if room == usize::MAX {
-                assert!(
-                    a.iter().all(|name| b.binary_search(name).is_err()),
-                    "disjoint"
-                );
-                assert_eq!(a.len() + b.len(), 301);
-            }
-            assert_eq!(
-                total(&tables[0]) + total(&tables[1]),
-                (0..4000).sum::<u64>()
-            );
-        }
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! their own tables (spilling sorted runs to disk when the tables together outgrow the
 //! memory budget), and the tables and runs are merged into the sorted CSV output.
 
-pub(crate) mod exchange;
 pub(crate) mod shared;
 pub(crate) mod worker;
 
@@ -17,9 +16,8 @@ use crate::input::blocks::{Block, produce_mapped, produce_pieces, produce_stream
 use crate::merge::{fan_in, merge_in_memory, merge_with_spills};
 use crate::output::csv::write_header;
 use crate::output::writer::with_writer_thread;
-use crate::pipeline::exchange::Exchange;
 use crate::pipeline::shared::{LocatedInvalid, Shared};
-use crate::pipeline::worker::{flush_bytes, worker};
+use crate::pipeline::worker::worker;
 use crate::spill::budget::{Plan, TableBudget};
 use crate::spill::rounds::Rounds;
 use crate::{Config, Control, Error, Phase, Summary};
@@ -46,7 +44,6 @@ pub(crate) fn run(
         control,
         TableBudget::new(plan.table_bytes, threads),
         Rounds::new(threads),
-        Exchange::new(threads, flush_bytes(plan.table_bytes / threads)),
         temp_dir,
     );
     let input_bytes = AtomicU64::new(0);
@@ -160,7 +157,6 @@ pub(crate) fn run(
         scan_seconds = scanned.as_secs_f64(),
         merge_seconds = (started.elapsed() - scanned).as_secs_f64(),
         spilled_runs,
-        exchange_extra_bytes = shared.exchange.extra_bytes(),
         "engine phases"
     );
     drop_in_background(tables);

@@ -8,7 +8,6 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Field};
 use crate::input::blocks::ReleaseFrontier;
-use crate::pipeline::exchange::Exchange;
 use crate::spill::budget::TableBudget;
 use crate::spill::rounds::Rounds;
 use crate::spill::run::SpilledRun;
@@ -55,8 +54,6 @@ pub(crate) struct Shared<'a> {
     pub spilled_bytes: AtomicU64,
     pub budget: TableBudget,
     pub rounds: Rounds,
-    /// The rows workers hand each other (each owns a share of the songs).
-    pub exchange: Exchange,
     pub temp_dir: PathBuf,
 }
 
@@ -66,7 +63,6 @@ impl<'a> Shared<'a> {
         control: &'a Control,
         budget: TableBudget,
         rounds: Rounds,
-        exchange: Exchange,
         temp_dir: PathBuf,
     ) -> Self {
         Shared {
@@ -85,7 +81,6 @@ impl<'a> Shared<'a> {
             spilled_bytes: AtomicU64::new(0),
             budget,
             rounds,
-            exchange,
             temp_dir,
         }
     }

@@ -1,5 +1,4 @@
-//! A worker thread: parses the blocks it receives into its sharded table, handing the rows of
-//! songs another worker owns to that worker (see `pipeline::exchange`); when the tables of
+//! A worker thread: parses the blocks it receives into its sharded table; when the tables of
 //! all workers together outgrow the memory budget, they spill them together (see
 //! `spill::rounds`).
 
@@ -69,17 +68,6 @@ impl<'d> RowSink<'d> for TableSink<'_, '_, 'd> {
         if !self.valid_utf8(song, line)? {
             return Ok(());
         }
-        self.ascii_row(song, date, plays, line)
-    }
-
-    #[inline(always)]
-    fn ascii_row(
-        &mut self,
-        song: &'d [u8],
-        date: PackedDate,
-        plays: u64,
-        _line: u64,
-    ) -> Result<(), Stop> {
         let hash = hash_bytes(song);
         self.table.prefetch(hash, date);
         let row = Pending {
@@ -154,13 +142,6 @@ impl TableSink<'_, '_, '_> {
     }
 }
 
-/// Bytes of rows a worker buffers before adding them to its tables, given its `share` of the
-/// table budget. Larger batches keep big tables' shards in cache longer; small budgets gain
-/// little.
-pub(crate) fn flush_bytes(share: usize) -> usize {
-    (share / 16).clamp(1 << 14, 128 << 20)
-}
-
 /// Worker `me`: parses blocks into its table until the blocks run out.
 pub(crate) fn worker(
     me: usize,
@@ -171,11 +152,9 @@ pub(crate) fn worker(
     input_bytes: &AtomicU64,
     rows: &AtomicU64,
 ) -> ShardedTable {
-    let mut table = ShardedTable::new(flush_bytes(shared.budget.share()));
-    let exchange = &shared.exchange;
-    if exchange.active() {
-        table.own_shards_of(me, exchange.workers());
-    }
+    // Larger batches keep big tables' shards in cache longer; small budgets gain little.
+    let flush_at = (shared.budget.share() / 16).clamp(1 << 14, 128 << 20);
+    let mut table = ShardedTable::new(flush_at);
     let mut spiller = Spiller {
         me,
         joined: 0,
@@ -240,13 +219,7 @@ pub(crate) fn worker(
     }
     if !shared.stopped() {
         table.drain_hot();
-        // The last rows of the shards others own go to them; once every worker has sent its
-        // own, what this one received is added.
         spiller.flush(&mut table, shared);
-        exchange.finished_sending();
-        if spiller.await_senders(&mut table, shared) {
-            spiller.flush(&mut table, shared);
-        }
     }
     // Until every worker is done parsing, this one's tables still take part in spill rounds.
     participant.done_parsing();
@@ -323,11 +296,9 @@ impl Spiller {
             let joined = self.joined;
             let over = |tables, buffers| {
                 budget.publish(self.me, tables, buffers);
-                budget.over(rounds.pending_bytes(), shared.exchange.extra_bytes())
-                    || rounds.latest() != joined
+                budget.over(rounds.pending_bytes()) || rounds.latest() != joined
             };
-            table.receive(shared.exchange.take_inbox(self.me));
-            let done = match table.flush_within(over, &mut shared.exchange.handle()) {
+            let done = match table.flush_within(over) {
                 Ok(done) => done,
                 Err(error) => return shared.fail(error),
             };
@@ -335,7 +306,7 @@ impl Spiller {
             if rounds.latest() != self.joined {
                 continue;
             }
-            if budget.over(rounds.pending_bytes(), shared.exchange.extra_bytes()) {
+            if budget.over(rounds.pending_bytes()) {
                 match rounds.need_room() {
                     Room::Join(round) => {
                         if !self.spill(round, table, shared) {
@@ -354,25 +325,6 @@ impl Spiller {
                 return;
             }
         }
-    }
-
-    /// Waits until every worker has sent its last rows, taking part in the spill rounds
-    /// others start meanwhile. False when the run stops.
-    fn await_senders(&mut self, table: &mut ShardedTable, shared: &Shared<'_>) -> bool {
-        while !shared.exchange.all_sent() {
-            if shared.stopped() {
-                return false;
-            }
-            let latest = shared.rounds.latest();
-            if latest != self.joined {
-                if !self.spill(latest, table, shared) {
-                    return false;
-                }
-                continue;
-            }
-            std::thread::sleep(std::time::Duration::from_micros(200));
-        }
-        true
     }
 
     /// Hands the tables in to `round` and writes this worker's range of the round's run.

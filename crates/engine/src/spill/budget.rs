@@ -84,13 +84,11 @@ impl TableBudget {
     }
 
     /// Whether the tables of all workers, with `pending` bytes of tables being written,
-    /// outgrow the room the budget leaves them: all of it but the row buffers and `shared`
-    /// bytes of buffers outside the workers' own (which a spill does not free), and at least
-    /// half of it (under tiny budgets the buffers are a large part, and going over is better
-    /// than spilling runs of a few rows; nor could a spill ever get the tables under a room
-    /// that the buffers alone fill).
-    pub(crate) fn over(&self, pending: usize, shared: usize) -> bool {
-        let (mut tables, mut buffers) = (pending, shared);
+    /// outgrow the room the budget leaves them: all of it but the row buffers (which a spill
+    /// does not free), and at least half of it (under tiny budgets the buffers are a large
+    /// part, and going over is better than spilling runs of a few rows).
+    pub(crate) fn over(&self, pending: usize) -> bool {
+        let (mut tables, mut buffers) = (pending, 0usize);
         for (t, b) in &self.used {
             tables = tables.saturating_add(t.load(Ordering::Relaxed));
             buffers = buffers.saturating_add(b.load(Ordering::Relaxed));
@@ -124,18 +122,16 @@ mod tests {
         assert_eq!(budget.share(), 33);
         budget.publish(0, 30, 5);
         budget.publish(1, 40, 5);
-        assert!(!budget.over(0, 0));
-        assert!(budget.over(0, 21), "shared buffers count");
+        assert!(!budget.over(0));
         budget.publish(2, 16, 5);
-        assert!(budget.over(0, 0), "86 bytes of tables and 15 of buffers");
+        assert!(budget.over(0), "86 bytes of tables and 15 of buffers");
         budget.publish(2, 0, 5);
-        assert!(budget.over(20, 0), "tables being written count");
+        assert!(budget.over(20), "tables being written count");
         // Buffers over half the budget: the tables still get half.
         budget.publish(0, 20, 40);
         budget.publish(1, 20, 40);
         budget.publish(2, 0, 0);
-        assert!(!budget.over(0, 0));
-        assert!(budget.over(11, 0));
-        assert!(!budget.over(0, 1000), "the tables keep half the budget");
+        assert!(!budget.over(0));
+        assert!(budget.over(11));
     }
 }
