@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use cleanup::CleanupOnPanic;
 use common::{DbKind, SEED_INPUT, SEED_OUTPUT, TestServer};
-use fixtures::{Length, Spec};
 use lapin::Connection;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -128,25 +127,10 @@ impl Cluster {
     }
 }
 
-/// A generated play-count CSV of about `bytes` bytes (different for each `seed`) and its
-/// aggregate by the reference implementation.
-fn input(bytes: u64, seed: u64) -> (Vec<u8>, Vec<u8>) {
-    let data = fixtures::generate(Spec {
-        length: Length::Bytes(bytes),
-        songs: 20_000,
-        days: 365,
-        seed,
-        ..Spec::default()
-    })
-    .expect("generate the input");
-    let expected = fixtures::reference::aggregate(&data);
-    (data, expected)
-}
-
 /// The big input, generated once for all the tests of this file.
 fn big_input() -> &'static (Vec<u8>, Vec<u8>) {
     static BIG: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
-    BIG.get_or_init(|| input(BIG_INPUT_BYTES, 7))
+    BIG.get_or_init(|| common::generated_with_reference(BIG_INPUT_BYTES, 7))
 }
 
 /// Uploads `data` as a raw CSV body: the code and JSON answer.
@@ -299,7 +283,9 @@ async fn task_of_a_killed_worker_is_completed_by_another() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tasks_survive_closed_broker_connections() {
     let (big, big_expected) = big_input();
-    let inputs: Vec<_> = (0..4).map(|seed| input(MEDIUM_INPUT_BYTES, seed)).collect();
+    let inputs: Vec<_> = (0..4)
+        .map(|seed| common::generated_with_reference(MEDIUM_INPUT_BYTES, seed))
+        .collect();
     let (cluster, tm) = Cluster::start().await;
     let worker = cluster.worker(&tm, &[("WORKER_CONCURRENCY", "2")]);
     // Two big tasks in flight, two more queued behind them.
@@ -637,7 +623,7 @@ async fn wait_following(worker: &WorkerProcess) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_is_aggregated_by_a_worker_while_it_arrives() {
-    let (data, expected) = input(MEDIUM_INPUT_BYTES, 11);
+    let (data, expected) = common::generated_with_reference(MEDIUM_INPUT_BYTES, 11);
     let (cluster, tm) = Cluster::start().await;
     let worker = cluster.worker(&tm, &[]);
     let upload = SlowUpload::start(&tm, Some(data.len()));
@@ -661,7 +647,7 @@ async fn an_upload_is_aggregated_by_a_worker_while_it_arrives() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_arriving_upload_is_dropped_and_the_worker_goes_on() {
-    let (data, _) = input(MEDIUM_INPUT_BYTES, 12);
+    let (data, _) = common::generated_with_reference(MEDIUM_INPUT_BYTES, 12);
     let (cluster, tm) = Cluster::start().await;
     let worker = cluster.worker(&tm, &[]);
     let upload = SlowUpload::start(&tm, Some(data.len()));
@@ -687,7 +673,7 @@ async fn a_refused_arriving_upload_is_dropped_and_the_worker_goes_on() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_arriving_upload_invalid_early_on_fails_once_complete() {
-    let (data, _) = input(MEDIUM_INPUT_BYTES, 13);
+    let (data, _) = common::generated_with_reference(MEDIUM_INPUT_BYTES, 13);
     let (cluster, tm) = Cluster::start().await;
     let worker = cluster.worker(&tm, &[]);
     // Chunked: without the length, the worker waits for the whole file before the engine runs.

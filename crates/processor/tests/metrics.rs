@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{DbKind, INVALID_INPUT, SEED_INPUT, TestServer};
 use reqwest::{Client, StatusCode};
-use task_protocol::{WorkerEvent, WorkerReport, events_path};
+use task_protocol::{WorkerEvent, WorkerReport};
 use test_support::cleanup::CleanupOnPanic;
 use test_support::worker_process::{WorkerProcess, processor_binary};
 use uuid::Uuid;
@@ -231,15 +231,8 @@ async fn hold_lease_as_another_worker(tm: &TestServer, id: Uuid) {
         event: WorkerEvent::Started,
         worker: Some("another-worker".into()),
     };
-    let response = tm
-        .client
-        .post(tm.url(&events_path(id)))
-        .json(&report)
-        .send()
-        .await
-        .expect("POST the event");
-    let code = response.status();
-    let body = response.text().await.unwrap_or_default();
+    let report = serde_json::to_value(report).expect("the report as JSON");
+    let (code, body) = tm.post_event(id, &report).await;
     assert_eq!(code, StatusCode::OK, "{body}");
 }
 

@@ -12,7 +12,7 @@ use test_support as common;
 use common::s3::S3Server;
 use common::{DbKind, INVALID_INPUT, SEED_INPUT, SEED_OUTPUT, TestServer};
 use fixtures::golden::{self, Expected};
-use fixtures::{Length, Spec};
+
 use reqwest::StatusCode;
 use test_support::cleanup::CleanupOnPanic;
 use test_support::worker_process::WorkerProcess;
@@ -137,19 +137,6 @@ fn leftovers(dirs: &tempfile::TempDir) -> Vec<String> {
     common::dir_entries(&dirs.path().join("storage/processed_data"))
 }
 
-fn generated(bytes: u64, seed: u64) -> (Vec<u8>, Vec<u8>) {
-    let data = fixtures::generate(Spec {
-        length: Length::Bytes(bytes),
-        songs: 20_000,
-        days: 365,
-        seed,
-        ..Spec::default()
-    })
-    .expect("generate the input");
-    let expected = fixtures::reference::aggregate(&data);
-    (data, expected)
-}
-
 /// Waits until the task is PROCESSING with some progress.
 async fn wait_progress(tm: &TestServer, id: Uuid, worker: &WorkerProcess) {
     let started = Instant::now();
@@ -226,7 +213,7 @@ async fn a_300_mb_file_in_many_parts() {
     let cluster = Cluster::start().await;
     let dirs = tempfile::tempdir().expect("worker directories");
     let worker = cluster.worker(&dirs, &[("ENGINE_MEMORY_LIMIT", "256M")]);
-    let (data, expected) = generated(300 << 20, 300);
+    let (data, expected) = common::generated_with_reference(300 << 20, 300);
     let id = cluster.upload(data).await;
     let result = cluster.result(id, &worker).await;
     assert!(
@@ -242,7 +229,7 @@ async fn a_300_mb_file_in_many_parts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_worker_loses_nothing() {
     let cluster = Cluster::start().await;
-    let (data, expected) = generated(48 << 20, 7);
+    let (data, expected) = common::generated_with_reference(48 << 20, 7);
     let id = cluster.upload(data).await;
     let first_dirs = tempfile::tempdir().expect("worker directories");
     let mut first = cluster.worker(&first_dirs, &[("ENGINE_THREADS", "1")]);
@@ -270,7 +257,7 @@ async fn a_bucket_unreachable_during_a_task() {
     let worker = cluster.worker(&dirs, &[("ENGINE_THREADS", "1")]);
 
     // Briefly: the read resumes, or the task goes back to the queue; it ends DONE, right.
-    let (data, expected) = generated(48 << 20, 11);
+    let (data, expected) = common::generated_with_reference(48 << 20, 11);
     let id = cluster.upload(data).await;
     wait_progress(&cluster.tm, id, &worker).await;
     cluster.s3.set_reachable(false);

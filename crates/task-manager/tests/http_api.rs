@@ -200,21 +200,11 @@ async fn cancel_queued_task(kind: DbKind) {
     assert_eq!(code, StatusCode::OK, "cancelling twice: {body}");
     assert_eq!(body["status"], "CANCELLED");
 
-    let events = server.url(&task_protocol::events_path(id));
     for event in [
         serde_json::json!({"event": "started"}),
         serde_json::json!({"event": "done", "rows": 7, "groups": 4, "output_bytes": 10}),
     ] {
-        let (code, ack) = json_of(
-            server
-                .client
-                .post(&events)
-                .json(&event)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (code, ack) = server.post_event(id, &event).await;
         assert_eq!(code, StatusCode::OK, "{ack}");
         assert_eq!(ack["status"], "CANCELLED", "{event} moved a cancelled task");
     }
@@ -227,8 +217,7 @@ async fn cancel_queued_task(kind: DbKind) {
     let done = server.upload("other.csv", SEED_INPUT).await;
     // A NUL in the message (PostgreSQL refuses it in text) must not make the event fail.
     let finish = serde_json::json!({"event": "failed", "error": "line 2, field \"Date\": \"\0\""});
-    let url = server.url(&task_protocol::events_path(done));
-    let (_, ack) = json_of(server.client.post(&url).json(&finish).send().await.unwrap()).await;
+    let (_, ack) = server.post_event(done, &finish).await;
     assert_eq!(ack["status"], "FAILED");
     let (code, body) = server.cancel(done).await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");

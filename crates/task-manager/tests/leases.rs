@@ -10,7 +10,7 @@ use common::*;
 use lapin::options::BasicGetOptions;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use task_protocol::{TaskMessage, events_path};
+use task_protocol::TaskMessage;
 use uuid::Uuid;
 
 const LEASE: Duration = Duration::from_secs(2);
@@ -18,16 +18,7 @@ const LEASE: Duration = Duration::from_secs(2);
 const DEADLINE: Duration = Duration::from_secs(60);
 
 async fn report(server: &TestServer, id: Uuid, event: Value) -> Value {
-    let (code, ack) = json_of(
-        server
-            .client
-            .post(server.url(&events_path(id)))
-            .json(&event)
-            .send()
-            .await
-            .expect("event request"),
-    )
-    .await;
+    let (code, ack) = server.post_event(id, &event).await;
     assert_eq!(code, StatusCode::OK, "{event}: {ack}");
     ack
 }

@@ -8,8 +8,8 @@ use lapin::options::{BasicGetOptions, BasicRejectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
-use task_protocol::{TaskMessage, events_path};
+use serde_json::json;
+use task_protocol::TaskMessage;
 use uuid::Uuid;
 
 /// A connection to the test broker and a queue name of the test's own.
@@ -59,19 +59,6 @@ impl Broker {
     }
 }
 
-async fn post_event(server: &TestServer, id: Uuid, event: Value) -> (StatusCode, Value) {
-    json_of(
-        server
-            .client
-            .post(server.url(&events_path(id)))
-            .json(&event)
-            .send()
-            .await
-            .expect("event request"),
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_early_aggregation_a_task_is_published_once_its_upload_is_complete() {
     let broker = Broker::connect().await;
@@ -110,19 +97,15 @@ async fn upload_publishes_and_worker_events_drive_the_task() {
     let input = server.storage_dir().join(&message.input_path);
     assert_eq!(std::fs::read_to_string(&input).unwrap(), SEED_INPUT);
 
-    let (code, ack) = post_event(&server, id, json!({"event": "started"})).await;
+    let (code, ack) = server.post_event(id, &json!({"event": "started"})).await;
     assert_eq!(
         (code, ack["status"].clone()),
         (StatusCode::OK, json!("PROCESSING"))
     );
-    let (_, ack) = post_event(&server, id, json!({"event": "started"})).await;
+    let (_, ack) = server.post_event(id, &json!({"event": "started"})).await;
     assert_eq!(ack["status"], "PROCESSING", "started twice");
-    let (_, ack) = post_event(
-        &server,
-        id,
-        json!({"event": "progress", "progress": 0.5, "rows": 3}),
-    )
-    .await;
+    let progress = json!({"event": "progress", "progress": 0.5, "rows": 3});
+    let (_, ack) = server.post_event(id, &progress).await;
     assert_eq!(ack["status"], "PROCESSING");
     let status = server.status(id).await;
     assert_eq!(status["progress"], 0.5, "{status}");
@@ -133,9 +116,9 @@ async fn upload_publishes_and_worker_events_drive_the_task() {
 
     std::fs::write(server.storage_dir().join(&message.output_path), SEED_OUTPUT).unwrap();
     let done = json!({"event": "done", "rows": 7, "groups": 4, "output_bytes": SEED_OUTPUT.len()});
-    let (_, ack) = post_event(&server, id, done.clone()).await;
+    let (_, ack) = server.post_event(id, &done).await;
     assert_eq!(ack["status"], "DONE");
-    let (_, ack) = post_event(&server, id, done).await;
+    let (_, ack) = server.post_event(id, &done).await;
     assert_eq!(ack["status"], "DONE", "done twice");
 
     let status = server.status(id).await;
@@ -153,7 +136,7 @@ async fn upload_publishes_and_worker_events_drive_the_task() {
         json!({"event": "started"}),
         json!({"event": "progress", "progress": 0.1, "rows": 1}),
     ] {
-        let (code, ack) = post_event(&server, id, late.clone()).await;
+        let (code, ack) = server.post_event(id, &late).await;
         assert_eq!(code, StatusCode::OK);
         assert_eq!(ack["status"], "DONE", "{late} changed a DONE task");
     }
@@ -165,13 +148,19 @@ async fn upload_publishes_and_worker_events_drive_the_task() {
     assert_eq!(message.task_id, second);
     let (code, body) = server.cancel(second).await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    let (_, ack) = post_event(&server, second, json!({"event": "started"})).await;
+    let (_, ack) = server
+        .post_event(second, &json!({"event": "started"}))
+        .await;
     assert_eq!(ack["status"], "CANCELLED");
 
     // Bad events.
-    let (code, body) = post_event(&server, Uuid::new_v4(), json!({"event": "started"})).await;
+    let (code, body) = server
+        .post_event(Uuid::new_v4(), &json!({"event": "started"}))
+        .await;
     assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
-    let (code, body) = post_event(&server, second, json!({"event": "exploded"})).await;
+    let (code, body) = server
+        .post_event(second, &json!({"event": "exploded"}))
+        .await;
     assert!(code.is_client_error(), "{code}: {body}");
     assert!(body["error"].is_string(), "{body}");
 
@@ -289,7 +278,7 @@ async fn status_with_wait_answers_as_soon_as_the_task_finishes() {
         let url = server.url(&format!("{status_path}?wait=60"));
         tokio::spawn(async move { json_of(client.get(url).send().await.expect("status")).await })
     };
-    let (_, ack) = post_event(&server, id, json!({"event": "started"})).await;
+    let (_, ack) = server.post_event(id, &json!({"event": "started"})).await;
     assert_eq!(ack["status"], "PROCESSING");
     std::fs::write(
         server
@@ -299,7 +288,7 @@ async fn status_with_wait_answers_as_soon_as_the_task_finishes() {
     )
     .unwrap();
     let done = json!({"event": "done", "rows": 7, "groups": 4, "output_bytes": SEED_OUTPUT.len()});
-    post_event(&server, id, done).await;
+    server.post_event(id, &done).await;
     let (code, body) = tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
         .await
         .expect("the waiting request did not end with the task")

@@ -252,6 +252,19 @@ impl TestServer {
         upload(&self.client, &self.base_url, filename, content).await
     }
 
+    /// Posts a worker's `event` about task `id` on the workers' callback: the code and JSON
+    /// answer.
+    pub async fn post_event(&self, id: Uuid, event: &Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(self.url(&task_protocol::events_path(id)))
+            .json(event)
+            .send()
+            .await
+            .expect("event request");
+        json_of(response).await
+    }
+
     /// The status JSON of a task (asserting 200).
     pub async fn status(&self, id: Uuid) -> Value {
         status(&self.client, &self.base_url, id).await
@@ -698,4 +711,19 @@ pub fn dashboard_metrics() -> Vec<String> {
     names.dedup();
     assert!(names.len() >= 20, "{names:?}");
     names
+}
+
+/// A generated play-count CSV of about `bytes` bytes (20,000 songs over a year, different for
+/// each `seed`) and its aggregate by the reference implementation.
+pub fn generated_with_reference(bytes: u64, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let data = fixtures::generate(fixtures::Spec {
+        length: fixtures::Length::Bytes(bytes),
+        songs: 20_000,
+        days: 365,
+        seed,
+        ..fixtures::Spec::default()
+    })
+    .expect("generate the input");
+    let expected = fixtures::reference::aggregate(&data);
+    (data, expected)
 }
