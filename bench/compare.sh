@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side comparison of `processor aggregate` with DuckDB and Polars on generated files:
-# wall time and peak RSS (median of RUNS runs each), time ratios, and a byte-for-byte check of
-# the processor's output against DuckDB's (and Polars').
+# wall time and peak RSS (median of RUNS runs each), time ratios, a byte-for-byte check of the
+# processor's output against DuckDB's (and Polars'), and a chart of the times and memory.
 #
 #   bench/compare.sh [SCENARIO...]        SCENARIO: skewed wide huge tricky all (default: skewed wide tricky)
+#   bench/compare.sh chart RESULTS_DIR    draws the chart of an earlier run again (bench/chart.py)
 #
 # Environment:
 #   SIZE=100M    data size for every chosen scenario (default: skewed 1G, wide 1G, huge 10G, tricky 20M)
@@ -16,7 +17,8 @@
 #
 # Installs into bench/.venv (pinned in bench/requirements.txt), builds the binaries (profile
 # dist: the shipped build), writes data into bench/data/ and results into
-# bench/results/<UTC time>/.
+# bench/results/<UTC time>/: runs.tsv, table.txt, checks.txt, system.txt, and chart.svg and
+# chart.png (wall time and peak RSS per scenario and tool, as in table.txt).
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,11 +30,13 @@ PROCESSOR=$TARGET/dist/processor
 GENERATE=$TARGET/dist/generate
 PY=$VENV/bin/python
 TOOLS_PY=$BENCH_DIR/tools.py
+CHART_PY=$BENCH_DIR/chart.py
 # shellcheck source=bench/common.sh
 source "$BENCH_DIR/common.sh"
 
 usage() {
-    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    # The comment block at the top of this file, from its second line.
+    awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
 }
 
 ensure_venv() {
@@ -40,7 +44,7 @@ ensure_venv() {
         say "creating $VENV"
         "${PYTHON:-python3}" -m venv "$VENV" || die "cannot create a venv (is python3-venv installed?)"
     fi
-    say "installing DuckDB and Polars (bench/requirements.txt) into the venv"
+    say "installing DuckDB, Polars and matplotlib (bench/requirements.txt) into the venv"
     "$PY" -m pip install -q --disable-pip-version-check -r "$BENCH_DIR/requirements.txt" ||
         die "pip install failed"
 }
@@ -124,9 +128,21 @@ check_rss() {
     fi
 }
 
+# draw_chart DIR: chart.svg and chart.png of the results in DIR.
+draw_chart() {
+    "$PY" "$CHART_PY" "$1"
+}
+
 main() {
     local -a scenarios=()
     local arg
+    if [[ ${1:-} == chart ]]; then
+        (($# == 2)) || die "usage: bench/compare.sh chart RESULTS_DIR"
+        [[ -f $2/runs.tsv ]] || die "$2 has no runs.tsv"
+        ensure_venv
+        draw_chart "$2"
+        return
+    fi
     for arg in "$@"; do
         case $arg in
             -h | --help) usage; exit 0 ;;
@@ -161,13 +177,17 @@ main() {
         echo "polars: $("$PY" -c 'import polars; print(polars.__version__)')"
     } >"$RESULTS/system.txt"
 
-    local scenario input tool run
+    local scenario input tool run limit_mb
     for scenario in "${scenarios[@]}"; do
         scenario "$scenario"
         local -a tools
         read -r -a tools <<<"$SCENARIO_TOOLS"
         [[ $scenario == tricky && " ${tools[*]} " == *" processor "* ]] && tools+=(processor-spill)
         [[ -n ${BASELINE:-} && " ${tools[*]} " != *" baseline "* ]] && tools+=(baseline)
+        # For the chart's labels, with the date and the machine above.
+        limit_mb=""
+        [[ -z $LIMIT ]] || limit_mb=$(($(size_bytes "$LIMIT") >> 20))
+        echo "scenario $scenario: data $SIZE_OF${limit_mb:+, memory limit $limit_mb MB}" >>"$RESULTS/system.txt"
         input=$(dataset "$scenario")
         say "$scenario: $(du -h "$input" | cut -f1), ${SCENARIO_RUNS} run(s) of: ${tools[*]}${LIMIT:+, memory limit $LIMIT}"
         # Rounds interleave the tools so that a slow phase of the machine hits them all.
@@ -186,6 +206,7 @@ main() {
     "$PY" "$TOOLS_PY" table "$RUNS_TSV" | tee "$RESULTS/table.txt"
     echo
     cat "$CHECKS"
+    draw_chart "$RESULTS" || say "warning: no chart (bench/compare.sh chart $RESULTS draws it again)"
     say "results in $RESULTS"
     return "$FAILED"
 }

@@ -67,32 +67,45 @@ def first_diff(args):
                 return 0
 
 
-def table(args):
-    """Medians per tool from `scenario tool run seconds rss_kb` lines, with time ratios."""
+def summarize(path):
+    """The table's figures from `scenario tool run seconds rss_kb` lines, in order of first
+    appearance: one dict per (scenario, tool) with runs, median, min and max seconds, the peak
+    RSS in MB (the highest of the runs) and the median time divided by the processor's (None
+    without a processor run)."""
     runs = {}
-    order = []
-    with open(args.results) as f:
+    with open(path) as f:
         for line in f:
             scenario, tool, _run, seconds, rss_kb = line.split()
-            key = (scenario, tool)
-            if key not in runs:
-                runs[key] = []
-                order.append(key)
-            runs[key].append((float(seconds), int(rss_kb)))
-    print(f"{'scenario':<10} {'tool':<22} {'runs':>4} {'median s':>9} {'min s':>7} "
-          f"{'max s':>7} {'peak RSS MB':>11} {'time / processor':>16}")
+            runs.setdefault((scenario, tool), []).append((float(seconds), int(rss_kb)))
     base = {}
-    for scenario, tool in order:
+    for (scenario, tool), samples in runs.items():
         if tool.startswith("processor") and scenario not in base:
-            base[scenario] = statistics.median(s for s, _ in runs[(scenario, tool)])
-    for scenario, tool in order:
-        samples = runs[(scenario, tool)]
+            base[scenario] = statistics.median(s for s, _ in samples)
+    rows = []
+    for (scenario, tool), samples in runs.items():
         seconds = [s for s, _ in samples]
         median = statistics.median(seconds)
-        rss = max(r for _, r in samples) / 1024
-        ratio = f"{median / base[scenario]:.2f}x" if base.get(scenario) else "-"
-        print(f"{scenario:<10} {tool:<22} {len(samples):>4} {median:>9.2f} {min(seconds):>7.2f} "
-              f"{max(seconds):>7.2f} {rss:>11.0f} {ratio:>16}")
+        rows.append({
+            "scenario": scenario,
+            "tool": tool,
+            "runs": len(samples),
+            "median": median,
+            "min": min(seconds),
+            "max": max(seconds),
+            "rss_mb": max(r for _, r in samples) / 1024,
+            "ratio": median / base[scenario] if base.get(scenario) else None,
+        })
+    return rows
+
+
+def table(args):
+    """Medians per tool, with time ratios."""
+    print(f"{'scenario':<10} {'tool':<22} {'runs':>4} {'median s':>9} {'min s':>7} "
+          f"{'max s':>7} {'peak RSS MB':>11} {'time / processor':>16}")
+    for row in summarize(args.results):
+        ratio = f"{row['ratio']:.2f}x" if row["ratio"] else "-"
+        print(f"{row['scenario']:<10} {row['tool']:<22} {row['runs']:>4} {row['median']:>9.2f} "
+              f"{row['min']:>7.2f} {row['max']:>7.2f} {row['rss_mb']:>11.0f} {ratio:>16}")
     return 0
 
 
