@@ -34,6 +34,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with(|_| {}).await
+    }
+
+    /// A cluster whose task manager's settings `configure` changes.
+    async fn start_with(configure: impl FnOnce(&mut task_manager::Settings)) -> Cluster {
         let s3 = S3Server::start().await;
         let amqp_url = common::server_url(common::AMQP_URL);
         let queue = format!("object_storage_test_{}", Uuid::new_v4().simple());
@@ -48,6 +53,7 @@ impl Cluster {
             settings.max_upload_bytes = 1 << 30;
             // A killed worker's task runs again once its lease expires.
             settings.lease_timeout = Duration::from_secs(5);
+            configure(settings);
         })
         .await;
         cleanup.database = Some(tm.db.url.clone());
@@ -281,5 +287,44 @@ async fn a_bucket_unreachable_during_a_task() {
     let error = status["error"].as_str().unwrap_or_default();
     assert!(error.contains("object storage"), "{error}");
     last.stop_gracefully();
+    cluster.finish().await;
+}
+
+/// `DOWNLOAD_REDIRECT`: `processor upload` gets its result from the bucket itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_follows_a_download_redirect() {
+    let cluster = Cluster::start_with(|settings| {
+        settings.download_redirect = Some(Duration::from_secs(60));
+    })
+    .await;
+    let dirs = tempfile::tempdir().expect("worker directories");
+    let worker = cluster.worker(&dirs, &[]);
+    let files = tempfile::tempdir().expect("client directory");
+    let input = files.path().join("plays.csv");
+    std::fs::write(&input, SEED_INPUT).expect("write the input");
+    let output = files.path().join("result.csv");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_processor"));
+    command
+        .arg("upload")
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .args(["--url", &cluster.tm.base_url, "--quiet"])
+        .env_remove("API_TOKEN");
+    let run = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("client thread")
+        .expect("run processor upload");
+    assert!(run.status.success(), "{run:?}\n{}", worker.log());
+    assert_eq!(
+        std::fs::read_to_string(&output).expect("the result"),
+        SEED_OUTPUT
+    );
+    assert!(
+        cluster.s3.log().contains("X-Amz-Signature"),
+        "the result was not fetched from the bucket: {}",
+        cluster.s3.log()
+    );
+    worker.stop_gracefully();
     cluster.finish().await;
 }

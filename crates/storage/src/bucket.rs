@@ -8,6 +8,7 @@ use std::time::Duration;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
+use object_store::signer::{Method, SignedUrlOptions, Signer};
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 
 use crate::StorageError;
@@ -101,6 +102,8 @@ impl std::fmt::Debug for BucketSettings {
 #[derive(Clone)]
 pub struct Bucket {
     pub(crate) store: Arc<dyn ObjectStore>,
+    /// Signs download URLs; `None` for a bucket in memory.
+    signer: Option<Arc<dyn Signer>>,
     prefix: String,
     name: String,
 }
@@ -136,21 +139,28 @@ impl Bucket {
                 builder = builder.with_config(key, value);
             }
         }
-        let store = builder.build().map_err(|e| StorageError::InvalidUrl {
+        let store = Arc::new(builder.build().map_err(|e| StorageError::InvalidUrl {
             url: format!("s3://{name}/{prefix}"),
             reason: e.to_string(),
-        })?;
-        Ok(Bucket::with_store(Arc::new(store), name, prefix))
+        })?);
+        let signer: Arc<dyn Signer> = store.clone();
+        Ok(Bucket::with_store(store, Some(signer), name, prefix))
     }
 
-    /// A bucket kept in this process's memory (tests).
+    /// A bucket kept in this process's memory (tests); it cannot sign URLs.
     pub fn in_memory(prefix: &str) -> Bucket {
-        Bucket::with_store(Arc::new(InMemory::new()), "memory", prefix)
+        Bucket::with_store(Arc::new(InMemory::new()), None, "memory", prefix)
     }
 
-    fn with_store(store: Arc<dyn ObjectStore>, name: &str, prefix: &str) -> Bucket {
+    fn with_store(
+        store: Arc<dyn ObjectStore>,
+        signer: Option<Arc<dyn Signer>>,
+        name: &str,
+        prefix: &str,
+    ) -> Bucket {
         Bucket {
             store,
+            signer,
             prefix: prefix.trim_matches('/').to_string(),
             name: name.to_string(),
         }
@@ -185,6 +195,36 @@ impl Bucket {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(StorageError::object(key, e)),
         }
+    }
+
+    /// A presigned URL that downloads the object `key` for `expires_in` without credentials,
+    /// its answer carrying `content_type` and `content_disposition` (S3's `response-*`
+    /// parameters); `None` when there is no such object.
+    pub async fn download_url(
+        &self,
+        key: &str,
+        content_type: &str,
+        content_disposition: &str,
+        expires_in: Duration,
+    ) -> Result<Option<String>, StorageError> {
+        let Some(signer) = &self.signer else {
+            return Err(StorageError::Unavailable {
+                key: key.to_string(),
+                message: format!("{} cannot sign URLs", self.url()),
+            });
+        };
+        if self.size(key).await?.is_none() {
+            return Ok(None);
+        }
+        let options = SignedUrlOptions::new().with_query([
+            ("response-content-type", content_type),
+            ("response-content-disposition", content_disposition),
+        ]);
+        let url = signer
+            .signed_url_opts(Method::GET, &self.path(key), expires_in, &options)
+            .await
+            .map_err(|e| StorageError::object(key, e))?;
+        Ok(Some(url.into()))
     }
 
     /// Ok when the bucket answers (a missing object is an answer).

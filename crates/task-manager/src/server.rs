@@ -91,6 +91,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         },
         fallback_base_url: base_url(addr),
         retention: settings.retention,
+        download_redirect: settings.download_redirect,
         lease_timeout: settings.lease_timeout,
     });
     let keeper = (!state.queue.is_embedded()).then(|| {

@@ -61,6 +61,10 @@ pub struct Settings {
     /// How long a finished task keeps its upload and result (`RETENTION`, e.g. `7d`); then
     /// they are deleted and the task marked expired. `None` (the default): kept forever.
     pub retention: Option<Duration>,
+    /// With a bucket, how long the presigned URL a download is redirected to stays valid
+    /// (`DOWNLOAD_REDIRECT=1`, for `DOWNLOAD_URL_EXPIRY`, default 15 min); `None` (the
+    /// default): downloads stream through the task manager.
+    pub download_redirect: Option<Duration>,
     /// `sqlite://...`, `mysql://...` or `postgres://...` (`DATABASE_URL`, default the SQLite
     /// file `<storage_dir>/tasks.db`).
     pub database_url: String,
@@ -102,6 +106,7 @@ const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 const DEFAULT_DATABASE_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_LEASES: u32 = 5;
+const DEFAULT_DOWNLOAD_URL_EXPIRY: Duration = Duration::from_secs(15 * 60);
 
 impl Settings {
     /// Defaults for everything, with the given storage root and its SQLite database.
@@ -126,6 +131,7 @@ impl Settings {
             storage_dir,
             bucket: None,
             retention: None,
+            download_redirect: None,
             amqp_url: None,
             queue_name: task_protocol::DEFAULT_QUEUE_NAME.to_string(),
             public_url: None,
@@ -204,6 +210,22 @@ impl Settings {
         }
         if let Some(keep) = var("RETENTION") {
             settings.retention = Some(parse_duration("RETENTION", &keep)?);
+        }
+        let redirect = match var("DOWNLOAD_REDIRECT") {
+            Some(flag) => parse_flag("DOWNLOAD_REDIRECT", &flag)?,
+            None => false,
+        };
+        if redirect {
+            if settings.bucket.is_none() {
+                bail!(
+                    "DOWNLOAD_REDIRECT=1 redirects downloads to the bucket: it needs \
+                     STORAGE_URL=s3://bucket/prefix"
+                );
+            }
+            settings.download_redirect = Some(match var("DOWNLOAD_URL_EXPIRY") {
+                Some(value) => parse_duration("DOWNLOAD_URL_EXPIRY", &value)?,
+                None => DEFAULT_DOWNLOAD_URL_EXPIRY,
+            });
         }
         if let Some(leases) = var("TASK_MAX_LEASES") {
             settings.max_leases = parse_var("TASK_MAX_LEASES", &leases)?;
@@ -404,6 +426,35 @@ mod tests {
                 .unwrap()
                 .early_aggregation
         );
+    }
+
+    #[test]
+    fn download_redirect_is_read() {
+        let bucket = ("STORAGE_URL", "s3://plays/tasks");
+        assert_eq!(from(&[bucket]).unwrap().download_redirect, None);
+        assert_eq!(
+            from(&[bucket, ("DOWNLOAD_REDIRECT", "1")])
+                .unwrap()
+                .download_redirect,
+            Some(Duration::from_secs(15 * 60))
+        );
+        let settings = from(&[
+            bucket,
+            ("DOWNLOAD_REDIRECT", "1"),
+            ("DOWNLOAD_URL_EXPIRY", "2m"),
+        ])
+        .unwrap();
+        assert_eq!(settings.download_redirect, Some(Duration::from_secs(120)));
+        let off = from(&[
+            bucket,
+            ("DOWNLOAD_REDIRECT", "0"),
+            ("DOWNLOAD_URL_EXPIRY", "2m"),
+        ]);
+        assert_eq!(off.unwrap().download_redirect, None);
+        // A directory has nothing to redirect to.
+        let err = from(&[("DOWNLOAD_REDIRECT", "1")]).unwrap_err();
+        assert!(err.to_string().contains("STORAGE_URL=s3://"), "{err}");
+        assert!(from(&[bucket, ("DOWNLOAD_REDIRECT", "yes")]).is_err());
     }
 
     #[test]

@@ -257,3 +257,60 @@ async fn expired_tasks_leave_the_bucket() {
     assert_eq!(tm.download(id).await.status(), StatusCode::GONE);
     tm.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_can_be_redirected_to_the_bucket() {
+    let s3 = S3Server::start().await;
+    let tm = start(&s3, |settings| {
+        settings.download_redirect = Some(Duration::from_secs(60))
+    })
+    .await;
+    let id = tm.upload("plays.csv", SEED_INPUT).await;
+    assert_eq!(tm.wait_finished(id).await["status"], "DONE");
+
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let path = format!("/v1/data_processor/download/{id}");
+    let response = no_redirects
+        .get(tm.url(&path))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let location = response.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .expect("Location")
+        .to_string();
+    // The bucket's own address, signed for a minute; no byte of the result came from us.
+    assert!(location.starts_with(&s3.endpoint()), "{location}");
+    assert!(
+        location.contains(&format!("processed_data/{id}.csv")),
+        "{location}"
+    );
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    assert!(location.contains("X-Amz-Expires=60"), "{location}");
+
+    // Followed, as any HTTP client does: the result with the same headers as a streamed one.
+    let response = tm.download(id).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[reqwest::header::CONTENT_TYPE],
+        "text/csv"
+    );
+    assert_eq!(attachment_filename(&response), "plays_aggregated.csv");
+    assert_eq!(response.text().await.expect("result"), SEED_OUTPUT);
+
+    // A result gone from the bucket is 410, not a redirect to the bucket's 404.
+    s3.delete_object(&format!("{PREFIX}/processed_data/{id}.csv"))
+        .await;
+    let response = no_redirects
+        .get(tm.url(&path))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(response.status(), StatusCode::GONE);
+    tm.stop().await;
+}

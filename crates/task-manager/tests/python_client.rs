@@ -101,12 +101,10 @@ async fn run_old_client(
     (output, out_dir)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_old_python_client_works_unchanged() {
-    let python = python_with_requests().await;
-    let server = start_server(DbKind::Sqlite).await;
-
-    let (output, out_dir) = run_old_client(&python, &server, "plays.csv", SEED_INPUT).await;
+/// Runs the old client on the seed example, which must end DONE with its result saved under
+/// the name the download's `Content-Disposition` gives.
+async fn assert_seed_round_trip(python: &Path, server: &TestServer) {
+    let (output, out_dir) = run_old_client(python, server, "plays.csv", SEED_INPUT).await;
     assert_ok(&output, "the old client");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("status DONE"), "{stdout}");
@@ -119,6 +117,14 @@ async fn the_old_python_client_works_unchanged() {
         std::fs::read_to_string(&downloaded).expect("the downloaded result"),
         SEED_OUTPUT
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_python_client_works_unchanged() {
+    let python = python_with_requests().await;
+    let server = start_server(DbKind::Sqlite).await;
+
+    assert_seed_round_trip(&python, &server).await;
 
     // An invalid input ends FAILED, which the client reports and exits 1 on.
     let (output, out_dir) = run_old_client(&python, &server, "bad.csv", INVALID_INPUT).await;
@@ -131,6 +137,27 @@ async fn the_old_python_client_works_unchanged() {
         std::fs::read_dir(out_dir.path()).expect("out dir").count(),
         0,
         "a failed task downloaded something"
+    );
+    server.stop().await;
+}
+
+/// `DOWNLOAD_REDIRECT`: the client follows the 307 to the bucket and names the file from the
+/// bucket's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_python_client_follows_a_download_redirect() {
+    let python = python_with_requests().await;
+    let s3 = common::s3::S3Server::start().await;
+    let bucket = s3.bucket_settings("old-client");
+    let server = start_server_with(DbKind::Sqlite, move |settings| {
+        settings.bucket = Some(bucket);
+        settings.download_redirect = Some(std::time::Duration::from_secs(60));
+    })
+    .await;
+    assert_seed_round_trip(&python, &server).await;
+    let moto_log = s3.log();
+    assert!(
+        moto_log.contains("GET /") && moto_log.contains("X-Amz-Signature"),
+        "the result was not fetched from the bucket: {moto_log}"
     );
     server.stop().await;
 }

@@ -199,6 +199,16 @@ impl S3Server {
         assert!(code.is_success(), "PUT {key}: {code} {body}");
     }
 
+    /// Deletes `key`, directly in moto.
+    pub async fn delete_object(&self, key: &str) {
+        let response = s3_request(&self.client, Method::DELETE, &self.object_url(key))
+            .send()
+            .await
+            .expect("DELETE object");
+        let code = response.status();
+        assert!(code.is_success(), "DELETE {key}: {code}");
+    }
+
     /// The content of `key`, `None` when there is no such object; read directly from moto.
     pub async fn get_object(&self, key: &str) -> Option<Vec<u8>> {
         let response = s3_request(&self.client, Method::GET, &self.object_url(key))

@@ -1,8 +1,12 @@
-//! `GET /v1/data_processor/download/{task_id}`: the result CSV, streamed from the storage.
+//! `GET /v1/data_processor/download/{task_id}`: the result CSV, streamed from the storage, or
+//! with `DOWNLOAD_REDIRECT` a 307 to a presigned URL of the bucket that answers with the same
+//! headers, so that the bytes do not pass through the task manager.
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION,
+};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use task_protocol::TaskStatus;
@@ -24,6 +28,8 @@ use task_protocol::ErrorBody;
         (status = 200, description = "The result CSV, `Song,Date,Number of Plays`", body = String,
             content_type = "text/csv",
             headers(("Content-Disposition" = String, description = "attachment; filename=\"<name>_aggregated.csv\""))),
+        (status = 307, description = "With `DOWNLOAD_REDIRECT`: the result is at a presigned URL of the bucket, valid for `DOWNLOAD_URL_EXPIRY`, which answers as the 200 here does",
+            headers(("Location" = String, description = "The presigned URL"))),
         (status = 409, description = "The task is not DONE", body = TaskConflict),
         (status = 410, description = "The result was deleted (`RETENTION`)", body = ErrorBody),
         TaskErrors,
@@ -65,24 +71,38 @@ pub async fn download(
             format!("the result of task {id} has expired and was deleted{retention}"),
         ));
     }
-    let Some(result) = state.storage.download(&processed_data_path(id)).await? else {
+    let key = processed_data_path(id);
+    let filename = download_filename(id, task.original_filename.as_deref());
+    let disposition = format!("attachment; filename=\"{filename}\"");
+    let missing = || {
         tracing::error!("the result is missing from {}", state.storage.describe());
-        return Err(ApiError::new(
+        ApiError::new(
             StatusCode::GONE,
             format!("the result of task {id} is no longer available"),
-        ));
+        )
     };
-    let filename = download_filename(id, task.original_filename.as_deref());
+    if let (Some(expires_in), Some(bucket)) = (state.download_redirect, state.storage.bucket()) {
+        let url = bucket
+            .download_url(&key, CSV, &disposition, expires_in)
+            .await?
+            .ok_or_else(missing)?;
+        return Ok((
+            StatusCode::TEMPORARY_REDIRECT,
+            [(LOCATION, url), (CACHE_CONTROL, "no-store".to_string())],
+        )
+            .into_response());
+    }
+    let result = state.storage.download(&key).await?.ok_or_else(missing)?;
     Ok((
         [
-            (CONTENT_TYPE, "text/csv".to_string()),
+            (CONTENT_TYPE, CSV.to_string()),
             (CONTENT_LENGTH, result.len.to_string()),
-            (
-                CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{filename}\""),
-            ),
+            (CONTENT_DISPOSITION, disposition),
         ],
         Body::from_stream(result.body),
     )
         .into_response())
 }
+
+/// The result's media type.
+const CSV: &str = "text/csv";

@@ -58,6 +58,9 @@ pub struct AppState {
     pub uploads: UploadLimits,
     /// How long finished tasks keep their files (`RETENTION`); `None`: forever.
     pub retention: Option<std::time::Duration>,
+    /// How long a download's presigned URL is valid, when downloads are redirected to the
+    /// bucket (`DOWNLOAD_REDIRECT`); `None`: they stream through the task manager.
+    pub download_redirect: Option<Duration>,
     /// How long a worker's lease on a task lasts without a report (`TASK_LEASE_TIMEOUT`).
     pub lease_timeout: Duration,
 }
