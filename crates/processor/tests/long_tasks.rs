@@ -1,5 +1,7 @@
 //! Tasks longer than RabbitMQ's consumer timeout, on the real broker: the task manager
-//! in-process (SQLite), two `processor worker` child processes, a queue of the test's own.
+//! in-process, two `processor worker` child processes, a queue of the test's own; the files
+//! in one shared directory (SQLite), or in a bucket with workers that share no disk
+//! (PostgreSQL, moto's S3 server).
 //!
 //! RabbitMQ closes the channel of a consumer that holds a message longer than its
 //! `consumer_timeout` and redelivers the message, while the worker goes on with the task.
@@ -22,6 +24,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::s3::S3Server;
 use common::{DbKind, TestServer};
 use fixtures::{Length, Spec};
 use reqwest::StatusCode;
@@ -151,28 +154,46 @@ fn long_input() -> &'static (Vec<u8>, Vec<u8>) {
     })
 }
 
-/// A task manager on SQLite publishing on a queue of the test's own once an upload is
-/// complete, with the lease timeout `lease`; its workers; the queue's cleanup.
+/// Where the task manager and its workers keep their files.
+enum Files {
+    /// One directory, shared; the task manager on SQLite.
+    Shared,
+    /// A bucket (moto's S3 server), each worker with directories of its own; the task manager
+    /// on PostgreSQL: nothing shared but RabbitMQ, the database and the bucket.
+    Bucket,
+}
+
+/// A task manager publishing on a queue of the test's own once an upload is complete, with
+/// the lease timeout `lease`; its workers; the queue's cleanup.
 struct Cluster {
     tm: TestServer,
     amqp_url: String,
     queue: String,
+    s3: Option<S3Server>,
+    /// The workers' own directories (with a bucket), kept until the test ends.
+    worker_dirs: std::sync::Mutex<Vec<tempfile::TempDir>>,
     _cleanup: CleanupOnPanic,
 }
 
 impl Cluster {
-    async fn start(lease: Option<Duration>) -> Cluster {
+    async fn start(files: Files, lease: Option<Duration>) -> Cluster {
         let amqp_url = common::server_url(common::AMQP_URL);
         let queue = format!("processor_long_{}", Uuid::new_v4().simple());
         // Fails loudly when RabbitMQ is down.
         let broker = common::amqp_connect().await;
         let _ = broker.close(200, "checked".into()).await;
-        let cleanup = CleanupOnPanic {
+        let mut cleanup = CleanupOnPanic {
             queue: queue.clone(),
             database: None,
         };
-        let tm = common::start_server_with(DbKind::Sqlite, |settings| {
+        let (s3, db) = match files {
+            Files::Shared => (None, DbKind::Sqlite),
+            Files::Bucket => (Some(S3Server::start().await), DbKind::Postgres),
+        };
+        let bucket = s3.as_ref().map(|s3| s3.bucket_settings("long"));
+        let tm = common::start_server_with(db, |settings| {
             common::publish_on(settings, &queue);
+            settings.bucket = bucket;
             settings.max_upload_bytes = 1 << 30;
             settings.early_aggregation = false;
             if let Some(lease) = lease {
@@ -180,28 +201,53 @@ impl Cluster {
             }
         })
         .await;
+        if db == DbKind::Postgres {
+            cleanup.database = Some(tm.db.url.clone());
+        }
         Cluster {
             tm,
             amqp_url,
             queue,
+            s3,
+            worker_dirs: std::sync::Mutex::default(),
             _cleanup: cleanup,
         }
     }
 
-    /// A worker doing one task at a time on one slow engine thread.
+    /// A worker doing one task at a time on one slow engine thread; with a bucket, in
+    /// directories of its own.
     fn worker(&self) -> WorkerProcess {
+        let mut env: Vec<(&str, String)> = vec![
+            ("WORKER_CONCURRENCY", "1".into()),
+            ("ENGINE_THREADS", "1".into()),
+            ("ENGINE_MEMORY_LIMIT", "8M".into()),
+            ("WORKER_PROGRESS_INTERVAL", "500ms".into()),
+        ];
+        let storage_dir = match &self.s3 {
+            None => self.tm.storage_dir(),
+            Some(s3) => {
+                let dirs = tempfile::tempdir().expect("worker directories");
+                let own = dirs.path().join("storage");
+                let spill = dirs.path().join("spill");
+                std::fs::create_dir_all(&spill).expect("spill directory");
+                env.extend(s3.env());
+                env.push(("STORAGE_URL", s3.url("long")));
+                env.push(("ENGINE_TEMP_DIR", spill.display().to_string()));
+                self.worker_dirs
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(dirs);
+                own
+            }
+        };
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         WorkerProcess::start_with_env(
             &self.amqp_url,
             &self.queue,
             &self.tm.base_url,
             None,
-            &self.tm.storage_dir(),
-            &[
-                ("WORKER_CONCURRENCY", "1"),
-                ("ENGINE_THREADS", "1"),
-                ("ENGINE_MEMORY_LIMIT", "8M"),
-                ("WORKER_PROGRESS_INTERVAL", "500ms"),
-            ],
+            &storage_dir,
+            &env,
         )
     }
 
@@ -309,9 +355,21 @@ async fn assert_done_with(tm: &TestServer, id: Uuid, expected: &[u8], workers: &
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_longer_than_the_consumer_timeout_runs_once_and_ends_done() {
+    runs_once_and_ends_done(Files::Shared).await;
+}
+
+/// The same across machines: the workers share no disk with the task manager.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_task_from_a_bucket_runs_once_and_ends_done() {
+    runs_once_and_ends_done(Files::Bucket).await;
+}
+
+/// A task outlasting the consumer timeout runs once, in the worker that started it, and ends
+/// DONE; the redelivered message is left to that worker's lease.
+async fn runs_once_and_ends_done(files: Files) {
     let _turn = BROKER_SETTINGS.lock().await;
     let (input, expected) = long_input();
-    let cluster = Cluster::start(None).await;
+    let cluster = Cluster::start(files, None).await;
     let mut broker = ShortConsumerTimeout::start();
     let workers = [cluster.worker(), cluster.worker()];
     let id = cluster.upload(input).await;
@@ -352,7 +410,7 @@ async fn a_worker_killed_after_its_channel_closed_has_its_task_republished() {
     const LEASE: Duration = Duration::from_secs(5);
     let _turn = BROKER_SETTINGS.lock().await;
     let (input, expected) = long_input();
-    let cluster = Cluster::start(Some(LEASE)).await;
+    let cluster = Cluster::start(Files::Shared, Some(LEASE)).await;
     let mut broker = ShortConsumerTimeout::start();
     let mut workers = [cluster.worker(), cluster.worker()];
     let id = cluster.upload(input).await;
