@@ -219,8 +219,8 @@ impl Song {
 /// The songs are kept in insertion order in `entries`, found through `index`, an open-addressed
 /// array (linear probing, at most half full) of `tag << 32 | (entry + 1)` words, 0 for a free
 /// slot, the tag being the high half of the song's hash. A shard's index is small enough for
-/// the CPU caches, so [`SongTable::prefetch`] can find a song's entry without waiting for
-/// memory and start loading it, and [`SongTable::prefetch_days`] its sums, while earlier rows
+/// the CPU caches, so [`SongTable::prefetch_entry`] can find a song's entry without waiting for
+/// memory and start loading it, and [`SongTable::prefetch_days_of`] its sums, while earlier rows
 /// are added: a hash table that only finds an entry by comparing it could not.
 #[derive(Default)]
 pub(crate) struct SongTable {
@@ -238,6 +238,9 @@ fn index_word(hash: u64, entry: usize) -> u64 {
     ((hash >> 32) << 32) | (entry as u64 + 1)
 }
 
+/// No entry, as a hint of [`SongTable::add_hinted`].
+pub(crate) const NO_ENTRY: u32 = u32::MAX;
+
 /// Bytes of a CPU cache line.
 const CACHE_LINE: usize = 64;
 
@@ -246,7 +249,7 @@ const MIN_INDEX: usize = 16;
 
 impl SongTable {
     /// Adds `plays` to (`song`, `date`); `hash` is `hash_bytes(song)`.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn add(
         &mut self,
         song: &[u8],
@@ -254,7 +257,30 @@ impl SongTable {
         date: PackedDate,
         plays: u64,
     ) -> Result<(), Overflow> {
-        let (found, slot) = self.find(song, hash);
+        self.add_hinted(song, hash, date, plays, NO_ENTRY)
+    }
+
+    /// [`SongTable::add`] given `hint`, the entry [`SongTable::prefetch_entry`] found for
+    /// `hash` a few rows before (or [`NO_ENTRY`]): when it is the song's, the index is not
+    /// probed again. Entries never move, but songs may have been added since, so a hint that
+    /// is not the song's sends the row through the index.
+    #[inline]
+    pub(crate) fn add_hinted(
+        &mut self,
+        song: &[u8],
+        hash: u64,
+        date: PackedDate,
+        plays: u64,
+        hint: u32,
+    ) -> Result<(), Overflow> {
+        let hinted = self
+            .entries
+            .get(hint as usize)
+            .filter(|entry| entry.hash == hash && entry.is_named(&self.arena, song));
+        let (found, slot) = match hinted {
+            Some(_) => (Some(hint as usize), 0),
+            None => self.find(song, hash),
+        };
         let Some(entry) = found else {
             self.insert(slot, song, hash, date, plays);
             return Ok(());
@@ -270,14 +296,6 @@ impl SongTable {
         self.probe(hash, |entry| {
             entry.hash == hash && entry.is_named(&self.arena, song)
         })
-    }
-
-    /// The first entry whose tag matches `hash` (most likely the song's, if present), found
-    /// through the index alone.
-    #[inline(always)]
-    fn candidate(&self, hash: u64) -> Option<&Song> {
-        let (entry, _) = self.probe(hash, |_| true);
-        self.entries.get(entry?)
     }
 
     /// Probes the index from `hash`'s slot: the first entry with `hash`'s tag that `accept`
@@ -303,7 +321,7 @@ impl SongTable {
     }
 
     /// Starts loading the whole index, before a batch of rows is added (for the first look-ups
-    /// of [`SongTable::prefetch`] not to wait for it; a shard's index is small).
+    /// of [`SongTable::prefetch_entry`] not to wait for it; a shard's index is small).
     pub(crate) fn prefetch_index(&self) {
         for line in self.index.chunks(CACHE_LINE / size_of::<u64>()) {
             prefetch(line.as_ptr().cast());
@@ -311,20 +329,40 @@ impl SongTable {
     }
 
     /// Starts loading the entry of the song with this hash, if the table holds it.
-    #[inline(always)]
+    #[cfg(test)]
     pub(crate) fn prefetch(&self, hash: u64) {
-        if let Some(song) = self.candidate(hash) {
-            let entry = (song as *const Song).cast::<u8>();
-            prefetch(entry);
-            prefetch(entry.wrapping_add(size_of::<Song>() - 1));
-        }
+        self.prefetch_entry(hash);
     }
 
     /// Starts loading the sums of the song with this hash (after [`SongTable::prefetch`],
     /// once its entry has arrived).
-    #[inline(always)]
+    #[cfg(test)]
     pub(crate) fn prefetch_days(&self, hash: u64) {
-        if let Some(days) = self.candidate(hash).and_then(|song| song.days.heap_ptr()) {
+        self.prefetch_days_of(self.prefetch_entry(hash));
+    }
+
+    /// Starts loading the entry that the song with this hash most likely has, and returns
+    /// it ([`NO_ENTRY`]: none), a hint for [`SongTable::prefetch_days_of`] and
+    /// [`SongTable::add_hinted`].
+    #[inline(always)]
+    pub(crate) fn prefetch_entry(&self, hash: u64) -> u32 {
+        let (entry, _) = self.probe(hash, |_| true);
+        let Some(entry) = entry else {
+            return NO_ENTRY;
+        };
+        if let Some(song) = self.entries.get(entry) {
+            let start = (song as *const Song).cast::<u8>();
+            prefetch(start);
+            prefetch(start.wrapping_add(size_of::<Song>() - 1));
+        }
+        entry as u32
+    }
+
+    /// Starts loading the sums of `entry` kept apart from it (once the entry has arrived).
+    #[inline(always)]
+    pub(crate) fn prefetch_days_of(&self, entry: u32) {
+        let days = self.entries.get(entry as usize);
+        if let Some(days) = days.and_then(|song| song.days.heap_ptr()) {
             prefetch(days);
         }
     }

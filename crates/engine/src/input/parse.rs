@@ -25,6 +25,17 @@ pub(crate) trait RowSink<'d> {
     ) -> Result<(), Stop> {
         self.row(song, date, plays, line)
     }
+    /// [`RowSink::block_row`] of a song known to be ASCII, hence valid UTF-8.
+    #[inline]
+    fn ascii_row(
+        &mut self,
+        song: &'d [u8],
+        date: PackedDate,
+        plays: u64,
+        line: u64,
+    ) -> Result<(), Stop> {
+        self.block_row(song, date, plays, line)
+    }
     /// An invalid record starting `line` lines into the block.
     fn invalid(&mut self, line: u64, field: Option<Field>, reason: String) -> Result<(), Stop>;
     /// The block's rows are all given.
@@ -132,7 +143,12 @@ impl Parser {
         while p < n {
             // A blank line is no fast record (its line end is a delimiter at `p`).
             if let Some(fast) = fast_record(data, p, &mut delimiters, &mut self.dates) {
-                sink.block_row(&data[p..fast.song_end], fast.date, fast.plays, stats.lines)?;
+                let song = &data[p..fast.song_end];
+                if delimiters.ascii_from(p) {
+                    sink.ascii_row(song, fast.date, fast.plays, stats.lines)?;
+                } else {
+                    sink.block_row(song, fast.date, fast.plays, stats.lines)?;
+                }
                 stats.rows += 1;
                 p = fast.next;
                 stats.lines += fast.newlines;

@@ -68,6 +68,17 @@ impl<'d> RowSink<'d> for TableSink<'_, '_, 'd> {
         if !self.valid_utf8(song, line)? {
             return Ok(());
         }
+        self.ascii_row(song, date, plays, line)
+    }
+
+    #[inline(always)]
+    fn ascii_row(
+        &mut self,
+        song: &'d [u8],
+        date: PackedDate,
+        plays: u64,
+        _line: u64,
+    ) -> Result<(), Stop> {
         let hash = hash_bytes(song);
         self.table.prefetch(hash, date);
         let row = Pending {
