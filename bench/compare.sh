@@ -190,10 +190,13 @@ main() {
         echo "scenario $scenario: data $SIZE_OF${limit_mb:+, memory limit $limit_mb MB}" >>"$RESULTS/system.txt"
         input=$(dataset "$scenario")
         say "$scenario: $(du -h "$input" | cut -f1), ${SCENARIO_RUNS} run(s) of: ${tools[*]}${LIMIT:+, memory limit $LIMIT}"
-        # Rounds interleave the tools so that a slow phase of the machine hits them all.
+        # Rounds interleave the tools so that a slow phase of the machine hits them all, and
+        # each round starts one tool later: a run is faster right after one that freed much
+        # memory (Polars' gigabytes), so no tool may always follow the same one.
+        count=${#tools[@]}
         for ((run = 1; run <= SCENARIO_RUNS; run++)); do
-            for tool in "${tools[@]}"; do
-                run_tool "$scenario" "$tool" "$run" "$input"
+            for ((i = 0; i < count; i++)); do
+                run_tool "$scenario" "${tools[(i + run - 1) % count]}" "$run" "$input"
             done
         done
         if [[ " ${tools[*]} " == *" processor "* ]]; then
