@@ -241,12 +241,7 @@ fn seed_example() {
 #[test]
 fn forced_spills_are_counted_and_merged() {
     let input = spilling_input();
-    let config = Config {
-        threads: 2,
-        memory_limit: 1,
-        block_bytes: 4096,
-        ..Config::default()
-    };
+    let config = spilling_config(None);
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
     file.write_all(&input).expect("write");
     let mut out = Vec::new();
@@ -458,6 +453,18 @@ fn spilling_input() -> Vec<u8> {
     render(&rows, false, false, true)
 }
 
+/// Two threads, a one-byte memory limit and small blocks: [`spilling_input`] spills many
+/// runs, into `temp_dir` when given.
+fn spilling_config(temp_dir: Option<std::path::PathBuf>) -> Config {
+    Config {
+        threads: 2,
+        memory_limit: 1,
+        block_bytes: 4096,
+        temp_dir,
+        ..Config::default()
+    }
+}
+
 /// A temporary directory that is missing fails the run before it reads anything, with the
 /// directory's name, whichever way the input comes, and `aggregate` leaves no output file.
 #[test]
@@ -465,13 +472,7 @@ fn a_missing_temp_dir_fails_naming_it() {
     let input = spilling_input();
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("no-such-dir");
-    let config = Config {
-        threads: 2,
-        memory_limit: 1,
-        block_bytes: 4096,
-        temp_dir: Some(missing.clone()),
-        ..Config::default()
-    };
+    let config = spilling_config(Some(missing.clone()));
     for kind in KINDS {
         let err = try_engine(&input, &config, kind).expect_err("no temp dir");
         match &err {
@@ -583,13 +584,7 @@ impl crate::Pieces for RemovingPieces {
 fn a_temp_dir_removed_during_the_run_fails_the_spill() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().to_path_buf();
-    let config = Config {
-        threads: 2,
-        memory_limit: 1,
-        block_bytes: 4096,
-        temp_dir: Some(path.clone()),
-        ..Config::default()
-    };
+    let config = spilling_config(Some(path.clone()));
     let input = Input::Pieces {
         pieces: Box::new(RemovingPieces {
             data: bytes::Bytes::from(spilling_input()),
