@@ -177,7 +177,7 @@ main() {
         echo "polars: $("$PY" -c 'import polars; print(polars.__version__)')"
     } >"$RESULTS/system.txt"
 
-    local scenario input tool run limit_mb
+    local scenario input run limit_mb count i
     for scenario in "${scenarios[@]}"; do
         scenario "$scenario"
         local -a tools
