@@ -12,10 +12,9 @@ use test_support as common;
 use test_support::broker;
 use test_support::cleanup;
 use test_support::fifo;
+use test_support::upload_client;
 use test_support::worker_process;
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use broker::{consumers, message_count, publish_raw};
@@ -210,7 +209,7 @@ async fn upload_client_downloads_the_result(
     let input = dir.path().join("plays.csv");
     std::fs::write(&input, SEED_INPUT).expect("write the input");
 
-    let output = run_upload_client(&tm.base_url, api_token, &input).await;
+    let output = upload_client::run(&tm.base_url, api_token, &input, None).await;
     assert!(
         output.status.success(),
         "processor upload failed: {}\n{}",
@@ -238,7 +237,7 @@ async fn upload_client_downloads_the_result(
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::read_to_string(fifo).expect("read the FIFO"))
     };
-    let output = run_upload_client_to(&tm.base_url, api_token, &input, Some(&fifo)).await;
+    let output = upload_client::run(&tm.base_url, api_token, &input, Some(&fifo)).await;
     assert!(
         output.status.success(),
         "processor upload -o FIFO failed: {}",
@@ -254,7 +253,7 @@ async fn upload_client_reports_failure(tm: &TestServer, api_token: Option<&str>)
     let input = dir.path().join("bad.csv");
     std::fs::write(&input, INVALID_INPUT).expect("write the input");
 
-    let output = run_upload_client(&tm.base_url, api_token, &input).await;
+    let output = upload_client::run(&tm.base_url, api_token, &input, None).await;
     assert!(!output.status.success(), "the client must fail on FAILED");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("FAILED"), "{stderr}");
@@ -270,40 +269,11 @@ async fn upload_client_without_the_token_is_refused(tm: &TestServer) {
     let input = dir.path().join("plays.csv");
     std::fs::write(&input, SEED_INPUT).expect("write the input");
 
-    let output = run_upload_client(&tm.base_url, None, &input).await;
+    let output = upload_client::run(&tm.base_url, None, &input, None).await;
     assert!(!output.status.success(), "uploaded without a token");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("401"), "{stderr}");
     assert!(!dir.path().join("plays_aggregated.csv").exists());
-}
-
-/// Runs `processor upload INPUT --url BASE --quiet` to completion, with `API_TOKEN` set to
-/// `api_token` (unset when `None`).
-async fn run_upload_client(base_url: &str, api_token: Option<&str>, input: &Path) -> Output {
-    run_upload_client_to(base_url, api_token, input, None).await
-}
-
-/// [`run_upload_client`] with `-o OUTPUT` when given.
-async fn run_upload_client_to(
-    base_url: &str,
-    api_token: Option<&str>,
-    input: &Path,
-    output: Option<&Path>,
-) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_processor"));
-    command.arg("upload");
-    if let Some(output) = output {
-        command.arg("-o").arg(output);
-    }
-    match api_token {
-        Some(token) => command.env("API_TOKEN", token),
-        None => command.env_remove("API_TOKEN"),
-    };
-    command.arg(input).args(["--url", base_url, "--quiet"]);
-    tokio::task::spawn_blocking(move || command.output())
-        .await
-        .expect("client thread")
-        .expect("run processor upload")
 }
 
 /// The engine's own message for `input`.

@@ -12,9 +12,9 @@ use test_support as common;
 use common::s3::S3Server;
 use common::{DbKind, INVALID_INPUT, SEED_INPUT, SEED_OUTPUT, TestServer};
 use fixtures::golden::{self, Expected};
-
 use reqwest::StatusCode;
 use test_support::cleanup::CleanupOnPanic;
+use test_support::upload_client;
 use test_support::worker_process::WorkerProcess;
 use uuid::Uuid;
 
@@ -303,18 +303,7 @@ async fn the_client_follows_a_download_redirect() {
     let input = files.path().join("plays.csv");
     std::fs::write(&input, SEED_INPUT).expect("write the input");
     let output = files.path().join("result.csv");
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_processor"));
-    command
-        .arg("upload")
-        .arg(&input)
-        .arg("-o")
-        .arg(&output)
-        .args(["--url", &cluster.tm.base_url, "--quiet"])
-        .env_remove("API_TOKEN");
-    let run = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .expect("client thread")
-        .expect("run processor upload");
+    let run = upload_client::run(&cluster.tm.base_url, None, &input, Some(&output)).await;
     assert!(run.status.success(), "{run:?}\n{}", worker.log());
     assert_eq!(
         std::fs::read_to_string(&output).expect("the result"),

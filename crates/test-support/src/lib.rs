@@ -1,6 +1,7 @@
 //! Helpers for the tests that run the task manager and the worker against the real database,
 //! RabbitMQ and file systems of this machine: a throw-away database, a server on port 0,
-//! upload, poll, download; the broker's side of the queue; a worker as a child process; an
+//! upload, poll, download; the broker's side of the queue; a worker and the upload client as
+//! child processes; an
 //! S3-compatible server behind a proxy that can cut it off.
 //! A server that cannot be reached fails the test with a message saying how to start it.
 
@@ -9,6 +10,7 @@ pub mod cleanup;
 pub mod fifo;
 pub mod proxy;
 pub mod s3;
+pub mod upload_client;
 pub mod worker_process;
 
 use std::path::{Path, PathBuf};
