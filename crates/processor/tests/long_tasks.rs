@@ -43,6 +43,8 @@ const CHANNEL_TICK_MS: u64 = 1_000;
 /// An input that one engine thread of a debug build with a small memory budget aggregates in
 /// well over the consumer timeout (about 20 s).
 const LONG_INPUT_BYTES: u64 = 160 << 20;
+/// Where the keys go in the bucket, when the files live in one.
+const PREFIX: &str = "long";
 /// What a worker logs when RabbitMQ closed its channel for holding a message too long.
 const CONSUMER_TIMED_OUT: &str = "delivery acknowledgement on channel";
 /// What a worker logs when it leaves a redelivered task to the lease holder.
@@ -190,7 +192,7 @@ impl Cluster {
             Files::Shared => (None, DbKind::Sqlite),
             Files::Bucket => (Some(S3Server::start().await), DbKind::Postgres),
         };
-        let bucket = s3.as_ref().map(|s3| s3.bucket_settings("long"));
+        let bucket = s3.as_ref().map(|s3| s3.bucket_settings(PREFIX));
         let tm = common::start_server_with(db, |settings| {
             common::publish_on(settings, &queue);
             settings.bucket = bucket;
@@ -227,12 +229,8 @@ impl Cluster {
             None => self.tm.storage_dir(),
             Some(s3) => {
                 let dirs = tempfile::tempdir().expect("worker directories");
-                let own = dirs.path().join("storage");
-                let spill = dirs.path().join("spill");
-                std::fs::create_dir_all(&spill).expect("spill directory");
-                env.extend(s3.env());
-                env.push(("STORAGE_URL", s3.url("long")));
-                env.push(("ENGINE_TEMP_DIR", spill.display().to_string()));
+                let (s3_env, own) = s3.worker_env(PREFIX, dirs.path());
+                env.extend(s3_env);
                 self.worker_dirs
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -69,21 +69,14 @@ impl Cluster {
     /// A worker with directories of its own (`dirs`), reading and writing the bucket; `env`
     /// adds or overrides settings.
     fn worker(&self, dirs: &tempfile::TempDir, env: &[(&str, &str)]) -> WorkerProcess {
-        let url = self.s3.url(PREFIX);
-        let spill = dirs.path().join("spill");
-        std::fs::create_dir_all(&spill).expect("spill directory");
-        let spill = spill.to_str().expect("UTF-8 path").to_string();
-        let s3_env = self.s3.env();
+        let (s3_env, own) = self.s3.worker_env(PREFIX, dirs.path());
         let mut all: Vec<(&str, &str)> = s3_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         all.extend([
-            ("STORAGE_URL", url.as_str()),
-            ("ENGINE_TEMP_DIR", spill.as_str()),
             ("STORAGE_RETRY_TIMEOUT", "2s"),
             ("WORKER_CONCURRENCY", "1"),
             ("WORKER_PROGRESS_INTERVAL", "100ms"),
         ]);
         all.extend_from_slice(env);
-        let own = dirs.path().join("storage");
         WorkerProcess::start_with_env(
             &self.amqp_url,
             &self.queue,

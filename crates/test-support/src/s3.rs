@@ -160,6 +160,19 @@ impl S3Server {
         ]
     }
 
+    /// The settings of a worker that keeps its files under `dir` alone and its uploads and
+    /// results in the bucket under `prefix`: [`S3Server::env`], `STORAGE_URL` and
+    /// `ENGINE_TEMP_DIR` (`dir/spill`, made here); with the storage directory to start it in
+    /// (`dir/storage`).
+    pub fn worker_env(&self, prefix: &str, dir: &Path) -> (Vec<(&'static str, String)>, PathBuf) {
+        let spill = dir.join("spill");
+        std::fs::create_dir_all(&spill).expect("spill directory");
+        let mut env = self.env();
+        env.push(("STORAGE_URL", self.url(prefix)));
+        env.push(("ENGINE_TEMP_DIR", spill.display().to_string()));
+        (env, dir.join("storage"))
+    }
+
     /// Cuts (`false`) or restores (`true`) [`S3Server::endpoint`]'s path to moto, whose data
     /// stays. While cut, open connections are reset and new ones accepted and reset at once
     /// (see [`TcpProxy`]); a cut returns once no connection is forwarded any more.
