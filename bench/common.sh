@@ -38,7 +38,8 @@ warm() {
     if ((size <= 2 << 30)); then cat "$1" >/dev/null; fi
 }
 
-# Sets SIZE_OF, GEN_ARGS, LIMIT (memory limit for all tools, empty for none), SCENARIO_RUNS,
+# Sets SIZE_OF, GEN_ARGS, LIMIT (memory limit for all tools, empty for none), RSS_LIMIT (what
+# the processor's peak RSS is checked against, empty for nothing), SCENARIO_RUNS,
 # SCENARIO_TOOLS for scenario $1.
 scenario() {
     LIMIT=""
@@ -67,6 +68,16 @@ scenario() {
             ;;
         *) die "unknown scenario '$1' (skewed, wide, huge, tricky, all)" ;;
     esac
+    # The processor's peak RSS is checked against RSS_LIMIT + 64 MB: the memory limit given,
+    # or with MEMORY_LIMIT=default (every tool on its own default) the processor's default.
+    case ${MEMORY_LIMIT:-} in
+        "") ;;
+        default) LIMIT="" ;;
+        *) LIMIT=$MEMORY_LIMIT ;;
+    esac
+    RSS_LIMIT=$LIMIT
+    [[ ${MEMORY_LIMIT:-} == default ]] && RSS_LIMIT=1G
+    return 0
 }
 
 # Generates bench/data/<scenario>-<size>.csv unless it exists with the same parameters.
