@@ -68,16 +68,12 @@ scenario() {
             ;;
         *) die "unknown scenario '$1' (skewed, wide, huge, tricky, all)" ;;
     esac
-    # The processor's peak RSS is checked against RSS_LIMIT + 64 MB: the memory limit given,
-    # or with MEMORY_LIMIT=default (every tool on its own default) the processor's default.
+    # MEMORY_LIMIT=default: every tool on its own default, the processor's being a 1G budget.
     case ${MEMORY_LIMIT:-} in
-        "") ;;
-        default) LIMIT="" ;;
-        *) LIMIT=$MEMORY_LIMIT ;;
+        "") RSS_LIMIT=$LIMIT ;;
+        default) LIMIT="" RSS_LIMIT=1G ;;
+        *) LIMIT=$MEMORY_LIMIT RSS_LIMIT=$MEMORY_LIMIT ;;
     esac
-    RSS_LIMIT=$LIMIT
-    [[ ${MEMORY_LIMIT:-} == default ]] && RSS_LIMIT=1G
-    return 0
 }
 
 # Generates bench/data/<scenario>-<size>.csv unless it exists with the same parameters.
